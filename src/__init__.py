@@ -1,0 +1,1 @@
+"""Training template: config, data, models, loop, checkpoints and logging, one module each."""

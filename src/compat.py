@@ -1,0 +1,155 @@
+"""Every difference between torch 1.7 and torch 2.x, found by feature detection, in one place."""
+import contextlib
+import inspect
+import warnings
+
+import torch
+
+
+def _accepts(fn, name):
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def cuda_available():
+    """torch.cuda.is_available() without the warning CUDA builds print on hosts with no driver (1.7)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.cuda.is_available()
+
+
+def set_deterministic(enabled):
+    """Ask torch for deterministic kernels (use_deterministic_algorithms from 1.8, set_deterministic in 1.7)."""
+    if hasattr(torch, "use_deterministic_algorithms"):
+        if _accepts(torch.use_deterministic_algorithms, "warn_only"):
+            torch.use_deterministic_algorithms(enabled, warn_only=False)
+        else:
+            torch.use_deterministic_algorithms(enabled)
+    elif hasattr(torch, "set_deterministic"):
+        torch.set_deterministic(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled
+
+
+def load_file(path):
+    """torch.load onto the CPU, with weights-only unpickling where this torch has it (1.13+)."""
+    if _accepts(torch.load, "weights_only"):
+        return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu")
+
+
+def has_compile():
+    return hasattr(torch, "compile")
+
+
+def unwrap_model(model):
+    """The plain module under torch.compile (`_orig_mod`) and DistributedDataParallel (`module`)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if inner is None or not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def clean_state_dict(state):
+    """Drop wrapper prefixes so a checkpoint's keys never depend on how the model was wrapped."""
+    out = type(state)()
+    for key, value in state.items():
+        for prefix in ("_orig_mod.", "module."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def bf16_supported():
+    return cuda_available() and getattr(torch.cuda, "is_bf16_supported", lambda: False)()
+
+
+def grad_scaler(enabled):
+    """A GradScaler for fp16 on CUDA (torch.amp from 2.3, torch.cuda.amp before)."""
+    amp = getattr(torch, "amp", None)
+    if amp is not None and hasattr(amp, "GradScaler") and _accepts(amp.GradScaler.__init__, "device"):
+        return amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)
+
+
+def autocast(device_type, dtype):
+    """Mixed precision context: torch.autocast from 1.10, torch.cuda.amp.autocast (fp16, CUDA) before."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    if hasattr(torch, "autocast"):
+        return torch.autocast(device_type=device_type, dtype=dtype)
+    if device_type == "cuda" and dtype == torch.float16:
+        return torch.cuda.amp.autocast()
+    raise RuntimeError("this torch has no autocast for %s %s" % (device_type, dtype))
+
+
+def tensor_buffer(tensor):
+    """The bytes of a tensor as a flat uint8 numpy array (no copy for contiguous CPU tensors), bfloat16 too."""
+    t = tensor.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    elif t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    return t.numpy().reshape(-1).view("uint8")
+
+
+def cuda_arch_list():
+    """The GPU architectures this torch build has kernels for (['sm_37', ..., 'compute_75']), or None if unknown."""
+    get = getattr(torch.cuda, "get_arch_list", None)
+    if get is None or not cuda_available():
+        return None
+    try:
+        return list(get())
+    except Exception:  # some builds raise when CUDA is half set up
+        return None
+
+
+def set_tf32(enabled):
+    """TF32 matmuls and convolutions on Ampere and newer CUDA GPUs (switches exist from 1.7). CPU math is left
+    alone: torch.set_float32_matmul_precision would lower float32 precision on CPUs too."""
+    matmul = getattr(torch.backends.cuda, "matmul", None)
+    if matmul is not None and hasattr(matmul, "allow_tf32"):
+        matmul.allow_tf32 = enabled
+    if hasattr(torch.backends.cudnn, "allow_tf32"):
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def loader_options(num_workers, pin_memory):
+    """DataLoader keywords this torch accepts: persistent_workers from 1.7, only with workers."""
+    options = dict(num_workers=num_workers, pin_memory=pin_memory)
+    if num_workers > 0 and _accepts(torch.utils.data.DataLoader.__init__, "persistent_workers"):
+        options["persistent_workers"] = True
+    return options
+
+
+def launcher():
+    """How to start several processes per node: torchrun from torch 1.10, the launch module before."""
+    import importlib.util
+    if importlib.util.find_spec("torch.distributed.run") is not None:
+        return ["torchrun"]
+    return ["python", "-m", "torch.distributed.launch", "--use_env"]
+
+
+def scheduler_state(scheduler):
+    """scheduler.state_dict() without torch 1.7's warning to save the optimizer too (we save everything)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return scheduler.state_dict()
+
+
+def exit_process(code):
+    """Exit with code. torch < 1.8 (seen with 1.7.1 on Python 3.9) can segfault while the interpreter shuts
+    down after a run, turning a success into exit 139; there, flush everything and leave without finalizers."""
+    if hasattr(torch, "use_deterministic_algorithms"):  # torch >= 1.8: a normal exit
+        return code
+    import logging
+    import os
+    import sys
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,263 @@
+"""Every flag of train.py, the YAML config file, and their merge into one validated config.
+
+Precedence, lowest first: defaults < checkpoint's config (on --resume) < --config FILE < command line.
+The config is a SimpleNamespace (cfg.lr, cfg.batch_size); vars(cfg) is its plain dict.
+"""
+import argparse
+import os
+import re
+import sys
+from types import SimpleNamespace
+
+import yaml
+
+from . import data, models
+from .errors import UsageError
+from .metrics import EVAL_METRICS
+from .paths import ROOT
+
+# Keys that belong to one invocation: never inherited from a checkpoint, never in a config file.
+PER_INVOCATION = ("config", "resume", "init_from", "prepare_data", "doctor")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError("%s (see --help)" % message)
+
+
+def _shape(text):
+    try:
+        dims = tuple(int(d) for d in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected C,H,W such as 3,32,32, got %r" % text)
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError("expected three positive sizes C,H,W, got %r" % text)
+    return ",".join(str(d) for d in dims)
+
+
+def _bool_flag(group, name, default, help):
+    dest = name.replace("-", "_")
+    group.add_argument("--" + name, dest=dest, action="store_true", default=default, help=help)
+    group.add_argument("--no-" + name, dest=dest, action="store_false", help=argparse.SUPPRESS)
+
+
+def build_parser():
+    p = _Parser(
+        prog="train.py",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train a model; resume exactly where it stopped; watch it in TensorBoard.",
+        epilog="Boolean flags have a --no-X form. Any flag can also be a key of --config FILE.yaml "
+        "(dashes or underscores); the command line wins over the file.",
+    )
+    g = p.add_argument_group("experiment")
+    g.add_argument("--config", metavar="FILE.yaml", help="read flags from a YAML file (command line wins)")
+    g.add_argument("--run-name", metavar="NAME", help="name of this run (None: <dataset>-<model>)")
+    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and dropout")
+    _bool_flag(g, "deterministic", False, "deterministic kernels: bit-exact runs and resumes")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="digits", choices=data.names(), help="dataset")
+    g.add_argument("--data-dir", default=str(ROOT / "data"), metavar="DIR", help="where datasets live")
+    g.add_argument("--num-workers", type=int, default=0, metavar="N", help="DataLoader worker processes")
+    _bool_flag(g, "download", True, "download a missing dataset (--no-download: error instead)")
+    g.add_argument("--data-mirror", default=os.environ.get("DATA_MIRROR", ""), metavar="URL",
+                   help="fetch datasets from URL/<dataset>/<file> (env DATA_MIRROR)")
+    g.add_argument("--data-checksums", default=os.environ.get("DATA_CHECKSUMS", ""), metavar="FILE",
+                   help="YAML/JSON {'<dataset>/<file>': md5} for a mirror with re-packed files (env DATA_CHECKSUMS)")
+    g.add_argument("--synthetic-size", type=int, default=10000, metavar="N", help="synthetic: training samples")
+    g.add_argument("--synthetic-shape", type=_shape, default="3,32,32", metavar="C,H,W",
+                   help="synthetic: sample shape")
+    g.add_argument("--synthetic-classes", type=int, default=10, metavar="K", help="synthetic: classes")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="cnn", choices=models.names(), help="model")
+    g.add_argument("--width", type=int, default=0, metavar="N", help="hidden units / base channels (0: model's own)")
+    g.add_argument("--depth", type=int, default=0, metavar="N", help="layers (0: model's own)")
+    g.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
+    g.add_argument("--init-from", metavar="PATH", help="start from the weights of this checkpoint (fine-tuning)")
+
+    g = p.add_argument_group("optimization")
+    g.add_argument("--epochs", type=int, default=15, help="passes over the training set")
+    g.add_argument("--max-steps", type=int, default=0, metavar="N", help="stop after N steps in all (0: no limit)")
+    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="samples per step")
+    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"), help="optimizer")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, or Adam's beta1")
+    g.add_argument("--weight-decay", type=float, default=5e-4, help="L2 penalty (decoupled for adamw)")
+    g.add_argument("--scheduler", default="cosine", choices=("constant", "cosine", "linear", "step"),
+                   help="learning-rate schedule after warmup")
+    g.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="linear warmup from 0")
+    g.add_argument("--lr-step-size", type=int, default=1000, metavar="N", help="step schedule: decay every N steps")
+    g.add_argument("--lr-gamma", type=float, default=0.1, help="step schedule: decay factor")
+    g.add_argument("--grad-clip", type=float, default=0.0, metavar="NORM", help="clip gradient norm (0: off)")
+
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"), help="mixed precision on CUDA")
+    _bool_flag(g, "compile", False, "torch.compile the model (torch >= 2.0)")
+
+    g = p.add_argument_group("logging and checkpoints")
+    g.add_argument("--log-every", type=int, default=10, metavar="STEPS", help="train scalars to TensorBoard")
+    g.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="evaluate (0: at each epoch's end)")
+    g.add_argument("--ckpt-every", type=int, default=100, metavar="STEPS",
+                   help="save latest and models/tmp (0: only at the end and on stop)")
+    g.add_argument("--keep-last", type=int, default=3, metavar="N", help="checkpoints kept in models/tmp/<run>/")
+    g.add_argument("--monitor", default="val/acc:max", metavar="METRIC:MODE",
+                   help="best checkpoint by this metric, mode min or max (metrics: %s)" % ", ".join(EVAL_METRICS))
+    g.add_argument("--resume", nargs="?", const="latest", metavar="auto|PATH",
+                   help="continue this run's latest checkpoint (error if none); auto: latest if any, "
+                   "else start fresh; PATH: that checkpoint")
+    g.add_argument("--logs-dir", default=str(ROOT / "logs"), metavar="DIR", help="TensorBoard and program logs")
+    g.add_argument("--models-dir", default=str(ROOT / "models"), metavar="DIR", help="best/, latest/, tmp/")
+    g.add_argument("--progress", default="auto", choices=("auto", "bar", "plain"),
+                   help="progress bar on a terminal, plain lines otherwise")
+    _bool_flag(g, "tensorboard", True, "write TensorBoard events (--no-tensorboard: off)")
+    g.add_argument("--prepare-data", action="store_true", help="download/verify the dataset, then exit")
+    g.add_argument("--doctor", action="store_true",
+                   help="print versions, GPUs and whether this torch build supports them, run one step, exit")
+    return p
+
+
+def _explicit_keys(parser, argv):
+    """The dests the command line set itself (defaults suppressed)."""
+    quiet = build_parser()
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(quiet.parse_args(argv)))
+
+
+def _coerce(action, key, value, where):
+    """One YAML value checked against its flag's type and choices."""
+    bad = "%s: %r is not a valid value for %s" % (where, value, key)
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise UsageError(bad + " (expected true or false)")
+        return value
+    if value is None:
+        if action.default is None:
+            return None
+        raise UsageError(bad)
+    if isinstance(value, bool) or isinstance(value, (list, dict)):
+        raise UsageError(bad)
+    kind = action.type
+    if kind is int and not isinstance(value, int):
+        raise UsageError(bad + " (expected an integer)")
+    if kind is float and not isinstance(value, (int, float)):
+        raise UsageError(bad + " (expected a number)")
+    if kind is None and not isinstance(value, str):
+        raise UsageError(bad + " (expected a string)")
+    try:
+        value = kind(value) if kind is not None else value
+    except (argparse.ArgumentTypeError, ValueError, TypeError) as err:
+        raise UsageError("%s: %s: %s" % (where, key, err))
+    if action.choices is not None and value not in action.choices:
+        raise UsageError("%s (choose from %s)" % (bad, ", ".join(map(str, action.choices))))
+    return value
+
+
+def _read_yaml(path, parser):
+    where = "config file %s" % path
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except OSError as err:
+        raise UsageError("%s: cannot read: %s" % (where, err.strerror))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = " at line %d" % (mark.line + 1) if mark else ""
+        raise UsageError("%s: not valid YAML%s: %s" % (where, at, getattr(err, "problem", None) or err))
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UsageError("%s: expected a mapping of flag names to values" % where)
+    actions = {a.dest: a for a in parser._actions if a.dest != "help"}
+    values = {}
+    for key, value in raw.items():
+        dest = str(key).replace("-", "_")
+        if dest not in actions or dest in PER_INVOCATION:
+            raise UsageError("%s: unknown key %r" % (where, key))
+        values[dest] = _coerce(actions[dest], key, value, where)
+    return values
+
+
+def parse(argv=None):
+    """(config, keys the user set in the file or on the command line)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    cli = parser.parse_args(argv)
+    explicit = _explicit_keys(parser, argv)
+    values = vars(cli)
+    user = set(explicit)
+    if cli.config:
+        from_file = _read_yaml(cli.config, parser)
+        for key, value in from_file.items():
+            if key not in explicit:
+                values[key] = value
+        user |= set(from_file)
+    cfg = SimpleNamespace(**values)
+    validate(cfg)
+    return cfg, user
+
+
+def merge_resumed(saved, cfg, user):
+    """The config of a resumed run: the checkpoint's, with what the user set now on top.
+
+    Returns (config, changes) where changes lists (key, old, new) for every value that moved.
+    """
+    merged = dict(vars(cfg))
+    for key, old in saved.items():
+        if key in merged and key not in user and key not in PER_INVOCATION:
+            merged[key] = old
+    changes = [(k, saved[k], merged[k]) for k in sorted(user)
+               if k in saved and k not in PER_INVOCATION and saved[k] != merged[k]]
+    out = SimpleNamespace(**merged)
+    validate(out)
+    return out, changes
+
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def validate(cfg):
+    """Raise UsageError naming the first invalid value."""
+    def need(ok, message):
+        if not ok:
+            raise UsageError(message)
+
+    if cfg.run_name is None:
+        cfg.run_name = "%s-%s" % (cfg.dataset, cfg.model)
+    need(bool(_RUN_NAME.match(cfg.run_name)), "--run-name %r: use letters, digits, '.', '_' and '-'" % cfg.run_name)
+    need(cfg.lr > 0, "--lr must be > 0, got %g" % cfg.lr)
+    need(cfg.batch_size >= 1, "--batch-size must be >= 1, got %d" % cfg.batch_size)
+    need(cfg.epochs >= 1, "--epochs must be >= 1, got %d" % cfg.epochs)
+    need(cfg.max_steps >= 0, "--max-steps must be >= 0, got %d" % cfg.max_steps)
+    need(0 <= cfg.momentum < 1, "--momentum must be in [0, 1), got %g" % cfg.momentum)
+    need(cfg.weight_decay >= 0, "--weight-decay must be >= 0, got %g" % cfg.weight_decay)
+    need(cfg.warmup_steps >= 0, "--warmup-steps must be >= 0, got %d" % cfg.warmup_steps)
+    need(cfg.lr_step_size >= 1, "--lr-step-size must be >= 1, got %d" % cfg.lr_step_size)
+    need(0 < cfg.lr_gamma <= 1, "--lr-gamma must be in (0, 1], got %g" % cfg.lr_gamma)
+    need(cfg.grad_clip >= 0, "--grad-clip must be >= 0, got %g" % cfg.grad_clip)
+    need(0 <= cfg.dropout < 1, "--dropout must be in [0, 1), got %g" % cfg.dropout)
+    need(cfg.width >= 0 and cfg.depth >= 0, "--width and --depth must be >= 0")
+    need(cfg.num_workers >= 0, "--num-workers must be >= 0, got %d" % cfg.num_workers)
+    need(cfg.log_every >= 1, "--log-every must be >= 1, got %d" % cfg.log_every)
+    need(cfg.eval_every >= 0, "--eval-every must be >= 0, got %d" % cfg.eval_every)
+    need(cfg.ckpt_every >= 0, "--ckpt-every must be >= 0, got %d" % cfg.ckpt_every)
+    need(cfg.keep_last >= 1, "--keep-last must be >= 1, got %d" % cfg.keep_last)
+    need(cfg.synthetic_size >= 10, "--synthetic-size must be >= 10, got %d" % cfg.synthetic_size)
+    need(cfg.synthetic_classes >= 2, "--synthetic-classes must be >= 2, got %d" % cfg.synthetic_classes)
+    need(bool(_DEVICE.match(cfg.device)), "--device %r: use auto, cpu, cuda or cuda:N" % cfg.device)
+    metric, _, mode = cfg.monitor.partition(":")
+    need(metric in EVAL_METRICS and mode in ("min", "max"),
+         "--monitor %r: use METRIC:min or METRIC:max with METRIC one of %s" % (cfg.monitor, ", ".join(EVAL_METRICS)))
+
+
+def monitor(cfg):
+    """(metric, mode) of --monitor."""
+    metric, _, mode = cfg.monitor.partition(":")
+    return metric, mode
+
+
+def to_yaml(cfg):
+    return yaml.safe_dump(dict(sorted(vars(cfg).items())), default_flow_style=False, sort_keys=False)

@@ -1,0 +1,66 @@
+"""Program log (logs/<run>/train.log and stderr) and progress: a tqdm bar on a terminal, plain periodic
+lines otherwise, so background runs and `docker logs` stay readable."""
+import logging
+import sys
+
+log = logging.getLogger("train")
+
+
+class _TqdmStream(object):
+    """Console handler target that prints above a live progress bar."""
+
+    def write(self, text):
+        from tqdm import tqdm
+        if text.strip():
+            tqdm.write(text.rstrip("\n"), file=sys.stderr)
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+class _NoStepLines(logging.Filter):
+    def filter(self, record):
+        return not getattr(record, "step_line", False)
+
+
+def use_bar(mode):
+    return mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+
+
+def setup(log_file, bar, main_process=True):
+    """Log INFO and above to stderr (rank 0 only) and to log_file (appended to across resumes)."""
+    log.handlers[:] = []
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    if not main_process:
+        log.addHandler(logging.NullHandler())
+        return
+    console = logging.StreamHandler(_TqdmStream() if bar else sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    if bar:
+        console.addFilter(_NoStepLines())
+    log.addHandler(console)
+    if log_file is not None:
+        handler = logging.FileHandler(str(log_file))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        log.addHandler(handler)
+
+
+class Progress(object):
+    """Steps done out of the total: a bar when `bar`, else nothing (the step lines are the progress)."""
+
+    def __init__(self, bar, total, initial):
+        self.bar, self.postfix = None, None
+        if bar:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, file=sys.stderr, dynamic_ncols=True, unit="step")
+
+    def update(self):
+        if self.bar is not None:
+            if self.postfix:
+                self.bar.set_postfix(self.postfix, refresh=False)
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,281 @@
+"""The training loop: steps, evaluation, best/latest/tmp checkpoints, a clean stop on signals.
+
+Order inside each step (what makes resume exact): train -> log window (every --log-every) -> evaluate
+(every --eval-every, or at each epoch's end) -> best checkpoint -> periodic checkpoint -> stop if asked.
+The data order is a pure function of (seed, epoch) and the checkpoint records the samples consumed in
+the epoch, so a resumed run sees the same batches in the same order.
+"""
+import logging
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint, compat, metrics, seeding
+from .config import PER_INVOCATION, monitor
+from .errors import TrainingError
+
+log = logging.getLogger("train")
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Index batches of one epoch: shuffled by (seed, epoch), or in order; from sample `start` on."""
+
+    def __init__(self, n, batch_size, seed=None, epoch=0, start=0):
+        order = torch.arange(n) if seed is None else torch.randperm(n, generator=seeding.epoch_generator(seed, epoch))
+        self.batches = [b.tolist() for b in order[start:].split(batch_size)]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def make_loader(dataset, batches, cfg, device):
+    """A DataLoader over precomputed index batches; it never draws from the global RNG."""
+    common = dict(compat.loader_options(cfg.num_workers, device.type == "cuda"), generator=torch.Generator())
+    if getattr(dataset, "batched", False):
+        return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None, **common)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **common)
+
+
+def finished(cfg, progress):
+    """Whether a run at this progress has nothing left to do (all --epochs, or --max-steps, done)."""
+    if progress.get("eval_pending"):
+        return False
+    return progress["epoch"] >= cfg.epochs or bool(cfg.max_steps and progress["step"] >= cfg.max_steps)
+
+
+class Trainer(object):
+    def __init__(self, cfg, parts, paths, board, stop, progress):
+        self.cfg, self.paths, self.board, self.stop, self.progress = cfg, paths, board, stop, progress
+        self.model, self.optimizer, self.scheduler, self.scaler = (
+            parts.model, parts.optimizer, parts.scheduler, parts.scaler)
+        self.splits, self.device, self.amp_dtype = parts.splits, parts.device, parts.amp_dtype
+        self.total_steps = parts.total_steps
+        self.meter = metrics.TrainMeter(self.device)
+        self.metric, self.mode = monitor(cfg)
+        self.progress_state = {"epoch": 0, "sample_in_epoch": 0, "step": 0, "eval_pending": False}
+        self.best = {"metric": self.metric, "mode": self.mode, "value": None, "step": None}
+        self.last_eval = {}
+        self.saved_step = -1
+        # asked once, not at every save (git is a subprocess)
+        self.provenance = {"versions": checkpoint.versions(), "git_commit": checkpoint.git_commit()}
+        self.strict_grad = not self.scaler.is_enabled()  # fp16 loss scaling skips steps with inf gradients
+
+    # ----- state ---------------------------------------------------------------------------------------------
+    def state_dict(self):
+        return {
+            "model": compat.clean_state_dict(compat.unwrap_model(self.model).state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": compat.scheduler_state(self.scheduler),
+            "scaler": self.scaler.state_dict(),
+            "meter": self.meter.state_dict(),
+            "progress": dict(self.progress_state),
+            "best": dict(self.best),
+            "last_eval": dict(self.last_eval),
+            "rng": seeding.capture(),
+            "config": dict(vars(self.cfg)),
+            "versions": self.provenance["versions"],
+            "git_commit": self.provenance["git_commit"],
+        }
+
+    def load_state_dict(self, state):
+        """Everything but the model weights and optimizer (restored by run.py before the optimizer is used)."""
+        self.meter.load_state_dict(state["meter"])
+        self.progress_state = dict(state["progress"])
+        self.last_eval = dict(state.get("last_eval") or {})
+        best = state["best"]
+        if (best["metric"], best["mode"]) == (self.metric, self.mode):
+            self.best = dict(best)
+        else:
+            log.info("--monitor changed from %s:%s to %s:%s; best is judged afresh", best["metric"], best["mode"],
+                     self.metric, self.mode)
+        self.saved_step = self.progress_state["step"]
+
+    @property
+    def step(self):
+        return self.progress_state["step"]
+
+    def finished(self):
+        return finished(self.cfg, self.progress_state)
+
+    # ----- checkpoints ---------------------------------------------------------------------------------------
+    def _ensure_finite(self, weights=False):
+        """Raise before a non-finite loss, gradient or (when saving) weight can reach a log or a checkpoint."""
+        bad = not self.meter.is_finite()
+        if weights and not bad:
+            bad = not bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
+        if bad:
+            raise TrainingError(
+                "non-finite loss, gradient or weights at or before step %d; stopped. The last good checkpoint is kept "
+                "(%s). Lower --lr or set --grad-clip, then --resume" % (self.step, self.paths.latest))
+
+    def save(self, why):
+        self._ensure_finite(weights=True)
+        self.board.flush(durable=True)
+        payload = checkpoint.serialize(self.state_dict())
+        checkpoint.write(payload, self.paths.latest, self.paths.tmp_checkpoint(self.step))
+        checkpoint.prune(self.paths.tmp_dir, self.cfg.keep_last)
+        self.saved_step = self.step
+        log.info("saved checkpoint step %d (%s) -> %s", self.step, why, self.paths.latest)
+
+    def _save_best(self):
+        self._ensure_finite(weights=True)
+        checkpoint.write(checkpoint.serialize(self.state_dict()), self.paths.best)
+        log.info("new best %s %.4f at step %d -> %s", self.metric, self.best["value"], self.step, self.paths.best)
+
+    # ----- evaluation ----------------------------------------------------------------------------------------
+    def evaluate(self):
+        """Validation metrics and confusion matrix; None if a stop signal cut it short."""
+        ds = self.splits.val
+        k = self.splits.num_classes
+        loader = make_loader(ds, EpochBatches(len(ds), self.cfg.batch_size), self.cfg, self.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        confusion = torch.zeros(k, k, dtype=torch.long)
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for x, y in loader:
+                    if self.stop.requested:
+                        return None
+                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    with compat.autocast(self.device.type, self.amp_dtype):
+                        out = self.model(x)
+                    loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
+                    confusion += metrics.confusion_matrix(y.cpu(), out.argmax(1).cpu(), k)
+        finally:
+            self.model.train()
+        n = max(int(confusion.sum()), 1)
+        values = {"val/loss": float(loss_sum) / n, "val/acc": float(confusion.diag().sum()) / n}
+        return values, confusion
+
+    def run_eval(self):
+        """Evaluate, log, judge best. False when interrupted (the eval is then redone after a resume)."""
+        result = self.evaluate()
+        if result is None:
+            self.progress_state["eval_pending"] = True
+            return False
+        values, confusion = result
+        self.progress_state["eval_pending"] = False
+        if not all(math.isfinite(v) for v in values.values()):
+            raise TrainingError("non-finite validation loss at step %d; stopped. The last good checkpoint is "
+                                "kept (%s). Lower --lr or set --grad-clip" % (self.step, self.paths.latest))
+        self.last_eval = values
+        self.board.scalars(values, self.step)
+        self.board.image("val/confusion_matrix", metrics.confusion_image(confusion), self.step)
+        value, best = values[self.metric], self.best["value"]
+        improved = best is None or (value > best if self.mode == "max" else value < best)
+        if improved:
+            self.best.update(value=value, step=self.step)
+        log.info("eval step %d: val/loss %.4f, val/acc %.2f%% (best %s %.4f at step %d)", self.step,
+                 values["val/loss"], 100 * values["val/acc"], self.metric, self.best["value"], self.best["step"])
+        if improved:
+            self._save_best()
+        return True
+
+    # ----- training ------------------------------------------------------------------------------------------
+    def _train_step(self, x, y):
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with compat.autocast(self.device.type, self.amp_dtype):
+            out = self.model(x)
+            loss = F.cross_entropy(out.float(), y)
+        self.optimizer.zero_grad()
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.lr_used = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.meter.add(loss, grad_norm, (out.argmax(1) == y).sum(), len(y), grad_must_be_finite=self.strict_grad)
+
+    def _log_window(self, window):
+        self._ensure_finite()
+        values = self.meter.averages()
+        self.meter.reset()
+        values["train/lr"] = self.lr_used
+        elapsed = max(time.perf_counter() - window["start"] - window["excluded"], 1e-9)
+        steps = max(window["steps"], 1)
+        perf = {"perf/samples_per_sec": window["samples"] / elapsed, "perf/step_time_ms": 1000 * elapsed / steps,
+                "perf/data_wait_ms": 1000 * window["data_wait"] / steps}
+        if self.device.type == "cuda":
+            perf["perf/gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.board.scalars(values, self.step)
+        self.board.scalars(perf, self.step)
+        p = self.progress_state
+        epoch = p["epoch"] + (1 if p["sample_in_epoch"] else 0)
+        log.info("step %d/%d | epoch %d/%d | loss %.4f | acc %.2f%% | lr %.4g | %.0f samples/s", self.step,
+                 self.total_steps, epoch, self.cfg.epochs, values["train/loss"], 100 * values["train/acc"],
+                 values["train/lr"], perf["perf/samples_per_sec"], extra={"step_line": True})
+        self.progress.postfix = {"loss": "%.4f" % values["train/loss"], "acc": "%.3f" % values["train/acc"]}
+        window.update(start=time.perf_counter(), excluded=0.0, steps=0, samples=0, data_wait=0.0)
+
+    def fit(self):
+        cfg, p = self.cfg, self.progress_state
+        n = len(self.splits.train)
+        window = {"start": time.perf_counter(), "excluded": 0.0, "steps": 0, "samples": 0, "data_wait": 0.0}
+        if p["eval_pending"] and not self.run_eval():
+            return self.stopped()
+        self.model.train()
+        while not self.finished():
+            batches = EpochBatches(n, cfg.batch_size, cfg.seed, p["epoch"], p["sample_in_epoch"])
+            batch_iter = iter(make_loader(self.splits.train, batches, cfg, self.device))
+            while not self.finished():
+                t0 = time.perf_counter()
+                try:
+                    x, y = next(batch_iter)
+                except StopIteration:
+                    break
+                window["data_wait"] += time.perf_counter() - t0
+                self._train_step(x, y)
+                p["step"] += 1
+                p["sample_in_epoch"] += len(y)
+                window["steps"] += 1
+                window["samples"] += len(y)
+                epoch_end = p["sample_in_epoch"] >= n
+                if epoch_end:
+                    p["epoch"] += 1
+                    p["sample_in_epoch"] = 0
+                if p["step"] % cfg.log_every == 0:
+                    self._log_window(window)
+                self.progress.update()
+                t1 = time.perf_counter()
+                due_eval = (p["step"] % cfg.eval_every == 0) if cfg.eval_every else epoch_end
+                if (due_eval or self.finished()) and not self.run_eval():
+                    return self.stopped()
+                if self.finished():
+                    break
+                if cfg.ckpt_every and p["step"] % cfg.ckpt_every == 0:
+                    self.save("every %d steps" % cfg.ckpt_every)
+                window["excluded"] += time.perf_counter() - t1
+                if self.stop.requested:
+                    return self.stopped()
+                if epoch_end:
+                    break
+        if float(self.meter.steps) > 0:  # the last, partial logging window
+            self._log_window(window)
+        self.save("end of training")
+        self.board_hparams()
+        log.info("done: %d steps, %d epochs. Best %s %.4f at step %s -> %s", p["step"], p["epoch"], self.metric,
+                 self.best["value"] if self.best["value"] is not None else float("nan"), self.best["step"],
+                 self.paths.best)
+        return 0
+
+    def stopped(self):
+        log.info("stop requested: saving step %d", self.step)
+        if self.saved_step != self.step or self.progress_state["eval_pending"]:
+            self.save("stop signal")
+        self.board_hparams()
+        log.info("stopped at step %d; continue with: python train.py --resume --run-name %s", self.step,
+                 self.cfg.run_name)
+        return 0
+
+    def board_hparams(self):
+        hp = {k: v for k, v in vars(self.cfg).items()
+              if k not in PER_INVOCATION and not k.endswith("_dir") and k not in ("progress", "tensorboard")}
+        self.board.hparams(hp, dict(self.last_eval))
+        self.board.flush(durable=True)

@@ -1,0 +1,31 @@
+"""One trainer per run: an flock on logs/<run>/run.lock. The kernel drops it when the process dies,
+so a leftover file from a killed trainer never blocks the next one."""
+import fcntl
+import os
+
+from .errors import TrainingError
+
+
+class RunLock(object):
+    def __init__(self, path, run_name):
+        self.path, self.run_name, self.fd = str(path), run_name, None
+
+    def __enter__(self):
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "another process"
+            os.close(fd)
+            raise TrainingError("run '%s' is already being trained (pid %s holds %s); stop it first, or pick "
+                                "another --run-name" % (self.run_name, holder, self.path))
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None

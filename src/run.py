@@ -1,0 +1,202 @@
+"""One training run, from config to finished checkpoint: pick fresh start or resume, build the parts,
+restore every piece of state, hand over to the loop."""
+import logging
+import math
+import shlex
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import torch
+
+from . import atomic, checkpoint, compat, config, console, data, models, optim, seeding
+from .engine import Trainer, finished
+from .errors import UsageError
+from .lock import RunLock
+from .paths import RunPaths
+from .signals import StopFlag
+from .tensorboard_writer import Board
+
+log = logging.getLogger("train")
+
+Parts = namedtuple("Parts", "model optimizer scheduler scaler splits device amp_dtype total_steps")
+
+
+def pick_device(cfg):
+    if cfg.device == "auto":
+        return torch.device("cuda" if compat.cuda_available() else "cpu")
+    if cfg.device.startswith("cuda"):
+        if not compat.cuda_available():
+            raise UsageError("--device %s: CUDA is not available here (use --device cpu)" % cfg.device)
+        index = torch.device(cfg.device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise UsageError("--device %s: only %d GPU(s) visible" % (cfg.device, torch.cuda.device_count()))
+    return torch.device(cfg.device)
+
+
+def pick_amp(cfg, device):
+    if cfg.amp == "off":
+        return None
+    if cfg.amp == "fp16":
+        if device.type != "cuda":
+            raise UsageError("--amp fp16 needs a CUDA device (use --amp bf16 or --amp off on CPU)")
+        return torch.float16
+    if device.type == "cuda" and not compat.bf16_supported():
+        raise UsageError("--amp bf16: this GPU has no bfloat16 support (use --amp fp16)")
+    if device.type != "cuda" and not hasattr(torch, "autocast"):
+        raise UsageError("--amp bf16 on CPU needs torch >= 1.10")
+    return torch.bfloat16
+
+
+def _load_or_usage_error(path, flag):
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError("%s %s: no such checkpoint file" % (flag, path))
+    try:
+        return checkpoint.load(path)
+    except checkpoint.CorruptCheckpoint as err:
+        raise UsageError("%s %s: unreadable checkpoint (%s)" % (flag, path, err))
+
+
+def _existing_runs(models_dir):
+    return sorted(p.stem for p in (Path(models_dir) / "latest").glob("*.pt"))
+
+
+def find_resume_state(cfg, paths, explicit_state):
+    """(state, path) to continue from, or (None, None) for a fresh start; refuses to clobber a run."""
+    has_files = paths.latest.exists() or bool(checkpoint.tmp_checkpoints(paths.tmp_dir))
+    if cfg.resume is None:
+        if has_files:
+            raise UsageError("run '%s' already has checkpoints (%s); continue it with --resume, or start another "
+                             "with --run-name NAME" % (cfg.run_name, paths.latest))
+        return None, None
+    if cfg.resume not in ("latest", "auto"):
+        return explicit_state, Path(cfg.resume)
+    state, path = checkpoint.newest_valid(paths)
+    if state is not None:
+        return state, path
+    if has_files:
+        raise UsageError("run '%s' has no readable checkpoint in %s or %s; nothing was changed"
+                         % (cfg.run_name, paths.latest, paths.tmp_dir))
+    if cfg.resume == "auto":
+        return None, None
+    others = [r for r in _existing_runs(cfg.models_dir) if r != cfg.run_name]
+    hint = " (runs with checkpoints: %s; pick one with --run-name)" % ", ".join(others) if others else ""
+    raise UsageError("nothing to resume: run '%s' has no checkpoint in %s%s" % (cfg.run_name, paths.latest.parent,
+                                                                                 hint))
+
+
+def build_parts(cfg, splits, device):
+    model = models.build(cfg, splits.input_shape, splits.num_classes).to(device)
+    optimizer = optim.build_optimizer(cfg, model.parameters())
+    total = optim.total_steps(cfg, int(math.ceil(len(splits.train) / float(cfg.batch_size))))
+    scheduler = optim.build_scheduler(cfg, optimizer, total)
+    amp_dtype = pick_amp(cfg, device)
+    scaler = compat.grad_scaler(amp_dtype == torch.float16)
+    if cfg.compile:
+        if not compat.has_compile():
+            raise UsageError("--compile needs torch >= 2.0 (this is %s)" % torch.__version__)
+        model = torch.compile(model)
+    return Parts(model, optimizer, scheduler, scaler, splits, device, amp_dtype, total)
+
+
+def describe_model(cfg):
+    """How an error names the model a checkpoint must fit."""
+    return "model '%s' on dataset '%s'" % (cfg.model, cfg.dataset)
+
+
+def restore_parts(parts, state, source, cfg):
+    """Weights, optimizer, scheduler and scaler from a checkpoint; the config's hyperparameters on top."""
+    checkpoint.load_model_weights(parts.model, state, source, describe_model(cfg))
+    try:
+        parts.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as err:
+        raise UsageError("checkpoint %s: optimizer state does not fit --optimizer %s (%s)" % (source, cfg.optimizer,
+                                                                                            err))
+    parts.scheduler.load_state_dict(state["scheduler"])
+    optim.apply_config(cfg, parts.optimizer, parts.scheduler)
+    if state.get("scaler") and parts.scaler.is_enabled():
+        parts.scaler.load_state_dict(state["scaler"])
+
+
+def prepare_data(cfg):
+    splits = data.build(cfg)
+    log.info("dataset %s ready in %s: %d training and %d validation samples of shape %s", cfg.dataset, cfg.data_dir,
+             len(splits.train), len(splits.val), "x".join(map(str, splits.input_shape)))
+    return 0
+
+
+def run(cfg, user):
+    bar = console.use_bar(cfg.progress)
+    console.setup(None, bar)
+    if cfg.doctor:
+        from . import doctor
+        return doctor.run()
+    if cfg.prepare_data:
+        return prepare_data(cfg)
+    explicit = None
+    if cfg.resume not in (None, "latest", "auto"):
+        explicit = _load_or_usage_error(cfg.resume, "--resume")
+        if "run_name" not in user:
+            cfg.run_name = explicit["config"]["run_name"]
+    paths = RunPaths(cfg)
+    paths.make()
+    with RunLock(paths.lock_file, cfg.run_name), StopFlag() as stop:
+        atomic.remove_stale_tmp(paths.latest.parent, paths.latest.name)
+        atomic.remove_stale_tmp(paths.best.parent, paths.best.name)
+        atomic.remove_stale_tmp(paths.tmp_dir)
+        state, source = find_resume_state(cfg, paths, explicit)
+        changes = []
+        if state is not None:
+            cfg, changes = config.merge_resumed(state["config"], cfg, user)
+            if finished(cfg, state["progress"]):
+                log.info("run %s already finished at step %d; raise --epochs or --max-steps to train longer",
+                         cfg.run_name, state["progress"]["step"])
+                return 0
+
+        # Everything that can fail on bad input happens before the first line is logged or file written.
+        seeding.seed_everything(cfg.seed)
+        device = pick_device(cfg)
+        splits = data.build(cfg)
+        parts = build_parts(cfg, splits, device)
+        if state is not None:
+            restore_parts(parts, state, source, cfg)
+        elif cfg.init_from:
+            init = _load_or_usage_error(cfg.init_from, "--init-from")
+            checkpoint.load_model_weights(parts.model, init, cfg.init_from, describe_model(cfg))
+
+        console.setup(paths.log_file, bar)
+        seeding.set_deterministic(cfg.deterministic)
+        if state is None:
+            log.info("run %s: fresh start%s", cfg.run_name,
+                     " from the weights of %s" % cfg.init_from if cfg.init_from else "")
+        else:
+            p = state["progress"]
+            log.info("run %s: resuming from %s at step %d (epoch %d, sample %d)", cfg.run_name, source, p["step"],
+                     p["epoch"] + 1, p["sample_in_epoch"])
+        for key, old, new in changes:
+            log.info("config change on resume: %s %r -> %r", key, old, new)
+        text = config.to_yaml(cfg)
+        log.info("config:\n%s", text.rstrip())
+        atomic.write_text(paths.config_file, text)
+        n_params = sum(p.numel() for p in parts.model.parameters())
+        log.info("model %s: %s parameters on %s; %s: %d train / %d val samples; %d steps in all", cfg.model,
+                 format(n_params, ","), device, cfg.dataset, len(splits.train), len(splits.val), parts.total_steps)
+
+        step0 = state["progress"]["step"] if state is not None else 0
+        # resuming: drop events logged after the checkpoint; fresh: drop any left by a run that never saved
+        board = Board(paths.run_dir, cfg.tensorboard, resume_step=step0 if state is not None else -1)
+        progress = console.Progress(bar, parts.total_steps, step0)
+        trainer = Trainer(cfg, parts, paths, board, stop, progress)
+        try:
+            if state is not None:
+                trainer.load_state_dict(state)
+                seeding.restore(state["rng"])  # last: nothing after this may draw random numbers before step 1
+            board.text("config", "```yaml\n%s```" % text, step0)
+            board.text("command", " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), step0)
+            if changes:
+                board.text("config_changes", "\n".join("- %s: %r -> %r" % c for c in changes), step0)
+            return trainer.fit()
+        finally:
+            progress.close()
+            board.close()

@@ -1,0 +1,50 @@
+"""Seeds, determinism, and the RNG states a checkpoint carries (Python, NumPy, torch CPU and CUDA)."""
+import os
+import random
+
+import numpy as np
+import torch
+
+from . import compat
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(deterministic):
+    """Deterministic kernels (bit-exact runs and resumes) or the fast ones (cuDNN autotuning, TF32)."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    compat.set_deterministic(deterministic)
+    compat.set_tf32(not deterministic)  # TF32 on Ampere+ is fast but not bit-exact
+
+
+def capture():
+    """All global RNG states as plain types and tensors (loadable with weights-only unpickling)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if compat.cuda_available() else [],
+    }
+    return state
+
+
+def restore(state):
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and compat.cuda_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def epoch_generator(seed, epoch):
+    """The generator for one epoch's data order: a pure function of (seed, epoch)."""
+    return torch.Generator().manual_seed(seed * 100003 + epoch)

@@ -1,0 +1,110 @@
+"""TensorBoard output of a run (logs/<run>/), a no-op when disabled or off rank 0.
+
+A resumed run writes into the same folder. Events logged after the checkpoint it resumes from (a crash
+loses its checkpoint but not its events) are cut out of the old event files first, so TensorBoard sees
+every step once and in order.
+"""
+import os
+import struct
+from pathlib import Path
+
+from . import atomic
+
+_HEADER = struct.Struct("<Q")
+
+
+def _records(path):
+    """(raw record bytes, event payload) for each whole TFRecord in an event file; a torn tail is dropped."""
+    with open(str(path), "rb") as f:
+        blob = f.read()
+    pos = 0
+    while pos + 12 <= len(blob):
+        (length,) = _HEADER.unpack_from(blob, pos)
+        end = pos + 12 + length + 4
+        if end > len(blob):
+            break
+        yield blob[pos:end], blob[pos + 12:pos + 12 + length]
+        pos = end
+
+
+def _keep(event, step):
+    if not event.HasField("summary"):
+        return True
+    for value in event.summary.value:
+        plugin = value.metadata.plugin_data.plugin_name
+        if plugin == "hparams" or (plugin == "text" and event.step >= step):
+            return False
+    return event.step <= step
+
+
+def trim_events(run_dir, step):
+    """Remove summaries after `step` (and session texts at it, and hparams) from a run's event files."""
+    from tensorboard.compat.proto.event_pb2 import Event
+
+    removed = 0
+    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+        kept, dropped = [], 0
+        for raw, payload in _records(path):
+            event = Event.FromString(payload)
+            if _keep(event, step):
+                kept.append(raw)
+            else:
+                dropped += 1
+        if dropped or sum(len(r) for r in kept) != path.stat().st_size:
+            atomic.write_bytes(path, b"".join(kept))
+            removed += dropped
+    return removed
+
+
+class Board(object):
+    """SummaryWriter wrapper: every method does nothing when the board is off."""
+
+    def __init__(self, run_dir, enabled, resume_step):
+        self.writer = None
+        if not enabled:
+            return
+        trim_events(run_dir, resume_step)
+        from torch.utils.tensorboard import SummaryWriter
+        self.run_dir = str(run_dir)
+        self.writer = SummaryWriter(log_dir=self.run_dir, flush_secs=30)
+
+    def scalars(self, values, step):
+        if self.writer:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def image(self, tag, chw, step):
+        if self.writer:
+            self.writer.add_image(tag, chw, step)
+
+    def text(self, tag, text, step):
+        if self.writer:
+            self.writer.add_text(tag, text, step)
+
+    def hparams(self, hparams, metrics):
+        """Hyperparameters with the final metrics, inside this run (no extra run folder)."""
+        if not self.writer:
+            return
+        from torch.utils.tensorboard.summary import hparams as make
+        clean = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in hparams.items()}
+        file_writer = self.writer._get_file_writer()
+        for summary in make(clean, metrics):
+            file_writer.add_summary(summary)
+
+    def flush(self, durable=False):
+        """Write buffered events out; durable also fsyncs the event files (done with each checkpoint)."""
+        if not self.writer:
+            return
+        self.writer.flush()
+        if durable:
+            for path in Path(self.run_dir).glob("events.out.tfevents.*"):
+                fd = os.open(str(path), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    def close(self):
+        if self.writer:
+            self.writer.close()
+            self.writer = None
