@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run the whole test suite in its own environment: .venv-test with the pinned requirements
+# (torch==2.13.0 on the host, never an unpinned torch). Arguments go to pytest, e.g. ./test.sh -k resume
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+venv=".venv-test"
+python="${PYTHON:-python3}"
+if ! command -v "$python" >/dev/null 2>&1; then
+  echo "test.sh: $python not found; install Python 3.8 or newer (or set PYTHON=/path/to/python3)" >&2
+  exit 1
+fi
+if [[ ! -x "$venv/bin/python" ]]; then
+  echo "test.sh: creating $venv"
+  "$python" -m venv "$venv"
+fi
+stamp="$venv/.requirements.sha256"
+want="$(cat stacks/cpu/requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)"
+if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
+  echo "test.sh: installing requirements-dev.txt into $venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+  echo "$want" >"$stamp"
+fi
+exec "$venv/bin/python" -m pytest "$@"

@@ -1,0 +1,130 @@
+"""Shared test helpers: a fresh copy of the project per test, the real train.py run in subprocesses, real
+signals, and TensorBoard's own event-file readers."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # tests may import the project's modules (src.*) for checks
+
+# Small, fast, deterministic runs: the MLP on the embedded digits (45 steps an epoch at batch 32).
+FAST = ["--model", "mlp", "--width", "64", "--batch-size", "32", "--deterministic", "--progress", "plain"]
+
+
+class Project(object):
+    """A copy of train.py + src/ in a temporary folder, like a fresh clone."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        shutil.copy(str(REPO / "train.py"), str(self.root / "train.py"))
+        shutil.copytree(str(REPO / "src"), str(self.root / "src"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1")
+        self.env.pop("DATA_MIRROR", None)
+        self.env.pop("DATA_CHECKSUMS", None)
+
+    def cmd(self, args):
+        return [sys.executable, str(self.root / "train.py")] + [str(a) for a in args]
+
+    def run(self, *args, timeout=300, env=None):
+        return subprocess.run(self.cmd(args), cwd=str(self.root), env=env or self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def ok(self, *args, **kw):
+        res = self.run(*args, **kw)
+        assert res.returncode == 0, "train.py %s failed (%d):\n%s" % (args, res.returncode, res.stderr[-3000:])
+        return res
+
+    def start(self, *args):
+        return subprocess.Popen(self.cmd(args), cwd=str(self.root), env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, universal_newlines=True, start_new_session=True)
+
+    def latest(self, run):
+        return self.root / "models" / "latest" / (run + ".pt")
+
+    def best(self, run):
+        return self.root / "models" / "best" / (run + ".pt")
+
+    def tmp_dir(self, run):
+        return self.root / "models" / "tmp" / run
+
+    def run_dir(self, run):
+        return self.root / "logs" / run
+
+
+@pytest.fixture
+def project(tmp_path):
+    return Project(tmp_path)
+
+
+def wait_for_line(proc, predicate, timeout=120):
+    """Read proc's output until predicate(line) is true; returns (line, all lines read)."""
+    seen, deadline = [], time.time() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if predicate(line):
+            return line, seen
+        if time.time() > deadline:
+            break
+    proc.kill()
+    raise AssertionError("line never came; output:\n" + "".join(seen[-40:]))
+
+
+def step_of(line, prefix):
+    """N from 'step N/...' or 'saved checkpoint step N', when line starts with prefix."""
+    if not line.startswith(prefix):
+        return None
+    return int(line[len(prefix):].split()[0].split("/")[0])
+
+
+def stop_at(proc, sig, prefix, at_least):
+    """Send sig once a line `prefix N...` with N >= at_least shows; return (exit code, output, seconds to exit)."""
+    _, seen = wait_for_line(proc, lambda line: (step_of(line, prefix) or -1) >= at_least)
+    sent = time.time()
+    proc.send_signal(sig)
+    rest, _ = proc.communicate(timeout=60)
+    return proc.returncode, "".join(seen) + rest, time.time() - sent
+
+
+def load(path):
+    """A checkpoint read the way train.py reads it: weights-only unpickling where this torch has it."""
+    from src import compat
+    return compat.load_file(str(path))
+
+
+def scalars(run_dir, prefixes=("train/", "val/")):
+    """{tag: [(step, value), ...]} as TensorBoard's own EventAccumulator reads the run folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)]
+            for tag in acc.Tags()["scalars"] if tag.startswith(prefixes)}
+
+
+def raw_events(run_dir):
+    """Every event in every event file of a run, read with TensorBoard's event file loader."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    events = []
+    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+        events.extend(EventFileLoader(str(path)).Load())
+    return events
+
+
+def summary_steps(run_dir, tag):
+    """The steps of every raw summary event carrying tag (duplicates included)."""
+    return [e.step for e in raw_events(run_dir) for v in e.summary.value if v.tag == tag]
+
+
+def same_weights(a, b):
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+__all__ = ["FAST", "Project", "load", "scalars", "raw_events", "same_weights", "signal", "stop_at",
+           "summary_steps", "wait_for_line", "step_of"]

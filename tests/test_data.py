@@ -1,0 +1,153 @@
+"""Datasets: the embedded digits, synthetic data, and MNIST / Fashion-MNIST / CIFAR-10 downloaded from a
+real HTTP server on 127.0.0.1 serving files in their native formats (IDX, python pickles in a tar.gz),
+made here, with MD5 verification and atomic writes."""
+import functools
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import pickle
+import struct
+import tarfile
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from conftest import load
+from src.data import cifar10, digits, mnist, synthetic
+from src.errors import TrainingError
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def idx_bytes(array):
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(">%dI" % array.ndim, *array.shape)
+    return gzip.compress(header + array.astype(np.uint8).tobytes())
+
+
+def cifar_tar(batches):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, (x, y) in batches.items():
+            blob = pickle.dumps({b"batch_label": name.encode(), b"labels": [int(v) for v in y],
+                                 b"data": x.reshape(len(x), -1), b"filenames": [b"x.png"] * len(y)}, protocol=2)
+            info = tarfile.TarInfo("cifar-10-batches-py/" + name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    """Serve <dataset>/<file> on 127.0.0.1; returns (url, checksums file, the arrays that were served)."""
+    root = tmp_path_factory.mktemp("mirror")
+    rng = np.random.RandomState(0)
+    arrays, sums = {}, {}
+
+    def put(dataset, name, blob):
+        (root / dataset).mkdir(exist_ok=True)
+        (root / dataset / name).write_bytes(blob)
+        sums["%s/%s" % (dataset, name)] = hashlib.md5(blob).hexdigest()
+
+    for dataset in ("mnist", "fashion-mnist"):
+        for prefix, n in (("train", 300), ("t10k", 100)):
+            x = rng.randint(0, 256, size=(n, 28, 28)).astype(np.uint8)
+            y = rng.randint(0, 10, size=n).astype(np.uint8)
+            arrays[(dataset, prefix)] = (x, y)
+            put(dataset, "%s-images-idx3-ubyte.gz" % prefix, idx_bytes(x))
+            put(dataset, "%s-labels-idx1-ubyte.gz" % prefix, idx_bytes(y))
+    batches = {}
+    for name in ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"]:
+        batches[name] = (rng.randint(0, 256, size=(40, 3, 32, 32)).astype(np.uint8), rng.randint(0, 10, size=40))
+    arrays["cifar10"] = batches
+    put("cifar10", cifar10.FILE, cifar_tar(batches))
+    (root / "sums.json").write_text(json.dumps(sums))
+
+    handler = functools.partial(QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield "http://127.0.0.1:%d" % server.server_address[1], str(root / "sums.json"), arrays
+    server.shutdown()
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "cifar10"])
+def test_download_verify_parse_and_train(project, mirror, dataset):
+    url, sums, arrays = mirror
+    res = project.ok("--dataset", dataset, "--data-mirror", url, "--data-checksums", sums, "--prepare-data")
+    assert "dataset %s ready" % dataset in res.stderr
+    folder = project.root / "data" / dataset
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".")) == []
+    cfg = SimpleNamespace(data_dir=str(project.root / "data"), data_mirror="", data_checksums=sums, download=False)
+    if dataset == "cifar10":
+        splits = cifar10.build(cfg)
+        x, y = arrays["cifar10"]["data_batch_1"]
+        assert splits.train.x.shape == (200, 3, 32, 32) and len(splits.val) == 40
+    else:
+        splits = mnist._build(cfg, dataset)
+        x, y = arrays[(dataset, "train")]
+        x = x[:, None]
+        assert splits.train.x.shape == (300, 1, 28, 28) and len(splits.val) == 100
+    assert np.array_equal(splits.train.x[: len(x)].numpy(), x) and np.array_equal(splits.train.y[: len(y)].numpy(), y)
+    # training on it uses the files in data/ (no second download: the mirror is not given again)
+    project.ok("--dataset", dataset, "--model", "cnn", "--width", "8", "--max-steps", "3", "--data-checksums", sums,
+               "--progress", "plain", "--no-download")
+    assert load(project.latest("%s-cnn" % dataset))["progress"]["step"] == 3
+
+
+def test_checksum_mismatch_saves_nothing(project, mirror):
+    url, _, _ = mirror
+    res = project.run("--dataset", "mnist", "--data-mirror", url, "--prepare-data")  # the real MD5s
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "checksum mismatch for %s/mnist/" % url in res.stderr
+    assert list((project.root / "data" / "mnist").iterdir()) == []
+
+
+def test_unreachable_mirror_is_a_clear_error(project):
+    res = project.run("--dataset", "cifar10", "--data-mirror", "http://127.0.0.1:9", "--prepare-data")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert "could not download http://127.0.0.1:9/cifar10/cifar-10-python.tar.gz" in res.stderr
+
+
+def test_missing_data_without_download_is_a_clear_error(project):
+    res = project.run("--dataset", "fashion-mnist", "--no-download", "--progress", "plain")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert "missing" in res.stderr and "fashion-mnist/t10k-images-idx3-ubyte.gz" in res.stderr
+
+
+def test_a_cifar_pickle_that_tries_to_run_code_is_refused(project, tmp_path):
+    class Evil(object):
+        def __reduce__(self):
+            return (print, ("owned",))
+    blob = pickle.dumps({b"data": Evil(), b"labels": []})
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-py/test_batch")
+        info.size = len(blob)
+        tar.addfile(info, io.BytesIO(blob))
+    path = tmp_path / "evil.tar.gz"
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(TrainingError, match="unexpected object builtins.print"):
+        cifar10.read_batches(path, ["test_batch"])
+
+
+def test_embedded_digits_are_the_real_1797_images():
+    x, y = digits.load_arrays()
+    assert x.shape == (1797, 1, 8, 8) and int(x.max()) == 16
+    assert np.bincount(y.numpy()).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+
+
+def test_synthetic_data_has_any_shape_and_size(project):
+    cfg = SimpleNamespace(synthetic_shape="2,5,7", synthetic_size=50, synthetic_classes=3)
+    splits = synthetic.build(cfg)
+    assert splits.input_shape == (2, 5, 7) and len(splits.train) == 50 and splits.num_classes == 3
+    x, y = splits.train[[0, 1, 2]]
+    assert x.shape == (3, 2, 5, 7) and x.dtype.is_floating_point and int(y.max()) < 3
+    res = project.ok("--dataset", "synthetic", "--synthetic-shape", "3,16,16", "--synthetic-size", "64",
+                     "--model", "resnet", "--width", "4", "--max-steps", "2", "--progress", "plain")
+    assert "synthetic: 64 train / 10 val samples" in res.stderr

@@ -1,0 +1,90 @@
+"""Exact resume: a run stopped anywhere (SIGTERM, SIGINT, kill -9 after a checkpoint) and continued with
+--resume ends with bit-identical weights and the same logged scalars as the run done in one go."""
+import signal
+
+import pytest
+
+from conftest import FAST, Project, load, same_weights, scalars, stop_at, summary_steps
+
+# 3 epochs of 45 steps; dropout makes the result depend on the restored torch RNG state too.
+ARGS = FAST + ["--epochs", "3", "--dropout", "0.2", "--log-every", "4", "--eval-every", "7", "--ckpt-every", "10",
+               "--run-name", "exact"]
+COMPARED = ("train/loss", "train/acc", "train/lr", "train/grad_norm", "val/loss", "val/acc")
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    project = Project(tmp_path_factory.mktemp("baseline"))
+    project.ok(*ARGS)
+    return load(project.latest("exact")), scalars(project.run_dir("exact"))
+
+
+def assert_same_as_baseline(project, baseline):
+    want_state, want_scalars = baseline
+    got = load(project.latest("exact"))
+    assert got["progress"]["step"] == want_state["progress"]["step"] == 135
+    assert same_weights(got["model"], want_state["model"]), "weights differ from the uninterrupted run"
+    got_scalars = scalars(project.run_dir("exact"))
+    for tag in COMPARED:
+        assert got_scalars[tag] == want_scalars[tag], "%s differs from the uninterrupted run" % tag
+        steps = summary_steps(project.run_dir("exact"), tag)
+        assert steps == sorted(set(steps)), "%s has duplicate or out-of-order steps: %s" % (tag, steps)
+
+
+@pytest.mark.parametrize("sig,prefix,at", [
+    (signal.SIGTERM, "step ", 8),                      # early, mid-epoch
+    (signal.SIGINT, "step ", 60),                      # Ctrl-C in the second epoch
+    (signal.SIGKILL, "saved checkpoint step ", 30),    # kill -9 right after a checkpoint
+    (signal.SIGKILL, "saved checkpoint step ", 100),   # kill -9 in the third epoch
+])
+def test_stop_anywhere_then_resume_is_bit_identical(project, baseline, sig, prefix, at):
+    code, _, _ = stop_at(project.start(*ARGS), sig, prefix, at)
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0)
+    stopped = load(project.latest("exact"))["progress"]
+    assert 0 < stopped["step"] < 135
+    res = project.ok("--resume", "--run-name", "exact")
+    assert "resuming from" in res.stderr and "at step %d" % stopped["step"] in res.stderr
+    assert_same_as_baseline(project, baseline)
+
+
+def test_signal_mid_epoch_records_the_position_inside_the_epoch(project, baseline):
+    code, _, _ = stop_at(project.start(*ARGS), signal.SIGTERM, "step ", 52)
+    assert code == 0
+    progress = load(project.latest("exact"))["progress"]
+    assert progress["epoch"] == 1 and 0 < progress["sample_in_epoch"] < 1438, progress
+    project.ok("--resume", "--run-name", "exact")
+    assert_same_as_baseline(project, baseline)
+
+
+def test_twice_interrupted_run_matches_too(project, baseline):
+    stop_at(project.start(*ARGS), signal.SIGTERM, "step ", 20)
+    stop_at(project.start("--resume", "--run-name", "exact"), signal.SIGKILL, "saved checkpoint step ", 70)
+    project.ok("--resume", "--run-name", "exact")
+    assert_same_as_baseline(project, baseline)
+
+
+def test_changed_hyperparameters_on_resume_are_applied_and_logged(project):
+    project.ok(*(ARGS + ["--max-steps", "40", "--scheduler", "constant"]))
+    res = project.ok("--resume", "--run-name", "exact", "--lr", "0.01", "--max-steps", "60")
+    assert "config change on resume: lr 0.05 -> 0.01" in res.stderr
+    assert "config change on resume: max_steps 40 -> 60" in res.stderr
+    lrs = dict(scalars(project.run_dir("exact"))["train/lr"])
+    assert lrs[40] == pytest.approx(0.05) and lrs[44] == pytest.approx(0.01) and lrs[60] == pytest.approx(0.01)
+    state = load(project.latest("exact"))
+    assert state["progress"]["step"] == 60 and state["config"]["lr"] == 0.01
+    assert "lr: 0.01" in (project.run_dir("exact") / "config.yaml").read_text()
+
+
+def test_resume_auto_starts_fresh_then_continues(project):
+    project.ok(*(FAST + ["--max-steps", "5", "--resume", "auto", "--run-name", "auto"]))
+    assert load(project.latest("auto"))["progress"]["step"] == 5
+    res = project.ok(*(FAST + ["--max-steps", "9", "--resume", "auto", "--run-name", "auto"]))
+    assert "at step 5" in res.stderr
+    assert load(project.latest("auto"))["progress"]["step"] == 9
+
+
+def test_resume_from_an_explicit_path_takes_its_run_name(project):
+    project.ok(*(FAST + ["--max-steps", "6", "--ckpt-every", "3", "--run-name", "p"]))
+    res = project.ok("--resume", str(project.tmp_dir("p") / "step-3.pt"), "--max-steps", "8")
+    assert "run p: resuming from" in res.stderr and "at step 3" in res.stderr
+    assert load(project.latest("p"))["progress"]["step"] == 8
