@@ -1,0 +1,112 @@
+# Helpers shared by setup.sh, run.sh and purge.sh (sourced, not run). Expects `set -euo pipefail` and ROOT.
+# shellcheck shell=bash
+
+die() { echo "$(basename "$0"): $*" >&2; exit 1; }
+say() { echo "$(basename "$0"): $*"; }
+
+# Value of KEY in .env (empty when absent). .env lines are KEY=VALUE with no quoting.
+env_file_value() {
+  local key="$1"
+  [[ -f "$ROOT/.env" ]] || return 0
+  sed -n "s/^${key}=//p" "$ROOT/.env" | tail -n 1
+}
+
+# The project's name: $PROJECT, else .env's, else the checkout folder's name.
+project_name() {
+  local name="${PROJECT:-$(env_file_value PROJECT)}"
+  name="${name:-$(basename "$ROOT")}"
+  case "$name" in
+    "" | . | .. | */* | *" "*) die "PROJECT '$name' is not a usable name (no '/', no spaces); set PROJECT=name" ;;
+  esac
+  echo "$name"
+}
+
+# Sets PROJECT, TMP_DIR (/tmp/<project>), COMPOSE_NAME (Docker's spelling) and IMAGE (<compose name>-trainer).
+# shellcheck disable=SC2034  # globals for the scripts that source this file
+load_project() {
+  PROJECT="$(project_name)"
+  TMP_DIR="/tmp/$PROJECT"
+  COMPOSE_NAME="$(compose_project_name "$PROJECT")"
+  IMAGE="$COMPOSE_NAME-trainer"
+}
+
+# Docker's spelling of it: lower case, only [a-z0-9_-].
+compose_project_name() {
+  echo "$1" | tr '[:upper:]' '[:lower:]' | sed 's/[^a-z0-9_-]/-/g; s/^[^a-z0-9]*//'
+}
+
+# Sets COMPOSE to the Compose command: v2 (`docker compose`), else v1 (`docker-compose`).
+find_compose() {
+  if docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+  elif command -v docker-compose >/dev/null 2>&1; then
+    COMPOSE=(docker-compose)
+  else
+    die "Docker Compose is missing: install the compose plugin (https://docs.docker.com/compose/install/linux/), or docker-compose"
+  fi
+}
+
+# BuildKit (for RUN --mount in the Dockerfile) also when the fallback is docker-compose v1.
+compose() { (cd "$ROOT" && DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1 "${COMPOSE[@]}" "$@"); }
+
+# Fails with what to do when there is no usable Docker engine.
+require_docker() {
+  command -v docker >/dev/null 2>&1 \
+    || die "Docker is not installed: install Docker Engine (https://docs.docker.com/engine/install/), or use --native"
+  local err
+  if ! err="$(docker info 2>&1 >/dev/null)"; then
+    case "$err" in
+      *"permission denied"*) die "no permission to use Docker: add yourself to the docker group (sudo usermod -aG docker \"\$USER\", then log in again)" ;;
+      *) die "the Docker engine is not reachable (is dockerd running? try: sudo systemctl start docker): ${err%%$'\n'*}" ;;
+    esac
+  fi
+  find_compose
+}
+
+# Start CMD... fully detached (new session, no inherited descriptors, output appended to LOG) with PYTHON;
+# prints its pid. It survives the terminal closing, and `./run.sh | tee x` does not wait for it.
+detach() {
+  local python="$1" log="$2"
+  shift 2
+  "$python" -c 'import subprocess, sys
+with open(sys.argv[1], "ab") as out:
+    print(subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                           start_new_session=True, close_fds=True).pid)' "$log" "$@"
+}
+
+# NAME DEFAULT: the environment's value of NAME, else .env's, else DEFAULT.
+setting() {
+  local name="$1" default="$2" value
+  value="${!name:-}"
+  [[ -n "$value" ]] || value="$(env_file_value "$name")"
+  echo "${value:-$default}"
+}
+
+# The native env's python: the conda env named after the project where conda exists, else .venv's.
+native_env_python() {
+  if command -v conda >/dev/null 2>&1; then
+    conda run -n "$PROJECT" python -c 'import sys; print(sys.executable)'
+  else
+    echo "$ROOT/.venv/bin/python"
+  fi
+}
+
+# True when something listens on 127.0.0.1:PORT.
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# The symlink LINK -> TARGET, made or repaired; refuses a link that points anywhere else.
+ensure_symlink() {
+  local link="$1" target="$2"
+  mkdir -p "$target"
+  if [[ -L "$link" ]]; then
+    [[ "$(readlink "$link")" == "$target" ]] && return 0
+    die "$link points to $(readlink "$link"), not $target; remove it (or set PROJECT) and run again"
+  fi
+  if [[ -d "$link" ]]; then  # a real folder (train.py made it before setup): move its contents over
+    cp -a "$link"/. "$target"/
+    rm -rf "$link"
+  elif [[ -e "$link" ]]; then
+    die "$link exists and is not a folder; move it away and run again"
+  fi
+  ln -s "$target" "$link"
+}

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Set up, then train in the background with TensorBoard beside it. Arguments go to train.py.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=docker/lib.sh
+source "$ROOT/docker/lib.sh"
+
+usage() {
+  cat <<EOF
+Usage: ./run.sh [--native] [-h | --help] [TRAIN.PY ARGUMENTS...]
+
+Runs ./setup.sh, checks the arguments, starts train.py --resume auto ARGUMENTS in the background (it
+survives closing the terminal and continues the run if it has checkpoints), starts TensorBoard, and
+prints its URL and how to follow, stop and resume. Examples:
+  ./run.sh                                  # the default model on the embedded digits
+  ./run.sh --epochs 30 --lr 0.01 --run-name longer
+  ./run.sh --config configs/cifar10-resnet.yaml
+  ./run.sh --native                         # no Docker: conda env or .venv (see ./setup.sh --help)
+Any option not listed here is a train.py option (python train.py --help); a bad one stops here with exit 2.
+EOF
+}
+
+native=0
+args=()
+while (($#)); do
+  case "$1" in
+    --native) native=1 ;;
+    -h | --help) usage; exit 0 ;;
+    --) shift; args+=("$@"); break ;;
+    *) args+=("$1") ;;
+  esac
+  shift
+done
+
+setup_args=()
+((native)) && setup_args+=(--native)
+"$ROOT/setup.sh" "${setup_args[@]}" >/dev/null
+load_project
+TB_PORT="$(setting TB_PORT 6006)"
+TB_BIND="$(setting TB_BIND 127.0.0.1)"
+url="http://$([[ "$TB_BIND" == 0.0.0.0 ]] && echo 127.0.0.1 || echo "$TB_BIND"):$TB_PORT"
+tb_busy_message="port $TB_PORT is already in use by another program; pick a free one with TB_PORT=NNNN ./run.sh (or set TB_PORT in .env)"
+
+wait_for_tensorboard() {
+  for _ in $(seq 1 60); do
+    port_busy "$TB_PORT" && return 0
+    sleep 1
+  done
+  die "TensorBoard did not come up on $url; see $1"
+}
+
+run_docker() {
+  require_docker
+  if [[ -n "$(compose ps --status running -q trainer 2>/dev/null)" ]]; then
+    die "training is already running in $(compose ps --status running --format '{{.Name}}' trainer); follow it with: docker compose logs -f trainer; stop it with: docker compose stop trainer"
+  fi
+  # Check the arguments (and fetch the data) in the foreground: a bad flag stops here, not in the background.
+  compose run --rm --no-deps trainer python train.py --resume auto "${args[@]}" --prepare-data --progress plain >/dev/null
+  if [[ -z "$(compose ps --status running -q tensorboard 2>/dev/null)" ]] && port_busy "$TB_PORT"; then
+    die "$tb_busy_message"
+  fi
+  local train_args=""
+  ((${#args[@]})) && train_args="$(printf '%q ' "${args[@]}")"
+  TRAIN_ARGS="$train_args" compose up --detach trainer tensorboard
+  wait_for_tensorboard "docker compose logs tensorboard"
+  cat <<EOF
+$(basename "$0"): training in the background (container $(compose ps --format '{{.Name}}' trainer)).
+  TensorBoard:  $url
+  follow:       docker compose logs -f trainer      (or: tail -f logs/<run>/train.log)
+  stop:         docker compose stop trainer         (saves a checkpoint first)
+  resume:       ./run.sh ${args[*]}
+                or: docker compose run --rm trainer python train.py --resume ${args[*]}
+  clean up:     ./purge.sh
+EOF
+}
+
+run_native() {
+  local python pid_file="$ROOT/logs/.train-native.pid" tb_pid_file="$ROOT/logs/.tensorboard-native.pid"
+  python="$(native_env_python)"
+  if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+    die "training is already running (pid $(cat "$pid_file")); follow it with: tail -f logs/train-native.out; stop it with: kill $(cat "$pid_file")"
+  fi
+  cd "$ROOT"
+  "$python" train.py --resume auto "${args[@]}" --prepare-data --progress plain >/dev/null
+  detach "$python" logs/train-native.out "$python" train.py --resume auto "${args[@]}" --progress plain >"$pid_file"
+  if ! { [[ -f "$tb_pid_file" ]] && kill -0 "$(cat "$tb_pid_file")" 2>/dev/null; }; then
+    if port_busy "$TB_PORT"; then die "$tb_busy_message"; fi
+    detach "$python" logs/tensorboard-native.out "$(dirname "$python")/tensorboard" --logdir logs --host "$TB_BIND" \
+      --port "$TB_PORT" >"$tb_pid_file"
+  fi
+  wait_for_tensorboard "logs/tensorboard-native.out"
+  cat <<EOF
+$(basename "$0"): training in the background (pid $(cat "$pid_file")).
+  TensorBoard:  $url
+  follow:       tail -f logs/train-native.out
+  stop:         kill $(cat "$pid_file")                  (saves a checkpoint first)
+  resume:       ./run.sh --native ${args[*]}
+EOF
+}
+
+if ((native)); then run_native; else run_docker; fi

@@ -1,0 +1,47 @@
+"""./run.sh --native on a machine without Docker (an HPC login node): a conda env named after the project,
+or a .venv when conda is absent; training and TensorBoard in the background; purge.sh cleans up."""
+import os
+import time
+
+import pytest
+
+from checkout import fresh_checkout
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    co = fresh_checkout(tmp_path_factory, "tplnative", drop_env=("BASE_IMAGE", "ENV_MANAGER", "REQUIREMENTS"))
+    yield co
+    co.sh("./purge.sh", "--yes", check=False)
+
+
+def test_native_run_trains_in_the_background_with_tensorboard(native):
+    res = native.sh("./run.sh", "--native", "--run-name", "nat", "--epochs", "2", "--log-every", "5")
+    assert "TensorBoard:  http://127.0.0.1:%d" % native.tb_port in res.stdout
+    env_python = native.root / ".venv" / "bin" / "python"
+    assert env_python.exists() or "conda" in res.stdout
+    pid = int((native.root / "logs" / ".train-native.pid").read_text())
+    refused = native.sh("./run.sh", "--native", "--run-name", "nat", check=False)
+    if refused.returncode == 1:  # still training: a second one is refused
+        assert "training is already running (pid %d)" % pid in refused.stdout
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            break
+        time.sleep(0.5)
+    assert native.tb_steps("nat", "val/acc", 46) == [23, 46]
+    assert "done: 46 steps" in (native.root / "logs" / "train-native.out").read_text()
+    assert os.readlink(str(native.root / "logs")) == "/tmp/%s/logs" % native.project
+
+
+def test_purge_stops_the_native_tensorboard_and_removes_the_env(native):
+    tb_pid = int((native.root / "logs" / ".tensorboard-native.pid").read_text())
+    native.sh("./purge.sh", "--yes")
+    time.sleep(1)
+    with pytest.raises(OSError):
+        os.kill(tb_pid, 0)
+    assert not (native.root / ".venv").exists()
+    assert not os.path.exists("/tmp/%s" % native.project)
+    assert (native.root / "models" / "best" / "nat.pt").exists()
