@@ -7,7 +7,7 @@ source "$ROOT/docker/lib.sh"
 
 usage() {
   cat <<EOF
-Usage: ./run.sh [--native] [-h | --help] [TRAIN.PY ARGUMENTS...]
+Usage: ./run.sh [--native] [--nproc N] [-h | --help] [TRAIN.PY ARGUMENTS...]
 
 Runs ./setup.sh, checks the arguments, starts train.py --resume auto ARGUMENTS in the background (it
 survives closing the terminal and continues the run if it has checkpoints), starts TensorBoard, and
@@ -16,15 +16,20 @@ prints its URL and how to follow, stop and resume. Examples:
   ./run.sh --epochs 30 --lr 0.01 --run-name longer
   ./run.sh --config configs/cifar10-resnet.yaml
   ./run.sh --native                         # no Docker: conda env or .venv (see ./setup.sh --help)
+  ./run.sh --nproc 4 --batch-size 512       # 4 processes (one per GPU) through torchrun; global batch 512
+--nproc N (or NPROC in .env) starts N data-parallel processes on this machine (default 1).
 Any option not listed here is a train.py option (python train.py --help); a bad one stops here with exit 2.
 EOF
 }
 
 native=0
+nproc=""
 args=()
 while (($#)); do
   case "$1" in
     --native) native=1 ;;
+    --nproc) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; nproc="$2"; shift ;;
+    --nproc=*) nproc="${1#--nproc=}" ;;
     -h | --help) usage; exit 0 ;;
     --) shift; args+=("$@"); break ;;
     *) args+=("$1") ;;
@@ -36,6 +41,8 @@ setup_args=()
 ((native)) && setup_args+=(--native)
 "$ROOT/setup.sh" "${setup_args[@]}" >/dev/null
 load_project
+[[ -n "$nproc" ]] || nproc="$(setting NPROC 1)"
+[[ "$nproc" =~ ^[1-9][0-9]*$ ]] || die "--nproc $nproc: give the number of processes to start, 1 or more"
 TB_PORT="$(setting TB_PORT 6006)"
 TB_BIND="$(setting TB_BIND 127.0.0.1)"
 url="http://$([[ "$TB_BIND" == 0.0.0.0 ]] && echo 127.0.0.1 || echo "$TB_BIND"):$TB_PORT"
@@ -61,7 +68,7 @@ run_docker() {
   fi
   local train_args=""
   ((${#args[@]})) && train_args="$(printf '%q ' "${args[@]}")"
-  TRAIN_ARGS="$train_args" compose up --detach trainer tensorboard
+  NPROC="$nproc" TRAIN_ARGS="$train_args" compose up --detach trainer tensorboard
   wait_for_tensorboard "docker compose logs tensorboard"
   cat <<EOF
 $(basename "$0"): training in the background (container $(compose ps --format '{{.Name}}' trainer)).
@@ -78,11 +85,12 @@ run_native() {
   local python pid_file="$ROOT/logs/.train-native.pid" tb_pid_file="$ROOT/logs/.tensorboard-native.pid"
   python="$(native_env_python)"
   if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
-    die "training is already running (pid $(cat "$pid_file")); follow it with: tail -f logs/train-native.out; stop it with: kill $(cat "$pid_file")"
+    die "training is already running (pid $(cat "$pid_file")); follow it with: tail -f logs/train-native.out; stop it with: kill -- -$(cat "$pid_file")"
   fi
   cd "$ROOT"
   "$python" train.py --resume auto "${args[@]}" --prepare-data --progress plain >/dev/null
-  detach "$python" logs/train-native.out "$python" train.py --resume auto "${args[@]}" --progress plain >"$pid_file"
+  detach "$python" logs/train-native.out "$python" -m src.launch "$nproc" --resume auto "${args[@]}" --progress plain \
+    >"$pid_file"
   if ! { [[ -f "$tb_pid_file" ]] && kill -0 "$(cat "$tb_pid_file")" 2>/dev/null; }; then
     if port_busy "$TB_PORT"; then die "$tb_busy_message"; fi
     detach "$python" logs/tensorboard-native.out "$(dirname "$python")/tensorboard" --logdir logs --host "$TB_BIND" \
@@ -93,7 +101,7 @@ run_native() {
 $(basename "$0"): training in the background (pid $(cat "$pid_file")).
   TensorBoard:  $url
   follow:       tail -f logs/train-native.out
-  stop:         kill $(cat "$pid_file")                  (saves a checkpoint first)
+  stop:         kill -- -$(cat "$pid_file")               (all its processes save a checkpoint first)
   resume:       ./run.sh --native ${args[*]}
 EOF
 }

@@ -23,7 +23,7 @@ writes .env, builds the image, and prepares the data in data/.
   -h, --help    this help
 
 Settings (environment, else .env, else the stack's default): PROJECT (folder name), TB_PORT (6006),
-TB_BIND (127.0.0.1), STACK (cu92), BASE_IMAGE, ENV_MANAGER (conda | venv), ENVIRONMENT, REQUIREMENTS,
+TB_BIND (127.0.0.1), NPROC (1: processes run.sh and compose start), STACK (cu92), BASE_IMAGE, ENV_MANAGER (conda | venv), ENVIRONMENT, REQUIREMENTS,
 VENV_PYTHON (python3), PIP_EXTRA_INDEX_URL, DATA_MIRROR (fetch datasets from a mirror).
 EOF
 }
@@ -85,6 +85,7 @@ HOST_GID=$(id -g)
 COMPOSE_FILE=$compose_file
 TB_PORT=$(setting TB_PORT 6006)
 TB_BIND=$(setting TB_BIND 127.0.0.1)
+NPROC=$(setting NPROC 1)
 STACK=$STACK
 BASE_IMAGE=$(stack_setting BASE_IMAGE "$stack_base")
 ENV_MANAGER=$(setting ENV_MANAGER conda)

@@ -6,9 +6,11 @@
     python train.py --lr 0.01 --epochs 30 --resume   # continue with changed hyperparameters (logged)
     python train.py --config configs/cifar10-resnet.yaml --run-name try2
     tensorboard --logdir logs                        # then open http://127.0.0.1:6006
+    torchrun --standalone --nproc_per_node 4 train.py --batch-size 256   # 4 processes (GPUs), global batch 256
 
 Everything lives in src/: config.py (flags), data/ and models/ (registries), engine.py (the loop),
-checkpoint.py, tensorboard_writer.py, run.py (fresh start or resume). See README.md.
+checkpoint.py (+ checkpoint_writer.py: in the background), tensorboard_writer.py, distributed.py (torchrun),
+run.py (fresh start or resume). See README.md.
 """
 import logging
 import sys
@@ -24,6 +26,9 @@ def main(argv=None):
         cfg, user = config.parse(argv)
         return run(cfg, user)
     except (UsageError, TrainingError) as err:
+        from src.distributed import env_rank
+        if isinstance(err, UsageError) and env_rank() > 0:
+            return err.exit_code  # every process got the same flags: rank 0 says what is wrong
         message = "train.py: error: %s" % err
         if log.handlers:
             log.error(message)

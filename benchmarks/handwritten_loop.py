@@ -1,6 +1,8 @@
 """The baseline: the plainest PyTorch loop over the same model, data, batch size, optimizer and steps as
-train.py, reporting samples/s between its first and last timed step. Run by loop_throughput.py."""
+train.py (and the same device, --amp and --channels-last), reporting samples/s between the end of its
+warm-up step and its last step. Run by loop_throughput.py; prints one JSON line."""
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -13,31 +15,48 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from src import config, data, models  # noqa: E402  (the same builders train.py uses)
 
 
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--warmup", type=int, default=10)
     args, train_args = p.parse_known_args()
     cfg, _ = config.parse(train_args)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
     torch.manual_seed(cfg.seed)
+    torch.backends.cudnn.benchmark = True
     splits = data.build(cfg)
-    model = models.build(cfg, splits.input_shape, splits.num_classes)
+    model = models.build(cfg, splits.input_shape, splits.num_classes).to(device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.amp)
+    scaler = torch.cuda.amp.GradScaler(enabled=dtype == torch.float16)
     n, step, start = len(splits.train), 0, None
     while step < args.steps:
         for idx in torch.randperm(n).split(cfg.batch_size):
             x, y = splits.train[idx]
-            loss = F.cross_entropy(model(x), y)
+            x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+            y = y.to(device, non_blocking=True)
+            amp = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+            with amp:
+                loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             step += 1
             if step == args.warmup:
-                float(loss.detach())
+                sync(device)
                 start = time.perf_counter()
             if step == args.steps:
                 break
-    float(loss.detach())
+    sync(device)
     elapsed = time.perf_counter() - start
     print(json.dumps({"samples_per_sec": (args.steps - args.warmup) * cfg.batch_size / elapsed}))
 

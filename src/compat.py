@@ -118,20 +118,37 @@ def set_tf32(enabled):
         torch.backends.cudnn.allow_tf32 = enabled
 
 
-def loader_options(num_workers, pin_memory):
-    """DataLoader keywords this torch accepts: persistent_workers from 1.7, only with workers."""
-    options = dict(num_workers=num_workers, pin_memory=pin_memory)
-    if num_workers > 0 and _accepts(torch.utils.data.DataLoader.__init__, "persistent_workers"):
-        options["persistent_workers"] = True
+def loader_options(settings):
+    """The DataLoader keywords among settings that this torch accepts (persistent_workers and prefetch_factor
+    from 1.7, and only with workers)."""
+    options = dict(num_workers=settings["num_workers"], pin_memory=settings["pin_memory"])
+    if settings["num_workers"] > 0:
+        init = torch.utils.data.DataLoader.__init__
+        for key in ("persistent_workers", "prefetch_factor"):
+            if settings.get(key) and _accepts(init, key):
+                options[key] = settings[key]
     return options
 
 
-def launcher():
-    """How to start several processes per node: torchrun from torch 1.10, the launch module before."""
+def channels_last(tensor_or_module):
+    """Convert a 4-d input or a model to the channels-last memory format (faster convolutions on recent GPUs)."""
+    if isinstance(tensor_or_module, torch.Tensor) and tensor_or_module.dim() != 4:
+        return tensor_or_module
+    return tensor_or_module.to(memory_format=torch.channels_last)
+
+
+def launcher(python, nproc):
+    """The command that starts nproc processes on this node: torchrun (`torch.distributed.run`, torch >= 1.10)
+    with a standalone rendezvous, or before it `torch.distributed.launch --use_env` on a free local port."""
     import importlib.util
     if importlib.util.find_spec("torch.distributed.run") is not None:
-        return ["torchrun"]
-    return ["python", "-m", "torch.distributed.launch", "--use_env"]
+        return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    import socket
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [python, "-m", "torch.distributed.launch", "--use_env", "--nproc_per_node", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(port)]
 
 
 def scheduler_state(scheduler):

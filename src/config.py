@@ -58,7 +58,12 @@ def build_parser():
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", choices=data.names(), help="dataset")
     g.add_argument("--data-dir", default=str(ROOT / "data"), metavar="DIR", help="where datasets live")
-    g.add_argument("--num-workers", type=int, default=0, metavar="N", help="DataLoader worker processes")
+    g.add_argument("--num-workers", type=int, default=-1, metavar="N",
+                   help="DataLoader worker processes (-1: per device and dataset, see README)")
+    g.add_argument("--pin-memory", default="auto", choices=("auto", "on", "off"), help="pinned batches (auto: on CUDA)")
+    g.add_argument("--prefetch-factor", type=int, default=0, metavar="N",
+                   help="batches each worker loads ahead (0: torch's default)")
+    _bool_flag(g, "persistent-workers", True, "keep DataLoader workers alive between epochs")
     _bool_flag(g, "download", True, "download a missing dataset (--no-download: error instead)")
     g.add_argument("--data-mirror", default=os.environ.get("DATA_MIRROR", ""), metavar="URL",
                    help="fetch datasets from URL/<dataset>/<file> (env DATA_MIRROR)")
@@ -95,12 +100,14 @@ def build_parser():
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"), help="mixed precision on CUDA")
     _bool_flag(g, "compile", False, "torch.compile the model (torch >= 2.0)")
+    _bool_flag(g, "channels-last", False, "channels-last memory format for 4-d inputs (convolutions on GPUs)")
 
     g = p.add_argument_group("logging and checkpoints")
     g.add_argument("--log-every", type=int, default=10, metavar="STEPS", help="train scalars to TensorBoard")
     g.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="evaluate (0: at each epoch's end)")
     g.add_argument("--ckpt-every", type=int, default=100, metavar="STEPS",
                    help="save latest and models/tmp (0: only at the end and on stop)")
+    _bool_flag(g, "async-ckpt", True, "write checkpoints in a background thread (--no-async-ckpt: in the loop)")
     g.add_argument("--keep-last", type=int, default=3, metavar="N", help="checkpoints kept in models/tmp/<run>/")
     g.add_argument("--monitor", default="val/acc:max", metavar="METRIC:MODE",
                    help="best checkpoint by this metric, mode min or max (metrics: %s)" % ", ".join(EVAL_METRICS))
@@ -240,7 +247,8 @@ def validate(cfg):
     need(cfg.grad_clip >= 0, "--grad-clip must be >= 0, got %g" % cfg.grad_clip)
     need(0 <= cfg.dropout < 1, "--dropout must be in [0, 1), got %g" % cfg.dropout)
     need(cfg.width >= 0 and cfg.depth >= 0, "--width and --depth must be >= 0")
-    need(cfg.num_workers >= 0, "--num-workers must be >= 0, got %d" % cfg.num_workers)
+    need(cfg.num_workers >= -1, "--num-workers must be >= 0 (or -1: automatic), got %d" % cfg.num_workers)
+    need(cfg.prefetch_factor >= 0, "--prefetch-factor must be >= 0, got %d" % cfg.prefetch_factor)
     need(cfg.log_every >= 1, "--log-every must be >= 1, got %d" % cfg.log_every)
     need(cfg.eval_every >= 0, "--eval-every must be >= 0, got %d" % cfg.eval_every)
     need(cfg.ckpt_every >= 0, "--ckpt-every must be >= 0, got %d" % cfg.ckpt_every)

@@ -1,6 +1,7 @@
 """Program log (logs/<run>/train.log and stderr) and progress: a tqdm bar on a terminal, plain periodic
 lines otherwise, so background runs and `docker logs` stay readable."""
 import logging
+import os
 import sys
 
 log = logging.getLogger("train")
@@ -28,12 +29,15 @@ def use_bar(mode):
 
 
 def setup(log_file, bar, main_process=True):
-    """Log INFO and above to stderr (rank 0 only) and to log_file (appended to across resumes)."""
+    """Log INFO and above to stderr and to log_file (appended to across resumes); other ranks log errors only."""
     log.handlers[:] = []
     log.setLevel(logging.INFO)
     log.propagate = False
-    if not main_process:
-        log.addHandler(logging.NullHandler())
+    if not main_process:  # ranks > 0: only their errors, marked with the rank
+        errors = logging.StreamHandler(sys.stderr)
+        errors.setLevel(logging.ERROR)
+        errors.setFormatter(logging.Formatter("[rank %s] %%(message)s" % os.environ.get("RANK", "?")))
+        log.addHandler(errors)
         return
     console = logging.StreamHandler(_TqdmStream() if bar else sys.stderr)
     console.setFormatter(logging.Formatter("%(message)s"))

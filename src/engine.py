@@ -4,15 +4,21 @@ Order inside each step (what makes resume exact): train -> log window (every --l
 (every --eval-every, or at each epoch's end) -> best checkpoint -> periodic checkpoint -> stop if asked.
 The data order is a pure function of (seed, epoch) and the checkpoint records the samples consumed in
 the epoch, so a resumed run sees the same batches in the same order.
+
+Under several processes (distributed.py) every rank runs this same loop in lockstep: the collectives (log
+window sums, evaluation sums, the stop flag, checkpoint state) happen at the same points on all ranks, and
+only rank 0 writes files. Metrics stay on the device between logging steps (no host sync per step).
 """
 import logging
 import math
+import os
 import time
 
 import torch
 import torch.nn.functional as F
 
 from . import checkpoint, compat, metrics, seeding
+from .checkpoint_writer import CheckpointWriter
 from .config import PER_INVOCATION, monitor
 from .errors import TrainingError
 
@@ -20,11 +26,22 @@ log = logging.getLogger("train")
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Index batches of one epoch: shuffled by (seed, epoch), or in order; from sample `start` on."""
+    """This process's index batches of one epoch, from global sample `start` on.
 
-    def __init__(self, n, batch_size, seed=None, epoch=0, start=0):
+    The global order is shuffled by (seed, epoch), or in order when seed is None, and cut into global batches
+    of batch_size; each process takes its slice of every global batch (dist.shard). A last global batch with
+    fewer samples than processes is dropped (a process would get none). `sizes` are the global batch sizes.
+    """
+
+    def __init__(self, n, batch_size, seed=None, epoch=0, start=0, dist=None, drop_tiny=True):
         order = torch.arange(n) if seed is None else torch.randperm(n, generator=seeding.epoch_generator(seed, epoch))
-        self.batches = [b.tolist() for b in order[start:].split(batch_size)]
+        world = dist.world if dist is not None else 1
+        batches = list(order[start:].split(batch_size))
+        if drop_tiny and batches and len(batches[-1]) < world:
+            batches.pop()
+        self.sizes = [len(b) for b in batches]
+        self.batches = [(dist.shard(b) if dist is not None else b).tolist() for b in batches]
+        self.epoch_samples = epoch_samples(n, batch_size, world)
 
     def __iter__(self):
         return iter(self.batches)
@@ -33,12 +50,42 @@ class EpochBatches(torch.utils.data.Sampler):
         return len(self.batches)
 
 
+def epoch_samples(n, batch_size, world=1):
+    """Samples one epoch trains on: all n, less a last batch too small to give every process one."""
+    tail = n % batch_size
+    return n - tail if 0 < tail < world else n
+
+
+def steps_per_epoch(n, batch_size, world=1):
+    return int(math.ceil(epoch_samples(n, batch_size, world) / float(batch_size)))
+
+
 def make_loader(dataset, batches, cfg, device):
     """A DataLoader over precomputed index batches; it never draws from the global RNG."""
-    common = dict(compat.loader_options(cfg.num_workers, device.type == "cuda"), generator=torch.Generator())
+    common = dict(compat.loader_options(loader_settings(cfg, dataset, device)), generator=torch.Generator())
     if getattr(dataset, "batched", False):
         return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None, **common)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **common)
+
+
+def loader_settings(cfg, dataset, device):
+    """DataLoader settings per device; each flag overrides its automatic choice.
+
+    workers: 0 for in-memory datasets indexed a batch at a time (a worker would only add a copy between
+    processes); otherwise up to 8 on CUDA and 2 on CPU (where they share the cores with the math), divided
+    among the processes of this node. Pinned memory on CUDA. Workers persist across epochs.
+    """
+    workers = cfg.num_workers
+    if workers < 0:
+        if getattr(dataset, "batched", False):
+            workers = 0
+        else:
+            per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+            cpus = max(1, (os.cpu_count() or 1) // per_node)
+            workers = min(8 if device.type == "cuda" else 2, cpus - 1 if cpus > 1 else 0)
+    pin = device.type == "cuda" if cfg.pin_memory == "auto" else cfg.pin_memory == "on"
+    return {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0 and cfg.persistent_workers,
+            "prefetch_factor": cfg.prefetch_factor if workers > 0 and cfg.prefetch_factor else None}
 
 
 def finished(cfg, progress):
@@ -49,10 +96,11 @@ def finished(cfg, progress):
 
 
 class Trainer(object):
-    def __init__(self, cfg, parts, paths, board, stop, progress):
-        self.cfg, self.paths, self.board, self.stop, self.progress = cfg, paths, board, stop, progress
-        self.model, self.optimizer, self.scheduler, self.scaler = (
-            parts.model, parts.optimizer, parts.scheduler, parts.scaler)
+    def __init__(self, cfg, parts, paths, board, stop, progress, dist):
+        self.cfg, self.paths, self.board, self.stop, self.progress, self.dist = (
+            cfg, paths, board, stop, progress, dist)
+        self.model, self.eval_model, self.optimizer, self.scheduler, self.scaler = (
+            parts.model, parts.eval_model, parts.optimizer, parts.scheduler, parts.scaler)
         self.splits, self.device, self.amp_dtype = parts.splits, parts.device, parts.amp_dtype
         self.total_steps = parts.total_steps
         self.meter = metrics.TrainMeter(self.device)
@@ -61,30 +109,38 @@ class Trainer(object):
         self.best = {"metric": self.metric, "mode": self.mode, "value": None, "step": None}
         self.last_eval = {}
         self.saved_step = -1
+        self.writer = CheckpointWriter(background=cfg.async_ckpt)
+        self.stall = []  # seconds the loop stalled for each checkpoint since the last log line
+        self.stalls = []  # ... and over this whole session, for the summary line
         # asked once, not at every save (git is a subprocess)
         self.provenance = {"versions": checkpoint.versions(), "git_commit": checkpoint.git_commit()}
         self.strict_grad = not self.scaler.is_enabled()  # fp16 loss scaling skips steps with inf gradients
 
     # ----- state ---------------------------------------------------------------------------------------------
     def state_dict(self):
-        return {
+        """The full training state; a collective under several processes (every rank calls it)."""
+        rng = seeding.capture()
+        state = {
             "model": compat.clean_state_dict(compat.unwrap_model(self.model).state_dict()),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": compat.scheduler_state(self.scheduler),
             "scaler": self.scaler.state_dict(),
-            "meter": self.meter.state_dict(),
+            "meter": self.meter.global_state(self.dist),
             "progress": dict(self.progress_state),
             "best": dict(self.best),
             "last_eval": dict(self.last_eval),
-            "rng": seeding.capture(),
+            "rng": rng,
             "config": dict(vars(self.cfg)),
             "versions": self.provenance["versions"],
             "git_commit": self.provenance["git_commit"],
         }
+        if self.dist.enabled:
+            state["rng_ranks"] = self.dist.gather(rng)
+        return state
 
     def load_state_dict(self, state):
         """Everything but the model weights and optimizer (restored by run.py before the optimizer is used)."""
-        self.meter.load_state_dict(state["meter"])
+        self.meter.load_state_dict(state["meter"], self.dist.main)
         self.progress_state = dict(state["progress"])
         self.last_eval = dict(state.get("last_eval") or {})
         best = state["best"]
@@ -104,8 +160,9 @@ class Trainer(object):
 
     # ----- checkpoints ---------------------------------------------------------------------------------------
     def _ensure_finite(self, weights=False):
-        """Raise before a non-finite loss, gradient or (when saving) weight can reach a log or a checkpoint."""
-        bad = not self.meter.is_finite()
+        """Raise (on every rank) before a non-finite loss, gradient or (when saving) weight can reach a log or a
+        checkpoint."""
+        bad = not self.meter.is_finite(self.dist)
         if weights and not bad:
             bad = not bool(torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all())
         if bad:
@@ -113,43 +170,71 @@ class Trainer(object):
                 "non-finite loss, gradient or weights at or before step %d; stopped. The last good checkpoint is kept "
                 "(%s). Lower --lr or set --grad-clip, then --resume" % (self.step, self.paths.latest))
 
-    def save(self, why):
+    def _submit(self, targets, message, prune=False):
+        """Hand the state to the background writer (rank 0; the others wait at a barrier for the copy)."""
         self._ensure_finite(weights=True)
-        self.board.flush(durable=True)
-        payload = checkpoint.serialize(self.state_dict())
-        checkpoint.write(payload, self.paths.latest, self.paths.tmp_checkpoint(self.step))
-        checkpoint.prune(self.paths.tmp_dir, self.cfg.keep_last)
+        state = self.state_dict()
+        if self.dist.main:
+            self.board.flush(durable=True)
+
+            def done():  # in the writer, once the files are in place
+                if prune:
+                    checkpoint.prune(self.paths.tmp_dir, self.cfg.keep_last)
+                log.info("%s", message)
+
+            self._check_write(lambda: self.stall.append(self.writer.submit(state, targets, done)))
+            self.stalls.append(self.stall[-1])
+        self.dist.barrier()
+
+    def _check_write(self, action):
+        try:
+            action()
+        except OSError as err:
+            raise TrainingError("writing a checkpoint failed (%s); the previous checkpoint is kept" % err)
+
+    def save(self, why):
+        self._submit((self.paths.latest, self.paths.tmp_checkpoint(self.step)),
+                     "saved checkpoint step %d (%s) -> %s" % (self.step, why, self.paths.latest), prune=True)
         self.saved_step = self.step
-        log.info("saved checkpoint step %d (%s) -> %s", self.step, why, self.paths.latest)
+
+    def flush(self):
+        """Wait until every submitted checkpoint is on disk (rank 0), then let every rank go on."""
+        if self.dist.main:
+            self._check_write(self.writer.wait)
+        self.dist.barrier()
 
     def _save_best(self):
-        self._ensure_finite(weights=True)
-        checkpoint.write(checkpoint.serialize(self.state_dict()), self.paths.best)
-        log.info("new best %s %.4f at step %d -> %s", self.metric, self.best["value"], self.step, self.paths.best)
+        self._submit((self.paths.best,), "new best %s %.4f at step %d -> %s" % (
+            self.metric, self.best["value"], self.step, self.paths.best))
 
     # ----- evaluation ----------------------------------------------------------------------------------------
     def evaluate(self):
-        """Validation metrics and confusion matrix; None if a stop signal cut it short."""
+        """Validation metrics and confusion matrix over all ranks' shards; None if a stop cut it short."""
         ds = self.splits.val
         k = self.splits.num_classes
-        loader = make_loader(ds, EpochBatches(len(ds), self.cfg.batch_size), self.cfg, self.device)
+        loader = make_loader(ds, EpochBatches(len(ds), self.cfg.batch_size, dist=self.dist, drop_tiny=False),
+                             self.cfg, self.device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        confusion = torch.zeros(k, k, dtype=torch.long)
-        self.model.eval()
+        confusion = torch.zeros(k * k, dtype=torch.long, device=self.device)
+        self.eval_model.eval()
         try:
             with torch.no_grad():
                 for x, y in loader:
-                    if self.stop.requested:
+                    if self.dist.any(self.stop.requested):
                         return None
-                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    if len(y) == 0:
+                        continue
+                    x, y = self._to_device(x), y.to(self.device, non_blocking=True)
                     with compat.autocast(self.device.type, self.amp_dtype):
-                        out = self.model(x)
+                        out = self.eval_model(x)
                     loss_sum += F.cross_entropy(out.float(), y, reduction="sum").double()
-                    confusion += metrics.confusion_matrix(y.cpu(), out.argmax(1).cpu(), k)
+                    confusion += metrics.confusion_counts(y, out.argmax(1), k)
         finally:
-            self.model.train()
+            self.eval_model.train()
+        sums = self.dist.sum_(torch.cat([loss_sum.view(1), confusion.double()])).cpu()
+        confusion = sums[1:].round().long().view(k, k)
         n = max(int(confusion.sum()), 1)
-        values = {"val/loss": float(loss_sum) / n, "val/acc": float(confusion.diag().sum()) / n}
+        values = {"val/loss": float(sums[0]) / n, "val/acc": float(confusion.diag().sum()) / n}
         return values, confusion
 
     def run_eval(self):
@@ -177,13 +262,20 @@ class Trainer(object):
         return True
 
     # ----- training ------------------------------------------------------------------------------------------
-    def _train_step(self, x, y):
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+    def _to_device(self, x):
+        x = x.to(self.device, non_blocking=True)
+        return compat.channels_last(x) if self.cfg.channels_last else x
+
+    def _train_step(self, x, y, global_size):
+        x, y = self._to_device(x), y.to(self.device, non_blocking=True)
         with compat.autocast(self.device.type, self.amp_dtype):
             out = self.model(x)
             loss = F.cross_entropy(out.float(), y)
+        # DDP averages gradients over ranks; when the shards differ in size, weigh each rank's mean by its
+        # share so that the result is the gradient of the global batch's mean loss
+        weight = len(y) * self.dist.world / float(global_size)
         self.optimizer.zero_grad()
-        self.scaler.scale(loss).backward()
+        self.scaler.scale(loss * weight if weight != 1 else loss).backward()
         self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
         self.scaler.step(self.optimizer)
@@ -194,13 +286,16 @@ class Trainer(object):
 
     def _log_window(self, window):
         self._ensure_finite()
-        values = self.meter.averages()
+        values = self.meter.averages(self.dist)
         self.meter.reset()
         values["train/lr"] = self.lr_used
         elapsed = max(time.perf_counter() - window["start"] - window["excluded"], 1e-9)
         steps = max(window["steps"], 1)
         perf = {"perf/samples_per_sec": window["samples"] / elapsed, "perf/step_time_ms": 1000 * elapsed / steps,
                 "perf/data_wait_ms": 1000 * window["data_wait"] / steps}
+        if self.stall:
+            perf["perf/ckpt_stall_ms"] = 1000 * max(self.stall)
+            self.stall = []
         if self.device.type == "cuda":
             perf["perf/gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -215,6 +310,19 @@ class Trainer(object):
         window.update(start=time.perf_counter(), excluded=0.0, steps=0, samples=0, data_wait=0.0)
 
     def fit(self):
+        try:
+            return self._fit()
+        except KeyboardInterrupt:
+            raise  # a second Ctrl-C leaves at once; a half-written temporary file is removed at the next start
+        except BaseException:
+            if self.dist.main:  # an error: still let the last good checkpoint reach the disk
+                try:
+                    self.writer.wait()
+                except Exception:
+                    pass
+            raise
+
+    def _fit(self):
         cfg, p = self.cfg, self.progress_state
         n = len(self.splits.train)
         window = {"start": time.perf_counter(), "excluded": 0.0, "steps": 0, "samples": 0, "data_wait": 0.0}
@@ -222,21 +330,20 @@ class Trainer(object):
             return self.stopped()
         self.model.train()
         while not self.finished():
-            batches = EpochBatches(n, cfg.batch_size, cfg.seed, p["epoch"], p["sample_in_epoch"])
+            batches = EpochBatches(n, cfg.batch_size, cfg.seed, p["epoch"], p["sample_in_epoch"], self.dist)
             batch_iter = iter(make_loader(self.splits.train, batches, cfg, self.device))
-            while not self.finished():
-                t0 = time.perf_counter()
-                try:
-                    x, y = next(batch_iter)
-                except StopIteration:
+            for size in batches.sizes:
+                if self.finished():
                     break
+                t0 = time.perf_counter()
+                x, y = next(batch_iter)
                 window["data_wait"] += time.perf_counter() - t0
-                self._train_step(x, y)
+                self._train_step(x, y, size)
                 p["step"] += 1
-                p["sample_in_epoch"] += len(y)
+                p["sample_in_epoch"] += size
                 window["steps"] += 1
-                window["samples"] += len(y)
-                epoch_end = p["sample_in_epoch"] >= n
+                window["samples"] += size
+                epoch_end = p["sample_in_epoch"] >= batches.epoch_samples
                 if epoch_end:
                     p["epoch"] += 1
                     p["sample_in_epoch"] = 0
@@ -252,14 +359,14 @@ class Trainer(object):
                 if cfg.ckpt_every and p["step"] % cfg.ckpt_every == 0:
                     self.save("every %d steps" % cfg.ckpt_every)
                 window["excluded"] += time.perf_counter() - t1
-                if self.stop.requested:
+                if self.dist.any(self.stop.requested):
                     return self.stopped()
-                if epoch_end:
-                    break
         if float(self.meter.steps) > 0:  # the last, partial logging window
             self._log_window(window)
         self.save("end of training")
+        self.flush()
         self.board_hparams()
+        self.report_stalls()
         log.info("done: %d steps, %d epochs. Best %s %.4f at step %s -> %s", p["step"], p["epoch"], self.metric,
                  self.best["value"] if self.best["value"] is not None else float("nan"), self.best["step"],
                  self.paths.best)
@@ -269,10 +376,19 @@ class Trainer(object):
         log.info("stop requested: saving step %d", self.step)
         if self.saved_step != self.step or self.progress_state["eval_pending"]:
             self.save("stop signal")
+        self.flush()
         self.board_hparams()
+        self.report_stalls()
         log.info("stopped at step %d; continue with: python train.py --resume --run-name %s", self.step,
                  self.cfg.run_name)
         return 0
+
+    def report_stalls(self):
+        if self.stalls:
+            ordered = sorted(self.stalls)
+            log.info("checkpoints: %d written %s; the loop stalled %.1f ms median, %.1f ms max for them",
+                     len(ordered), "in the background" if self.cfg.async_ckpt else "in the loop",
+                     1000 * ordered[len(ordered) // 2], 1000 * ordered[-1])
 
     def board_hparams(self):
         hp = {k: v for k, v in vars(self.cfg).items()

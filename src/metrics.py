@@ -30,27 +30,43 @@ class TrainMeter(object):
         if grad_must_be_finite:
             self.nonfinite += (~grad_ok).double()
 
-    def is_finite(self):
-        return float(self.nonfinite) == 0
+    # Under several processes each rank sums its own shards; these fields add up across ranks, the others
+    # (gradient norm after the all-reduce, step count) are the same on every rank.
+    ADDITIVE = ("loss_sum", "correct", "samples", "nonfinite")
 
-    def averages(self):
-        """One host sync: the window's mean loss, accuracy and gradient norm."""
-        sums = torch.stack([self.loss_sum, self.correct, self.grad_norm_sum, self.samples, self.steps]).tolist()
+    def _global(self, dist):
+        sums = torch.stack([getattr(self, name) for name in self.ADDITIVE])
+        return dict(zip(self.ADDITIVE, dist.sum_(sums.clone()).unbind(0)))
+
+    def is_finite(self, dist):
+        return float(self._global(dist)["nonfinite"]) == 0
+
+    def averages(self, dist):
+        """One host sync (and one all-reduce): the window's mean loss, accuracy and gradient norm."""
+        total = self._global(dist)
+        sums = torch.stack([total["loss_sum"], total["correct"], self.grad_norm_sum, total["samples"],
+                            self.steps]).tolist()
         loss, correct, gnorm, samples, steps = sums
         return {"train/loss": loss / max(samples, 1), "train/acc": correct / max(samples, 1),
                 "train/grad_norm": gnorm / max(steps, 1)}
 
-    def state_dict(self):
-        return {name: getattr(self, name).cpu() for name in self.FIELDS}
+    def global_state(self, dist):
+        """The window's sums over all ranks, for a checkpoint."""
+        state = {name: getattr(self, name).cpu() for name in self.FIELDS}
+        state.update((name, value.cpu()) for name, value in self._global(dist).items())
+        return state
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state, main=True):
+        """Restore the window's sums; off rank 0 the additive ones start at zero (rank 0 carries the totals)."""
         for name in self.FIELDS:
-            setattr(self, name, state[name].to(self.device))
+            value = state[name].to(self.device)
+            setattr(self, name, value if main or name not in self.ADDITIVE else torch.zeros_like(value))
 
 
-def confusion_matrix(labels, preds, num_classes):
+def confusion_counts(labels, preds, num_classes):
+    """Flat (label, prediction) pair counts, on the tensors' device."""
     index = labels.long() * num_classes + preds.long()
-    return torch.bincount(index, minlength=num_classes ** 2).view(num_classes, num_classes)
+    return torch.bincount(index, minlength=num_classes ** 2)
 
 
 def confusion_image(matrix, cell=16):

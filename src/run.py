@@ -1,7 +1,7 @@
 """One training run, from config to finished checkpoint: pick fresh start or resume, build the parts,
 restore every piece of state, hand over to the loop."""
+import contextlib
 import logging
-import math
 import shlex
 import sys
 from collections import namedtuple
@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 
 from . import atomic, checkpoint, compat, config, console, data, models, optim, seeding
-from .engine import Trainer, finished
+from .distributed import Dist
+from .engine import Trainer, finished, steps_per_epoch
 from .errors import UsageError
 from .lock import RunLock
 from .paths import RunPaths
@@ -19,19 +20,31 @@ from .tensorboard_writer import Board
 
 log = logging.getLogger("train")
 
-Parts = namedtuple("Parts", "model optimizer scheduler scaler splits device amp_dtype total_steps")
+# model: what trains (DDP and/or compiled); eval_model: the same weights without the DDP wrapper
+Parts = namedtuple("Parts", "model eval_model optimizer scheduler scaler splits device amp_dtype total_steps")
 
 
-def pick_device(cfg):
-    if cfg.device == "auto":
-        return torch.device("cuda" if compat.cuda_available() else "cpu")
-    if cfg.device.startswith("cuda"):
+def pick_device(cfg, dist):
+    """The device of this process: under several processes, GPU LOCAL_RANK of this node."""
+    kind = cfg.device
+    if kind == "auto":
+        kind = "cuda" if compat.cuda_available() else "cpu"
+    if kind.startswith("cuda"):
         if not compat.cuda_available():
             raise UsageError("--device %s: CUDA is not available here (use --device cpu)" % cfg.device)
-        index = torch.device(cfg.device).index
+        index = torch.device(kind).index
+        if dist.enabled:
+            if index is not None:
+                raise UsageError("--device %s: with several processes each one uses GPU LOCAL_RANK; use --device "
+                                 "cuda (or CUDA_VISIBLE_DEVICES)" % cfg.device)
+            index = dist.local_rank
         if index is not None and index >= torch.cuda.device_count():
-            raise UsageError("--device %s: only %d GPU(s) visible" % (cfg.device, torch.cuda.device_count()))
-    return torch.device(cfg.device)
+            raise UsageError("--device %s: only %d GPU(s) visible" % (
+                "cuda:%d" % index, torch.cuda.device_count()))
+        if index is not None:
+            torch.cuda.set_device(index)
+            return torch.device("cuda", index)
+    return torch.device(kind)
 
 
 def pick_amp(cfg, device):
@@ -86,18 +99,32 @@ def find_resume_state(cfg, paths, explicit_state):
                                                                                  hint))
 
 
-def build_parts(cfg, splits, device):
+def build_parts(cfg, splits, device, dist):
+    """Model, optimizer, schedule and scaler; the model is wrapped (DDP, compile) later by wrap_model."""
+    if cfg.batch_size < dist.world:
+        raise UsageError("--batch-size %d is the global batch; it needs at least one sample for each of the %d "
+                         "processes" % (cfg.batch_size, dist.world))
+    if cfg.compile and not compat.has_compile():
+        raise UsageError("--compile needs torch >= 2.0 (this is %s)" % torch.__version__)
     model = models.build(cfg, splits.input_shape, splits.num_classes).to(device)
+    if cfg.channels_last:
+        model = compat.channels_last(model)
     optimizer = optim.build_optimizer(cfg, model.parameters())
-    total = optim.total_steps(cfg, int(math.ceil(len(splits.train) / float(cfg.batch_size))))
+    total = optim.total_steps(cfg, steps_per_epoch(len(splits.train), cfg.batch_size, dist.world))
     scheduler = optim.build_scheduler(cfg, optimizer, total)
     amp_dtype = pick_amp(cfg, device)
     scaler = compat.grad_scaler(amp_dtype == torch.float16)
+    return Parts(model, model, optimizer, scheduler, scaler, splits, device, amp_dtype, total)
+
+
+def wrap_model(parts, cfg, dist):
+    """DistributedDataParallel under several processes (it broadcasts rank 0's weights), then torch.compile."""
+    model = dist.wrap(parts.model, parts.device)
+    eval_model = parts.model
     if cfg.compile:
-        if not compat.has_compile():
-            raise UsageError("--compile needs torch >= 2.0 (this is %s)" % torch.__version__)
         model = torch.compile(model)
-    return Parts(model, optimizer, scheduler, scaler, splits, device, amp_dtype, total)
+        eval_model = model if not dist.enabled else eval_model
+    return parts._replace(model=model, eval_model=eval_model)
 
 
 def describe_model(cfg):
@@ -127,8 +154,9 @@ def prepare_data(cfg):
 
 
 def run(cfg, user):
-    bar = console.use_bar(cfg.progress)
-    console.setup(None, bar)
+    dist = Dist()
+    bar = console.use_bar(cfg.progress) and dist.main
+    console.setup(None, bar, dist.main)
     if cfg.doctor:
         from . import doctor
         return doctor.run()
@@ -141,10 +169,13 @@ def run(cfg, user):
             cfg.run_name = explicit["config"]["run_name"]
     paths = RunPaths(cfg)
     paths.make()
-    with RunLock(paths.lock_file, cfg.run_name), StopFlag() as stop:
-        atomic.remove_stale_tmp(paths.latest.parent, paths.latest.name)
-        atomic.remove_stale_tmp(paths.best.parent, paths.best.name)
-        atomic.remove_stale_tmp(paths.tmp_dir)
+    # rank 0 holds the run's lock and cleans up; every rank reads the same checkpoint
+    lock = RunLock(paths.lock_file, cfg.run_name) if dist.main else contextlib.nullcontext()
+    with lock, StopFlag() as stop:
+        if dist.main:
+            atomic.remove_stale_tmp(paths.latest.parent, paths.latest.name)
+            atomic.remove_stale_tmp(paths.best.parent, paths.best.name)
+            atomic.remove_stale_tmp(paths.tmp_dir)
         state, source = find_resume_state(cfg, paths, explicit)
         changes = []
         if state is not None:
@@ -156,47 +187,75 @@ def run(cfg, user):
 
         # Everything that can fail on bad input happens before the first line is logged or file written.
         seeding.seed_everything(cfg.seed)
-        device = pick_device(cfg)
+        device = pick_device(cfg, dist)
         splits = data.build(cfg)
-        parts = build_parts(cfg, splits, device)
+        parts = build_parts(cfg, splits, device, dist)
         if state is not None:
             restore_parts(parts, state, source, cfg)
         elif cfg.init_from:
             init = _load_or_usage_error(cfg.init_from, "--init-from")
             checkpoint.load_model_weights(parts.model, init, cfg.init_from, describe_model(cfg))
-
-        console.setup(paths.log_file, bar)
-        seeding.set_deterministic(cfg.deterministic)
-        if state is None:
-            log.info("run %s: fresh start%s", cfg.run_name,
-                     " from the weights of %s" % cfg.init_from if cfg.init_from else "")
-        else:
-            p = state["progress"]
-            log.info("run %s: resuming from %s at step %d (epoch %d, sample %d)", cfg.run_name, source, p["step"],
-                     p["epoch"] + 1, p["sample_in_epoch"])
-        for key, old, new in changes:
-            log.info("config change on resume: %s %r -> %r", key, old, new)
-        text = config.to_yaml(cfg)
-        log.info("config:\n%s", text.rstrip())
-        atomic.write_text(paths.config_file, text)
-        n_params = sum(p.numel() for p in parts.model.parameters())
-        log.info("model %s: %s parameters on %s; %s: %d train / %d val samples; %d steps in all", cfg.model,
-                 format(n_params, ","), device, cfg.dataset, len(splits.train), len(splits.val), parts.total_steps)
-
         step0 = state["progress"]["step"] if state is not None else 0
-        # resuming: drop events logged after the checkpoint; fresh: drop any left by a run that never saved
-        board = Board(paths.run_dir, cfg.tensorboard, resume_step=step0 if state is not None else -1)
-        progress = console.Progress(bar, parts.total_steps, step0)
-        trainer = Trainer(cfg, parts, paths, board, stop, progress)
+        dist.start(device)
         try:
-            if state is not None:
-                trainer.load_state_dict(state)
-                seeding.restore(state["rng"])  # last: nothing after this may draw random numbers before step 1
-            board.text("config", "```yaml\n%s```" % text, step0)
-            board.text("command", " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), step0)
-            if changes:
-                board.text("config_changes", "\n".join("- %s: %r -> %r" % c for c in changes), step0)
-            return trainer.fit()
+            dist.same(step0, "the step to resume from")
+            return _train(cfg, parts, state, source, changes, paths, bar, stop, dist, step0)
         finally:
-            progress.close()
-            board.close()
+            dist.stop()
+
+
+def _train(cfg, parts, state, source, changes, paths, bar, stop, dist, step0):
+    parts = wrap_model(parts, cfg, dist)
+    console.setup(paths.log_file, bar, dist.main)
+    seeding.set_deterministic(cfg.deterministic)
+    if state is None:
+        log.info("run %s: fresh start%s", cfg.run_name,
+                 " from the weights of %s" % cfg.init_from if cfg.init_from else "")
+    else:
+        p = state["progress"]
+        log.info("run %s: resuming from %s at step %d (epoch %d, sample %d)", cfg.run_name, source, p["step"],
+                 p["epoch"] + 1, p["sample_in_epoch"])
+    for key, old, new in changes:
+        log.info("config change on resume: %s %r -> %r", key, old, new)
+    text = config.to_yaml(cfg)
+    log.info("config:\n%s", text.rstrip())
+    if dist.main:
+        atomic.write_text(paths.config_file, text)
+    n_params = sum(p.numel() for p in parts.eval_model.parameters())
+    log.info("model %s: %s parameters on %s%s; %s: %d train / %d val samples; %d steps in all", cfg.model,
+             format(n_params, ","), parts.device,
+             " x %d processes (global batch %d)" % (dist.world, cfg.batch_size) if dist.enabled else "",
+             cfg.dataset, len(parts.splits.train), len(parts.splits.val), parts.total_steps)
+
+    # resuming: drop events logged after the checkpoint; fresh: drop any left by a run that never saved
+    board = Board(paths.run_dir, cfg.tensorboard and dist.main, resume_step=step0 if state is not None else -1)
+    progress = console.Progress(bar, parts.total_steps, step0)
+    trainer = Trainer(cfg, parts, paths, board, stop, progress, dist)
+    try:
+        if state is not None:
+            trainer.load_state_dict(state)
+            restore_rng(state, dist, cfg)  # last: nothing after this may draw random numbers before step 1
+        elif dist.rank > 0:
+            seeding.seed_everything(seeding.rank_seed(cfg.seed, dist.rank))  # own dropout masks, same weights
+        board.text("config", "```yaml\n%s```" % text, step0)
+        board.text("command", " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), step0)
+        if changes:
+            board.text("config_changes", "\n".join("- %s: %r -> %r" % c for c in changes), step0)
+        return trainer.fit()
+    finally:
+        progress.close()
+        board.close()
+
+
+def restore_rng(state, dist, cfg):
+    """Each rank's random streams as they were; a changed process count restarts those of ranks > 0."""
+    ranks = state.get("rng_ranks") or [state["rng"]]
+    if len(ranks) == dist.world:
+        seeding.restore(ranks[dist.rank])
+        return
+    if dist.rank == 0:
+        log.info("resuming %d processes from a run of %d: same data order; random streams of ranks > 0 restart",
+                 dist.world, len(ranks))
+        seeding.restore(state["rng"])
+    else:
+        seeding.seed_everything(seeding.rank_seed(cfg.seed, dist.rank) + state["progress"]["step"])

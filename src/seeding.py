@@ -48,3 +48,8 @@ def restore(state):
 def epoch_generator(seed, epoch):
     """The generator for one epoch's data order: a pure function of (seed, epoch)."""
     return torch.Generator().manual_seed(seed * 100003 + epoch)
+
+
+def rank_seed(seed, rank):
+    """The seed of process `rank` > 0 (rank 0 keeps `seed`, so one process matches a plain run)."""
+    return seed + 1000003 * rank

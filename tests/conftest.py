@@ -46,6 +46,19 @@ class Project(object):
         return subprocess.Popen(self.cmd(args), cwd=str(self.root), env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, universal_newlines=True, start_new_session=True)
 
+    def launch_cmd(self, nproc, args):
+        """train.py on nproc local processes through the project's launcher (torchrun, or launch on torch < 1.10)."""
+        return [sys.executable, "-m", "src.launch", str(nproc)] + [str(a) for a in args]
+
+    def launch(self, nproc, *args, timeout=300):
+        return subprocess.run(self.launch_cmd(nproc, args), cwd=str(self.root), env=self.env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def start_launch(self, nproc, *args):
+        return subprocess.Popen(self.launch_cmd(nproc, args), cwd=str(self.root), env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                                start_new_session=True)
+
     def latest(self, run):
         return self.root / "models" / "latest" / (run + ".pt")
 

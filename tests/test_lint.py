@@ -8,7 +8,7 @@ from conftest import REPO
 
 BIN = os.path.dirname(sys.executable)
 SHELL_SCRIPTS = ["setup.sh", "run.sh", "purge.sh", "test.sh", "docker/lib.sh", ".ci/run", ".ci/install-docker.sh",
-                 ".ci/make-base-image.sh", ".ci/make-wheelhouse.sh"]
+                 ".ci/make-base-image.sh", ".ci/make-wheelhouse.sh", "benchmarks/run.sh"]
 
 
 def _check(cmd):
@@ -19,12 +19,12 @@ def _check(cmd):
 
 def test_python_code_is_valid_for_python_3_8():
     out = _check([os.path.join(BIN, "vermin"), "--no-tips", "--violations", "--eval-annotations", "-t=3.8-",
-                  "train.py", "src", "tests"])
+                  "train.py", "src", "tests", "benchmarks"])
     assert "Minimum required versions: 3." in out
 
 
 def test_ruff():
-    _check([sys.executable, "-m", "ruff", "check", "train.py", "src", "tests"])
+    _check([sys.executable, "-m", "ruff", "check", "train.py", "src", "tests", "benchmarks"])
 
 
 def test_shell_scripts_are_shellcheck_clean_and_strict():

@@ -1,0 +1,32 @@
+"""Shared by the benchmarks: what machine a table comes from, and the Markdown table itself."""
+import os
+import platform
+import statistics
+
+import torch
+
+
+def machine(device="cpu"):
+    """'<CPU model>, N cores[, <GPU>], torch X, Python Y' for the line above a table."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    parts = ["%s, %d cores" % (cpu, os.cpu_count() or 1)]
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        parts.append(torch.cuda.get_device_name(0))
+    parts.append("torch %s, Python %s" % (torch.__version__, platform.python_version()))
+    return ", ".join(parts)
+
+
+def median(values):
+    return statistics.median(values)
+
+
+def table(header, rows):
+    """Markdown table lines."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

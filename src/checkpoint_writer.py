@@ -1,0 +1,96 @@
+"""Non-blocking checkpoints: the training loop only copies the state into reused buffers (pinned host
+memory for CUDA tensors, copied asynchronously on the current stream); a background thread serializes,
+digests and writes it atomically, and logs "saved checkpoint" once the file is in place.
+
+One write at a time: a new save first waits for the previous one. `wait()` (called before exit, on stop
+signals and at the end) returns once everything is on disk and re-raises a failed write. The time the loop
+spends in `submit` is its stall, reported as perf/ckpt_stall_ms.
+"""
+import logging
+import threading
+import time
+
+import torch
+
+from . import checkpoint
+
+log = logging.getLogger("train")
+
+
+class CheckpointWriter(object):
+    def __init__(self, background=True):
+        self.background = background
+        self._thread = None
+        self._error = None
+        self._buffers = {}
+        self.stall = 0.0  # seconds the loop waited in the last submit
+
+    # ----- the copy on the training path ---------------------------------------------------------------------
+    def _buffer(self, key, tensor):
+        buf = self._buffers.get(key)
+        if buf is None or buf.shape != tensor.shape or buf.dtype != tensor.dtype:
+            pin = tensor.is_cuda
+            buf = torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu", pin_memory=pin)
+            self._buffers[key] = buf
+        return buf
+
+    def _copy(self, obj, key):
+        if isinstance(obj, torch.Tensor):
+            obj = obj.detach()
+            buf = self._buffer(key, obj)
+            buf.copy_(obj, non_blocking=obj.is_cuda)
+            return buf
+        if isinstance(obj, dict):
+            return type(obj)((k, self._copy(v, key + (k,))) for k, v in obj.items())
+        if isinstance(obj, (list, tuple)):
+            return type(obj)(self._copy(v, key + (i,)) for i, v in enumerate(obj))
+        return obj
+
+    def snapshot(self, state):
+        """A copy of state whose tensors live in this writer's buffers (valid until the next snapshot)."""
+        snap = self._copy(state, ())
+        cuda_event = None
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            cuda_event = torch.cuda.Event()
+            cuda_event.record()
+        return snap, cuda_event
+
+    # ----- the write, off the training path ------------------------------------------------------------------
+    def submit(self, state, paths, done=None):
+        """Save state to every path in paths (atomically), then call done() in the writer."""
+        start = time.perf_counter()
+        self.wait()
+        snap, cuda_event = self.snapshot(state)
+
+        def job():
+            if cuda_event is not None:
+                cuda_event.synchronize()
+            checkpoint.write(checkpoint.serialize(snap), *paths)
+            if done is not None:
+                done()
+
+        if self.background:
+            self._thread = threading.Thread(target=self._guard, args=(job,), name="checkpoint-writer", daemon=True)
+            self._thread.start()
+        else:
+            job()
+        self.stall = time.perf_counter() - start
+        return self.stall
+
+    def _guard(self, job):
+        try:
+            job()
+        except BaseException as err:  # re-raised in the training thread by wait()
+            self._error = err
+
+    def busy(self):
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self):
+        """Block until the last submitted checkpoint is on disk; re-raise its failure."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
