@@ -26,6 +26,9 @@ def test_run_logs_scalars_images_text_and_hparams_in_one_run(project):
     assert [e.step for e in acc.Scalars("val/acc")] == [20, 40, 60, 80, 90]
     assert [e.step for e in acc.Scalars("train/loss")][:3] == [5, 10, 15]
     assert all(e.value > 0 for e in acc.Scalars("perf/samples_per_sec"))
+    # the best checkpoint after the eval at step 20 and the periodic one at 30 stalled the loop; each stall is
+    # logged at the next logging step (the step-20 log line comes before the step-20 eval)
+    assert [e.step for e in acc.Scalars("perf/ckpt_stall_ms")][:2] == [25, 35]
     assert "val/confusion_matrix" in tags["images"]
     image = acc.Images("val/confusion_matrix")[-1]
     assert image.width == image.height == 160 and image.encoded_image_string[:4] == b"\x89PNG"
