@@ -58,7 +58,9 @@ def main():
     args = p.parse_args()
     common = ["--dataset", "synthetic", "--synthetic-size", "12800", "--synthetic-shape", "3,32,32",
               "--model", "cnn", "--batch-size", "128", "--optimizer", "sgd", "--lr", "0.05", "--scheduler",
-              "constant", "--device", "cpu"] + args.train_args
+              "constant"] + args.train_args
+    if "--device" not in common:
+        common += ["--device", "cpu"]
     loops = [("train.py", ours), ("hand-written loop", script("handwritten_loop.py"))]
     have_lightning = importlib.util.find_spec("lightning") is not None
     if have_lightning:

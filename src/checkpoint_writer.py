@@ -50,7 +50,7 @@ class CheckpointWriter(object):
         """A copy of state whose tensors live in this writer's buffers (valid until the next snapshot)."""
         snap = self._copy(state, ())
         cuda_event = None
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if torch.cuda.is_initialized():  # CUDA tensors were copied asynchronously: mark the point to wait for
             cuda_event = torch.cuda.Event()
             cuda_event.record()
         return snap, cuda_event
