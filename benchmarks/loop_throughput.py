@@ -28,7 +28,7 @@ WARMUP = 10
 def ours(common, steps, folder):
     run = "bench"
     cmd = [sys.executable, str(ROOT / "train.py")] + common + [
-        "--max-steps", str(steps), "--log-every", "10", "--ckpt-every", "100", "--eval-every", str(10 ** 9),
+        "--max-steps", str(steps), "--epochs", "1000000", "--log-every", "10", "--ckpt-every", "100", "--eval-every", str(10 ** 9),
         "--logs-dir", str(folder / "logs"), "--models-dir", str(folder / "models"), "--run-name", run,
         "--progress", "plain"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -54,6 +54,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--title", default="Loop throughput")
     p.add_argument("train_args", nargs="*", help="train.py flags after --")
     args = p.parse_args()
     common = ["--dataset", "synthetic", "--synthetic-size", "12800", "--synthetic-shape", "3,32,32",
@@ -74,7 +75,7 @@ def main():
                 rates[name].append(run(common, args.steps, folder))
     base = median(rates["hand-written loop"])
     device = common[len(common) - 1 - common[::-1].index("--device") + 1]
-    print("### Loop throughput\n")
+    print("### %s\n" % args.title)
     print("%s; %d steps x %d alternating repeats; `%s`\n" % (machine(device), args.steps, args.repeats,
                                                                 " ".join(common)))
     rows = [(name, "%.0f" % median(v), ", ".join("%.0f" % x for x in v), "%.3f" % (median(v) / base))

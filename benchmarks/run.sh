@@ -50,7 +50,13 @@ trap 'rm -f "$util_log"; [[ -z "${smi_pid:-}" ]] || kill "$smi_pid" 2>/dev/null 
     nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 >"$util_log" &
     smi_pid=$!
   fi
-  "$python" benchmarks/loop_throughput.py --repeats "$repeats" -- "${loop_args[@]}" "${extra[@]}"
+  "$python" benchmarks/loop_throughput.py --repeats "$repeats" --title "Loop throughput: CIFAR-shaped data" \
+    -- "${loop_args[@]}" "${extra[@]}"
+  echo
+  # small steps: what a loop adds per step shows most here
+  "$python" benchmarks/loop_throughput.py --repeats "$repeats" --steps 1000 \
+    --title "Loop throughput: the default (digits, small CNN, batch 64)" \
+    -- --dataset digits --batch-size 64 --device "$device" "${gpu_args[@]}" "${extra[@]}"
   if [[ -n "${smi_pid:-}" ]]; then
     kill "$smi_pid" 2>/dev/null || true
     smi_pid=""

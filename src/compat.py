@@ -87,6 +87,17 @@ def autocast(device_type, dtype):
     raise RuntimeError("this torch has no autocast for %s %s" % (device_type, dtype))
 
 
+def grad_norm(parameters):
+    """The total 2-norm of the gradients, without clipping (get_total_norm from torch 2.6, by hand before)."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    get = getattr(torch.nn.utils, "get_total_norm", None)
+    if get is not None:
+        return get(grads)
+    return torch.norm(torch.stack([torch.norm(g.detach(), 2.0) for g in grads]), 2.0)
+
+
 def tensor_buffer(tensor):
     """The bytes of a tensor as a flat uint8 numpy array (no copy for contiguous CPU tensors), bfloat16 too."""
     t = tensor.detach().cpu().contiguous()

@@ -61,9 +61,15 @@ def steps_per_epoch(n, batch_size, world=1):
 
 
 def make_loader(dataset, batches, cfg, device):
-    """A DataLoader over precomputed index batches; it never draws from the global RNG."""
-    common = dict(compat.loader_options(loader_settings(cfg, dataset, device)), generator=torch.Generator())
-    if getattr(dataset, "batched", False):
+    """Batches over precomputed index batches; never draws from the global RNG. An in-memory dataset that
+    indexes a whole batch at once, with no workers and no pinning, is read directly (a DataLoader would only
+    add its per-batch overhead); anything else goes through a DataLoader."""
+    settings = loader_settings(cfg, dataset, device)
+    batched = getattr(dataset, "batched", False)
+    if batched and settings["num_workers"] == 0 and not settings["pin_memory"]:
+        return (dataset[b] for b in batches)
+    common = dict(compat.loader_options(settings), generator=torch.Generator())
+    if batched:
         return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None, **common)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **common)
 
@@ -114,7 +120,7 @@ class Trainer(object):
         self.stalls = []  # ... and over this whole session, for the summary line
         # asked once, not at every save (git is a subprocess)
         self.provenance = {"versions": checkpoint.versions(), "git_commit": checkpoint.git_commit()}
-        self.strict_grad = not self.scaler.is_enabled()  # fp16 loss scaling skips steps with inf gradients
+        self.use_scaler = self.scaler.is_enabled()  # fp16 loss scaling (it skips steps with inf gradients)
 
     # ----- state ---------------------------------------------------------------------------------------------
     def state_dict(self):
@@ -266,7 +272,7 @@ class Trainer(object):
         x = x.to(self.device, non_blocking=True)
         return compat.channels_last(x) if self.cfg.channels_last else x
 
-    def _train_step(self, x, y, global_size):
+    def _train_step(self, x, y, global_size, log_step):
         x, y = self._to_device(x), y.to(self.device, non_blocking=True)
         with compat.autocast(self.device.type, self.amp_dtype):
             out = self.model(x)
@@ -275,14 +281,27 @@ class Trainer(object):
         # share so that the result is the gradient of the global batch's mean loss
         weight = len(y) * self.dist.world / float(global_size)
         self.optimizer.zero_grad()
-        self.scaler.scale(loss * weight if weight != 1 else loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        scaled = loss * weight if weight != 1 else loss
+        if self.use_scaler:
+            self.scaler.scale(scaled).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            scaled.backward()
+        grad_norm = None
+        if self.cfg.grad_clip:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        elif log_step:
+            grad_norm = compat.grad_norm(self.model.parameters())
+        if self.use_scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.lr_used = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        self.meter.add(loss, grad_norm, (out.argmax(1) == y).sum(), len(y), grad_must_be_finite=self.strict_grad)
+        self.meter.add(loss, (out.argmax(1) == y).sum(), len(y))
+        if log_step:
+            self.meter.set_grad_norm(grad_norm, must_be_finite=not self.use_scaler)
 
     def _log_window(self, window):
         self._ensure_finite()
@@ -338,7 +357,8 @@ class Trainer(object):
                 t0 = time.perf_counter()
                 x, y = next(batch_iter)
                 window["data_wait"] += time.perf_counter() - t0
-                self._train_step(x, y, size)
+                step = p["step"] + 1
+                self._train_step(x, y, size, step % cfg.log_every == 0 or step >= self.total_steps)
                 p["step"] += 1
                 p["sample_in_epoch"] += size
                 window["steps"] += 1
@@ -361,7 +381,7 @@ class Trainer(object):
                 window["excluded"] += time.perf_counter() - t1
                 if self.dist.any(self.stop.requested):
                     return self.stopped()
-        if float(self.meter.steps) > 0:  # the last, partial logging window
+        if self.meter.steps > 0:  # the last, partial logging window
             self._log_window(window)
         self.save("end of training")
         self.flush()

@@ -1,4 +1,6 @@
 """Running sums kept on the device (no host sync per step) and the evaluation metrics."""
+import math
+
 import torch
 
 EVAL_METRICS = ("val/loss", "val/acc")
@@ -6,61 +8,71 @@ EVAL_METRICS = ("val/loss", "val/acc")
 
 class TrainMeter(object):
     """Sums of the current logging window, on the training device; saved in checkpoints so that a resumed
-    run logs the same averages as an uninterrupted one."""
+    run logs the same averages as an uninterrupted one.
 
-    FIELDS = ("loss_sum", "grad_norm_sum", "correct", "samples", "steps", "nonfinite")
+    Per step it costs three in-place additions on the device (no host sync); a non-finite loss poisons
+    loss_sum, which the logging step checks. The gradient norm is that of the logging step (computing it
+    every step would cost more than the rest of this class; with --grad-clip it is measured anyway).
+    """
+
+    TENSORS = ("loss_sum", "correct", "grad_norm", "bad_grad")
 
     def __init__(self, device):
         self.device = device
         self.reset()
 
     def reset(self):
-        for name in self.FIELDS:
+        for name in self.TENSORS:
             setattr(self, name, torch.zeros((), dtype=torch.float64, device=self.device))
+        self.samples, self.steps = 0, 0
 
-    def add(self, loss, grad_norm, correct, samples, grad_must_be_finite=True):
-        loss, grad_norm = loss.detach().double(), grad_norm.detach().double()
-        grad_ok = torch.isfinite(grad_norm)
-        self.loss_sum += loss * samples
-        self.grad_norm_sum += torch.where(grad_ok, grad_norm, torch.zeros_like(grad_norm))
-        self.correct += correct.double()
+    def add(self, loss, correct, samples):
+        self.loss_sum += loss.detach().double() * samples
+        self.correct += correct
         self.samples += samples
         self.steps += 1
-        self.nonfinite += (~torch.isfinite(loss)).double()
-        if grad_must_be_finite:
-            self.nonfinite += (~grad_ok).double()
 
-    # Under several processes each rank sums its own shards; these fields add up across ranks, the others
-    # (gradient norm after the all-reduce, step count) are the same on every rank.
-    ADDITIVE = ("loss_sum", "correct", "samples", "nonfinite")
+    def set_grad_norm(self, norm, must_be_finite=True):
+        """The gradient norm of this (logging) step; a non-finite one is an error unless loss scaling skips it."""
+        norm = norm.detach().double()
+        finite = torch.isfinite(norm)
+        self.grad_norm = torch.where(finite, norm, torch.zeros_like(norm))
+        if must_be_finite:
+            self.bad_grad = (~finite).double()
 
+    # Under several processes each rank sums its own shards: loss_sum, correct and samples add up across
+    # ranks; the gradient norm (after the all-reduce) and the step count are the same on every rank.
     def _global(self, dist):
-        sums = torch.stack([getattr(self, name) for name in self.ADDITIVE])
-        return dict(zip(self.ADDITIVE, dist.sum_(sums.clone()).unbind(0)))
+        local = torch.stack([self.loss_sum, self.correct.double(), self.bad_grad,
+                             torch.tensor(float(self.samples), dtype=torch.float64, device=self.device)])
+        return dist.sum_(local)
 
     def is_finite(self, dist):
-        return float(self._global(dist)["nonfinite"]) == 0
+        loss_sum, _, bad_grad, _ = self._global(dist).tolist()
+        return math.isfinite(loss_sum) and bad_grad == 0
 
     def averages(self, dist):
-        """One host sync (and one all-reduce): the window's mean loss, accuracy and gradient norm."""
-        total = self._global(dist)
-        sums = torch.stack([total["loss_sum"], total["correct"], self.grad_norm_sum, total["samples"],
-                            self.steps]).tolist()
-        loss, correct, gnorm, samples, steps = sums
-        return {"train/loss": loss / max(samples, 1), "train/acc": correct / max(samples, 1),
-                "train/grad_norm": gnorm / max(steps, 1)}
+        """One host sync (and one all-reduce): the window's mean loss and accuracy, the gradient norm."""
+        loss_sum, correct, _, samples = self._global(dist).tolist()
+        return {"train/loss": loss_sum / max(samples, 1), "train/acc": correct / max(samples, 1),
+                "train/grad_norm": float(self.grad_norm)}
 
     def global_state(self, dist):
-        """The window's sums over all ranks, for a checkpoint."""
-        state = {name: getattr(self, name).cpu() for name in self.FIELDS}
-        state.update((name, value.cpu()) for name, value in self._global(dist).items())
-        return state
+        """The window over all ranks, for a checkpoint."""
+        loss_sum, correct, bad_grad, samples = self._global(dist).cpu().unbind(0)
+        return {"loss_sum": loss_sum, "correct": correct, "bad_grad": bad_grad, "grad_norm": self.grad_norm.cpu(),
+                "samples": int(samples), "steps": self.steps}
 
     def load_state_dict(self, state, main=True):
-        """Restore the window's sums; off rank 0 the additive ones start at zero (rank 0 carries the totals)."""
-        for name in self.FIELDS:
-            value = state[name].to(self.device)
-            setattr(self, name, value if main or name not in self.ADDITIVE else torch.zeros_like(value))
+        """Restore the window; off rank 0 the sums start at zero (rank 0 carries the totals)."""
+        self.reset()
+        self.grad_norm = state["grad_norm"].to(self.device, torch.float64)
+        self.steps = int(state["steps"])
+        if main:
+            self.loss_sum = state["loss_sum"].to(self.device, torch.float64)
+            self.correct = state["correct"].to(self.device, torch.float64)
+            self.bad_grad = state["bad_grad"].to(self.device, torch.float64)
+            self.samples = int(state["samples"])
 
 
 def confusion_counts(labels, preds, num_classes):
