@@ -85,7 +85,7 @@ run_native() {
   local python pid_file="$ROOT/logs/.train-native.pid" tb_pid_file="$ROOT/logs/.tensorboard-native.pid"
   python="$(native_env_python)"
   if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
-    die "training is already running (pid $(cat "$pid_file")); follow it with: tail -f logs/train-native.out; stop it with: kill -- -$(cat "$pid_file")"
+    die "training is already running (pid $(cat "$pid_file")); follow it with: tail -f logs/train-native.out; stop it with: kill $(cat "$pid_file")"
   fi
   cd "$ROOT"
   "$python" train.py --resume auto "${args[@]}" --prepare-data --progress plain >/dev/null
@@ -101,7 +101,7 @@ run_native() {
 $(basename "$0"): training in the background (pid $(cat "$pid_file")).
   TensorBoard:  $url
   follow:       tail -f logs/train-native.out
-  stop:         kill -- -$(cat "$pid_file")               (all its processes save a checkpoint first)
+  stop:         kill $(cat "$pid_file")                  (saves a checkpoint first)
   resume:       ./run.sh --native ${args[*]}
 EOF
 }

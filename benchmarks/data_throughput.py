@@ -37,7 +37,8 @@ def sync(device):
 
 def data_rate(cfg, splits, device, batches):
     sampler = EpochBatches(len(splits.train), cfg.batch_size, seed=cfg.seed, epoch=0)
-    sampler.batches = (sampler.batches * (batches // max(len(sampler.batches), 1) + 1))[:batches]
+    sampler.tensors = (sampler.tensors * (batches // max(len(sampler.tensors), 1) + 1))[:batches]
+    sampler.batches = [b.tolist() for b in sampler.tensors]
     start, n = time.perf_counter(), 0
     for x, y in make_loader(splits.train, sampler, cfg, device):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

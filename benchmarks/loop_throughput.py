@@ -13,6 +13,7 @@ Lightning is skipped (and said so) when it is not installed: pip install -r benc
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,21 +24,29 @@ from common import machine, median, table
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 WARMUP = 10
+ENV = dict(os.environ)
+PRESETS = {
+    "cifar": ["--dataset", "synthetic", "--synthetic-size", "12800", "--synthetic-shape", "3,32,32", "--model", "cnn",
+              "--batch-size", "128"],
+    "default": ["--dataset", "digits", "--model", "cnn", "--batch-size", "64"],
+}
 
 
 def ours(common, steps, folder):
     run = "bench"
     cmd = [sys.executable, str(ROOT / "train.py")] + common + [
-        "--max-steps", str(steps), "--epochs", "1000000", "--log-every", "10", "--ckpt-every", "100", "--eval-every", str(10 ** 9),
+        "--max-steps", str(steps), "--epochs", "1000000", "--log-every", "10", "--ckpt-every", "100",
+        "--eval-every", str(10 ** 9),
         "--logs-dir", str(folder / "logs"), "--models-dir", str(folder / "models"), "--run-name", run,
         "--progress", "plain"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(folder / "logs" / run), size_guidance={"scalars": 0})
     acc.Reload()
     events = [e for e in acc.Scalars("train/loss") if e.step >= WARMUP]
     first, last = events[0], events[-1]
-    batch = int(common[common.index("--batch-size") + 1])
+    import yaml
+    batch = yaml.safe_load((folder / "logs" / run / "config.yaml").read_text())["batch_size"]  # the effective one
     return (last.step - first.step) * batch / (last.wall_time - first.wall_time)
 
 
@@ -45,7 +54,7 @@ def script(name):
     def run(common, steps, folder):
         out = subprocess.run([sys.executable, str(HERE / name), "--steps", str(steps), "--warmup", str(WARMUP)]
                              + common, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True, cwd=str(folder)).stdout
+                             text=True, cwd=str(folder), env=ENV).stdout
         return json.loads(out.strip().splitlines()[-1])["samples_per_sec"]
     return run
 
@@ -54,14 +63,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cifar",
+                   help="cifar: CNN on CIFAR-shaped synthetic data, batch 128; default: train.py's default setup "
+                   "(digits, small CNN, batch 64), where what a loop adds per step shows most")
     p.add_argument("--title", default="Loop throughput")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads per run (OMP_NUM_THREADS; 1 keeps a small VM's run-to-run spread low)")
     p.add_argument("train_args", nargs="*", help="train.py flags after --")
     args = p.parse_args()
-    common = ["--dataset", "synthetic", "--synthetic-size", "12800", "--synthetic-shape", "3,32,32",
-              "--model", "cnn", "--batch-size", "128", "--optimizer", "sgd", "--lr", "0.05", "--scheduler",
-              "constant"] + args.train_args
+    common = PRESETS[args.preset] + ["--optimizer", "sgd", "--lr", "0.05", "--scheduler", "constant"] + args.train_args
     if "--device" not in common:
         common += ["--device", "cpu"]
+    ENV["OMP_NUM_THREADS"] = str(args.threads)
     loops = [("train.py", ours), ("hand-written loop", script("handwritten_loop.py"))]
     have_lightning = importlib.util.find_spec("lightning") is not None
     if have_lightning:
@@ -76,8 +89,8 @@ def main():
     base = median(rates["hand-written loop"])
     device = common[len(common) - 1 - common[::-1].index("--device") + 1]
     print("### %s\n" % args.title)
-    print("%s; %d steps x %d alternating repeats; `%s`\n" % (machine(device), args.steps, args.repeats,
-                                                                " ".join(common)))
+    print("%s; %d CPU thread(s); %d steps x %d alternating repeats; `%s`\n" % (
+        machine(device), args.threads, args.steps, args.repeats, " ".join(common)))
     rows = [(name, "%.0f" % median(v), ", ".join("%.0f" % x for x in v), "%.3f" % (median(v) / base))
             for name, v in rates.items()]
     print(table(("loop", "samples/s (median)", "runs", "ratio to hand-written"), rows))

@@ -54,9 +54,9 @@ trap 'rm -f "$util_log"; [[ -z "${smi_pid:-}" ]] || kill "$smi_pid" 2>/dev/null 
     -- "${loop_args[@]}" "${extra[@]}"
   echo
   # small steps: what a loop adds per step shows most here
-  "$python" benchmarks/loop_throughput.py --repeats "$repeats" --steps 1000 \
+  "$python" benchmarks/loop_throughput.py --repeats "$repeats" --steps 1000 --preset default \
     --title "Loop throughput: the default (digits, small CNN, batch 64)" \
-    -- --dataset digits --batch-size 64 --device "$device" "${gpu_args[@]}" "${extra[@]}"
+    -- --device "$device" "${gpu_args[@]}" "${extra[@]}"
   if [[ -n "${smi_pid:-}" ]]; then
     kill "$smi_pid" 2>/dev/null || true
     smi_pid=""

@@ -56,8 +56,8 @@ class CheckpointWriter(object):
         return snap, cuda_event
 
     # ----- the write, off the training path ------------------------------------------------------------------
-    def submit(self, state, paths, done=None):
-        """Save state to every path in paths (atomically), then call done() in the writer."""
+    def submit(self, state, paths, done=None, before=None):
+        """Save state to every path in paths (atomically); before() and done() run in the writer around it."""
         start = time.perf_counter()
         self.wait()
         snap, cuda_event = self.snapshot(state)
@@ -65,6 +65,8 @@ class CheckpointWriter(object):
         def job():
             if cuda_event is not None:
                 cuda_event.synchronize()
+            if before is not None:
+                before()
             checkpoint.write(checkpoint.serialize(snap), *paths)
             if done is not None:
                 done()

@@ -40,7 +40,8 @@ class EpochBatches(torch.utils.data.Sampler):
         if drop_tiny and batches and len(batches[-1]) < world:
             batches.pop()
         self.sizes = [len(b) for b in batches]
-        self.batches = [(dist.shard(b) if dist is not None else b).tolist() for b in batches]
+        self.tensors = [dist.shard(b) if dist is not None else b for b in batches]  # for direct indexing
+        self.batches = [b.tolist() for b in self.tensors]  # for a DataLoader (datasets expect int indices)
         self.epoch_samples = epoch_samples(n, batch_size, world)
 
     def __iter__(self):
@@ -67,7 +68,7 @@ def make_loader(dataset, batches, cfg, device):
     settings = loader_settings(cfg, dataset, device)
     batched = getattr(dataset, "batched", False)
     if batched and settings["num_workers"] == 0 and not settings["pin_memory"]:
-        return (dataset[b] for b in batches)
+        return (dataset[b] for b in batches.tensors)
     common = dict(compat.loader_options(settings), generator=torch.Generator())
     if batched:
         return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None, **common)
@@ -181,14 +182,15 @@ class Trainer(object):
         self._ensure_finite(weights=True)
         state = self.state_dict()
         if self.dist.main:
-            self.board.flush(durable=True)
+            def before():  # in the writer: TensorBoard events up to this step reach the disk before the checkpoint
+                self.board.flush(durable=True)
 
             def done():  # in the writer, once the files are in place
                 if prune:
                     checkpoint.prune(self.paths.tmp_dir, self.cfg.keep_last)
                 log.info("%s", message)
 
-            self._check_write(lambda: self.stall.append(self.writer.submit(state, targets, done)))
+            self._check_write(lambda: self.stall.append(self.writer.submit(state, targets, done, before)))
             self.stalls.append(self.stall[-1])
         self.dist.barrier()
 

@@ -66,8 +66,9 @@ def test_stopped_ddp_run_resumes(ddp_run, project, resume_nproc):
     baseline, _ = ddp_run
     proc = project.start_launch(2, *ARGS)
     wait_for_line(proc, lambda line: line.startswith("step 25/"))
-    os.killpg(proc.pid, signal.SIGTERM)  # what docker stop (tini -g) and Ctrl-C in a terminal do: every process
+    os.killpg(proc.pid, signal.SIGTERM)  # what docker stop (tini -g), kill and Ctrl-C in a terminal reach
     out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out  # the launcher passed the stop on to the workers, which saved and exited 0
     assert "saved checkpoint step" in out and "(stop signal)" in out, out
     stopped = load(project.latest("ddp"))["progress"]["step"]
     assert 25 <= stopped < 90

@@ -111,6 +111,25 @@ def test_compose_up_trains_the_default_run(checkout):
     assert checkout.container("tensorboard")["Health"] == "healthy"
 
 
+def test_run_sh_nproc_trains_data_parallel_in_the_container_and_stops_cleanly(checkout):
+    checkout.sh("./run.sh", "--nproc", "2", "--run-name", "ddp", "--model", "mlp", "--epochs", "500",
+                "--ckpt-every", "1000", "--log-every", "5")
+    log = checkout.root / "logs" / "ddp" / "train.log"
+    deadline = time.time() + 180
+    while time.time() < deadline and "step 30/" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.5)
+    started = time.time()
+    checkout.compose("stop", "trainer")
+    assert time.time() - started < 10
+    assert checkout.container("trainer")["ExitCode"] == 0  # the launcher passed the stop to both processes
+    text = log.read_text()
+    assert "x 2 processes (global batch 64)" in text
+    assert text.count("SIGTERM received") == 1 and text.count("saved checkpoint step") == 1, text[-3000:]
+    import torch
+    state = torch.load(str(checkout.root / "models" / "latest" / "ddp.pt"), map_location="cpu", weights_only=True)
+    assert state["progress"]["step"] >= 30 and len(state["rng_ranks"]) == 2
+
+
 def test_second_training_refused_then_compose_stop_saves_a_fresh_checkpoint(checkout):
     env = dict(checkout.env, TRAIN_ARGS="--run-name stopme --epochs 500 --ckpt-every 1000 --log-every 5")
     checkout.compose("up", "--detach", "trainer", env=env)
