@@ -1,9 +1,14 @@
 """Shared by the benchmarks: what machine a table comes from, and the Markdown table itself."""
+import argparse
 import os
 import platform
 import statistics
+import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def machine(device="cpu"):
@@ -30,3 +35,21 @@ def table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def baseline_setup():
+    """(--steps/--warmup, train.py's config) for a baseline loop given the same flags as train.py."""
+    from src import config
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--warmup", type=int, default=10)
+    args, train_args = p.parse_known_args()
+    cfg, _ = config.parse(train_args)
+    return args, cfg
+
+
+def device_of(cfg):
+    """train.py's --device auto/cpu/cuda[:N] as a torch.device."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)

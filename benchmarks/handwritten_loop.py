@@ -1,7 +1,6 @@
 """The baseline: the plainest PyTorch loop over the same model, data, batch size, optimizer and steps as
 train.py (and the same device, --amp and --channels-last), reporting samples/s between the end of its
 warm-up step and its last step. Run by loop_throughput.py; prints one JSON line."""
-import argparse
 import contextlib
 import json
 import sys
@@ -12,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from src import config, data, models  # noqa: E402  (the same builders train.py uses)
+from src import data, models  # noqa: E402  (the same builders train.py uses)
+
+from common import baseline_setup, device_of  # noqa: E402
 
 
 def sync(device):
@@ -21,13 +22,8 @@ def sync(device):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--warmup", type=int, default=10)
-    args, train_args = p.parse_known_args()
-    cfg, _ = config.parse(train_args)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    args, cfg = baseline_setup()
+    device = device_of(cfg)
     torch.manual_seed(cfg.seed)
     torch.backends.cudnn.benchmark = True
     splits = data.build(cfg)

@@ -3,7 +3,6 @@ the way train.py runs in the comparison: TensorBoard logging every 10 steps and 
 progress bar, no validation inside the timed steps. Reports samples/s between the end of its warm-up step
 and its last step (a callback), as one JSON line. Lightning is a benchmark-only dependency
 (benchmarks/requirements.txt)."""
-import argparse
 import json
 import sys
 import tempfile
@@ -14,7 +13,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from src import config, data, models  # noqa: E402
+from src import data, models  # noqa: E402
+
+from common import baseline_setup, device_of  # noqa: E402
 
 import lightning as L  # noqa: E402
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
@@ -68,19 +69,15 @@ class Batches(torch.utils.data.Sampler):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--warmup", type=int, default=10)
-    args, train_args = p.parse_known_args()
-    cfg, _ = config.parse(train_args)
+    args, cfg = baseline_setup()
     torch.manual_seed(cfg.seed)
     splits = data.build(cfg)
     model = models.build(cfg, splits.input_shape, splits.num_classes)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    accelerator = "gpu" if device_of(cfg).type == "cuda" else "cpu"
     loader = torch.utils.data.DataLoader(splits.train, sampler=Batches(len(splits.train), cfg.batch_size),
-                                         batch_size=None, pin_memory=cfg.device != "cpu")
-    accelerator = "cpu" if cfg.device == "cpu" else "gpu"
+                                         batch_size=None, pin_memory=accelerator == "gpu")
     precision = {"off": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}[cfg.amp]
     clock = Clock(args.warmup, args.steps)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,41 @@
+"""The benchmarks run and print their tables (tiny sizes here; benchmarks/run.sh makes the real figures)."""
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def bench(*args):
+    res = subprocess.run([sys.executable] + [str(a) for a in args], cwd=str(REPO), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:]
+    return res.stdout
+
+
+def rows(out):
+    """{first cell: other cells} of the Markdown table rows in out."""
+    lines = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return {row[0]: row[1:] for row in cells}
+
+
+def test_loop_benchmark_compares_train_py_with_the_hand_written_loop():
+    out = bench("benchmarks/loop_throughput.py", "--steps", "30", "--repeats", "1", "--preset", "default")
+    table = rows(out)
+    assert float(table["hand-written loop"][2]) == 1.0
+    assert float(table["train.py"][0]) > 0 and float(table["train.py"][2]) > 0
+
+
+def test_checkpoint_stall_benchmark_reports_each_way_of_saving():
+    out = bench("benchmarks/checkpoint_stall.py", "--width", "256", "--layers", "2", "--repeats", "1")
+    table = rows(out)
+    assert set(table) >= {"torch.save", "ours (background)", "ours (--no-async-ckpt)"}
+    assert all(float(v[0]) > 0 for k, v in table.items() if k != "checkpoint"), out
+    assert re.search(r"first save .* \d+ ms", out)
+
+
+def test_data_benchmark_measures_loader_and_model_for_both_setups():
+    out = bench("benchmarks/data_throughput.py", "--repeats", "1", "--batches", "5", "--steps", "2")
+    table = rows(out)
+    assert len([k for k in table if k.startswith(("default", "CIFAR"))]) == 2
