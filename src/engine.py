@@ -34,15 +34,21 @@ class EpochBatches(torch.utils.data.Sampler):
     """
 
     def __init__(self, n, batch_size, seed=None, epoch=0, start=0, dist=None, drop_tiny=True):
+        self.n, self.batch_size, self.seed, self.dist, self.drop_tiny = n, batch_size, seed, dist, drop_tiny
+        self.set_epoch(epoch, start)
+
+    def set_epoch(self, epoch, start=0):
+        """Switch to another epoch (or position): a DataLoader built on this sampler keeps its workers."""
+        n, seed, dist = self.n, self.seed, self.dist
         order = torch.arange(n) if seed is None else torch.randperm(n, generator=seeding.epoch_generator(seed, epoch))
         world = dist.world if dist is not None else 1
-        batches = list(order[start:].split(batch_size))
-        if drop_tiny and batches and len(batches[-1]) < world:
+        batches = list(order[start:].split(self.batch_size))
+        if self.drop_tiny and batches and len(batches[-1]) < world:
             batches.pop()
         self.sizes = [len(b) for b in batches]
         self.tensors = [dist.shard(b) if dist is not None else b for b in batches]  # for direct indexing
         self.batches = [b.tolist() for b in self.tensors]  # for a DataLoader (datasets expect int indices)
-        self.epoch_samples = epoch_samples(n, batch_size, world)
+        self.epoch_samples = epoch_samples(n, self.batch_size, world)
 
     def __iter__(self):
         return iter(self.batches)
@@ -68,11 +74,21 @@ def make_loader(dataset, batches, cfg, device):
     settings = loader_settings(cfg, dataset, device)
     batched = getattr(dataset, "batched", False)
     if batched and settings["num_workers"] == 0 and not settings["pin_memory"]:
-        return (dataset[b] for b in batches.tensors)
+        return DirectBatches(dataset, batches)
     common = dict(compat.loader_options(settings), generator=torch.Generator())
     if batched:
         return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None, **common)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **common)
+
+
+class DirectBatches(object):
+    """Iterating gives dataset[batch] for the sampler's current batches (like a DataLoader, minus its cost)."""
+
+    def __init__(self, dataset, batches):
+        self.dataset, self.batches = dataset, batches
+
+    def __iter__(self):
+        return (self.dataset[b] for b in self.batches.tensors)
 
 
 def loader_settings(cfg, dataset, device):
@@ -117,6 +133,7 @@ class Trainer(object):
         self.last_eval = {}
         self.saved_step = -1
         self.writer = CheckpointWriter(background=cfg.async_ckpt)
+        self.train_batches = self.train_loader = self.eval_loader = None
         self.stall = []  # seconds the loop stalled for each checkpoint since the last log line
         self.stalls = []  # ... and over this whole session, for the summary line
         # asked once, not at every save (git is a subprocess)
@@ -220,8 +237,10 @@ class Trainer(object):
         """Validation metrics and confusion matrix over all ranks' shards; None if a stop cut it short."""
         ds = self.splits.val
         k = self.splits.num_classes
-        loader = make_loader(ds, EpochBatches(len(ds), self.cfg.batch_size, dist=self.dist, drop_tiny=False),
-                             self.cfg, self.device)
+        if self.eval_loader is None:
+            self.eval_loader = make_loader(
+                ds, EpochBatches(len(ds), self.cfg.batch_size, dist=self.dist, drop_tiny=False), self.cfg, self.device)
+        loader = self.eval_loader
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         confusion = torch.zeros(k * k, dtype=torch.long, device=self.device)
         self.eval_model.eval()
@@ -351,8 +370,12 @@ class Trainer(object):
             return self.stopped()
         self.model.train()
         while not self.finished():
-            batches = EpochBatches(n, cfg.batch_size, cfg.seed, p["epoch"], p["sample_in_epoch"], self.dist)
-            batch_iter = iter(make_loader(self.splits.train, batches, cfg, self.device))
+            if self.train_loader is None:  # one loader for the run: its workers (if any) persist across epochs
+                self.train_batches = EpochBatches(n, cfg.batch_size, cfg.seed, dist=self.dist)
+                self.train_loader = make_loader(self.splits.train, self.train_batches, cfg, self.device)
+            batches = self.train_batches
+            batches.set_epoch(p["epoch"], p["sample_in_epoch"])
+            batch_iter = iter(self.train_loader)
             for size in batches.sizes:
                 if self.finished():
                     break

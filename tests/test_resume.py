@@ -88,3 +88,13 @@ def test_resume_from_an_explicit_path_takes_its_run_name(project):
     res = project.ok("--resume", str(project.tmp_dir("p") / "step-3.pt"), "--max-steps", "8")
     assert "run p: resuming from" in res.stderr and "at step 3" in res.stderr
     assert load(project.latest("p"))["progress"]["step"] == 8
+
+
+def test_dataloader_workers_give_the_same_run_and_resume_exactly(project, baseline):
+    # the same batches through 2 persistent worker processes (one loader for the run, reset at each epoch
+    # and after a stop mid-epoch) train bit-identically to the in-process reading of the baseline
+    args = ARGS + ["--num-workers", "2"]
+    code, _, _ = stop_at(project.start(*args), signal.SIGTERM, "step ", 52)
+    assert code == 0
+    project.ok("--resume", "--run-name", "exact")
+    assert_same_as_baseline(project, baseline)
