@@ -53,3 +53,9 @@ def device_of(cfg):
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
+
+
+def sync(device):
+    """Wait for the device's queued work, so that a timestamp means what it says."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

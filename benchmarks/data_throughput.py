@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from src import compat, config, data, models  # noqa: E402
 from src.engine import EpochBatches, loader_settings, make_loader  # noqa: E402
 
-from common import machine, median, table  # noqa: E402
+from common import machine, median, sync, table  # noqa: E402
 
 SETUPS = [
     ("default: digits 1x8x8, cnn", ["--dataset", "digits", "--model", "cnn", "--batch-size", "64"]),
@@ -28,11 +28,6 @@ SETUPS = [
                                                 "--synthetic-shape", "3,32,32", "--model", "resnet",
                                                 "--batch-size", "128"]),
 ]
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def data_rate(cfg, splits, device, batches):

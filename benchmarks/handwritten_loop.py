@@ -13,12 +13,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from src import data, models  # noqa: E402  (the same builders train.py uses)
 
-from common import baseline_setup, device_of  # noqa: E402
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from common import baseline_setup, device_of, sync  # noqa: E402
 
 
 def main():

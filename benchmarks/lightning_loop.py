@@ -15,7 +15,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from src import data, models  # noqa: E402
 
-from common import baseline_setup, device_of  # noqa: E402
+from common import baseline_setup, device_of, sync  # noqa: E402
 
 import lightning as L  # noqa: E402
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
@@ -45,8 +45,7 @@ class Clock(Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if trainer.global_step in (self.warmup, self.steps):
-            if module.device.type == "cuda":
-                torch.cuda.synchronize(module.device)
+            sync(module.device)
             now = time.perf_counter()
             if trainer.global_step == self.warmup:
                 self.start = now

@@ -23,7 +23,6 @@ class CheckpointWriter(object):
         self._thread = None
         self._error = None
         self._buffers = {}
-        self.stall = 0.0  # seconds the loop waited in the last submit
 
     # ----- the copy on the training path ---------------------------------------------------------------------
     def _buffer(self, key, tensor):
@@ -57,7 +56,8 @@ class CheckpointWriter(object):
 
     # ----- the write, off the training path ------------------------------------------------------------------
     def submit(self, state, paths, done=None, before=None):
-        """Save state to every path in paths (atomically); before() and done() run in the writer around it."""
+        """Save state to every path in paths (atomically); before() and done() run in the writer around it.
+        Returns the seconds the caller was held up."""
         start = time.perf_counter()
         self.wait()
         snap, cuda_event = self.snapshot(state)
@@ -76,17 +76,13 @@ class CheckpointWriter(object):
             self._thread.start()
         else:
             job()
-        self.stall = time.perf_counter() - start
-        return self.stall
+        return time.perf_counter() - start  # how long the loop waited: the stall
 
     def _guard(self, job):
         try:
             job()
         except BaseException as err:  # re-raised in the training thread by wait()
             self._error = err
-
-    def busy(self):
-        return self._thread is not None and self._thread.is_alive()
 
     def wait(self):
         """Block until the last submitted checkpoint is on disk; re-raise its failure."""

@@ -134,8 +134,8 @@ class Trainer(object):
         self.saved_step = -1
         self.writer = CheckpointWriter(background=cfg.async_ckpt)
         self.train_batches = self.train_loader = self.eval_loader = None
-        self.stall = []  # seconds the loop stalled for each checkpoint since the last log line
-        self.stalls = []  # ... and over this whole session, for the summary line
+        self.stalls = []  # seconds the loop stalled for each checkpoint of this session
+        self.stalls_logged = 0  # how many of them TensorBoard has had
         # asked once, not at every save (git is a subprocess)
         self.provenance = {"versions": checkpoint.versions(), "git_commit": checkpoint.git_commit()}
         self.use_scaler = self.scaler.is_enabled()  # fp16 loss scaling (it skips steps with inf gradients)
@@ -207,8 +207,7 @@ class Trainer(object):
                     checkpoint.prune(self.paths.tmp_dir, self.cfg.keep_last)
                 log.info("%s", message)
 
-            self._check_write(lambda: self.stall.append(self.writer.submit(state, targets, done, before)))
-            self.stalls.append(self.stall[-1])
+            self._check_write(lambda: self.stalls.append(self.writer.submit(state, targets, done, before)))
         self.dist.barrier()
 
     def _check_write(self, action):
@@ -333,9 +332,9 @@ class Trainer(object):
         steps = max(window["steps"], 1)
         perf = {"perf/samples_per_sec": window["samples"] / elapsed, "perf/step_time_ms": 1000 * elapsed / steps,
                 "perf/data_wait_ms": 1000 * window["data_wait"] / steps}
-        if self.stall:
-            perf["perf/ckpt_stall_ms"] = 1000 * max(self.stall)
-            self.stall = []
+        if len(self.stalls) > self.stalls_logged:  # the worst checkpoint stall since the last logging step
+            perf["perf/ckpt_stall_ms"] = 1000 * max(self.stalls[self.stalls_logged:])
+            self.stalls_logged = len(self.stalls)
         if self.device.type == "cuda":
             perf["perf/gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
             torch.cuda.reset_peak_memory_stats(self.device)

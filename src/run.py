@@ -123,7 +123,8 @@ def wrap_model(parts, cfg, dist):
     eval_model = parts.model
     if cfg.compile:
         model = torch.compile(model)
-        eval_model = model if not dist.enabled else eval_model
+        if not dist.enabled:  # under DDP, evaluation runs the plain module (no wrapper, no collectives)
+            eval_model = model
     return parts._replace(model=model, eval_model=eval_model)
 
 
