@@ -423,8 +423,8 @@ class Trainer(object):
         self.flush()
         self.board_hparams()
         self.report_stalls()
-        log.info("stopped at step %d; continue with: python train.py --resume --run-name %s", self.step,
-                 self.cfg.run_name)
+        again = ("python -m src.launch %d" % self.dist.world) if self.dist.enabled else "python train.py"
+        log.info("stopped at step %d; continue with: %s --resume --run-name %s", self.step, again, self.cfg.run_name)
         return 0
 
     def report_stalls(self):

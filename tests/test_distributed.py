@@ -70,6 +70,7 @@ def test_stopped_ddp_run_resumes(ddp_run, project, resume_nproc):
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out  # the launcher passed the stop on to the workers, which saved and exited 0
     assert "saved checkpoint step" in out and "(stop signal)" in out, out
+    assert "continue with: python -m src.launch 2 --resume --run-name ddp" in out
     stopped = load(project.latest("ddp"))["progress"]["step"]
     assert 25 <= stopped < 90
     res = ok(project.launch(resume_nproc, *(ARGS + ["--resume"])))
