@@ -6,27 +6,39 @@ A checkpoint is a dict of tensors and plain types (weights-only loadable, and po
     progress    {epoch, sample_in_epoch, step, eval_pending}
     best        {metric, mode, value, step}
     rng         Python, NumPy, torch CPU and CUDA generator states
-    config      the effective config;  versions, git_commit;  digest  (blake2b of everything else)
+    config      the effective config;  versions, git_commit;  format
+The file is the zip archive torch.save writes, plus one record, `<archive>/checkpoint_digest`: a blake2b
+digest of every other record's name and raw bytes. Loading checks it before a single byte is unpickled,
+then unpickles with weights-only loading (torch >= 1.13) or a restricted unpickler that admits only tensors,
+storages and plain types (compat.load_bytes), so no file can run code on any stack.
 `torch.load(path)["model"]` gives the weights for use elsewhere.
 """
 import hashlib
 import io
 import logging
+import os
 import re
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import atomic, compat
-from .errors import UsageError
+from .errors import TrainingError, UsageError
 from .paths import ROOT
 
 log = logging.getLogger("train")
 
-FORMAT = 1
+FORMAT = 2
+DIGEST_RECORD = "checkpoint_digest"
 _STEP_FILE = re.compile(r"^step-(\d+)\.pt$")
+# what a training checkpoint must hold, and the type of each part
+REQUIRED = {"model": dict, "optimizer": dict, "scheduler": dict, "scaler": dict, "meter": dict, "progress": dict,
+            "best": dict, "rng": dict, "config": dict}
+PROGRESS = {"epoch": int, "sample_in_epoch": int, "step": int, "eval_pending": bool}
 
 
 class CorruptCheckpoint(Exception):
@@ -34,6 +46,7 @@ class CorruptCheckpoint(Exception):
 
 
 def _feed(h, obj):
+    """Format 1 (content digest over the unpickled state): kept to read checkpoints written before format 2."""
     if isinstance(obj, torch.Tensor):
         h.update(("T%s%s" % (obj.dtype, tuple(obj.shape))).encode())
         h.update(compat.tensor_buffer(obj))
@@ -50,10 +63,76 @@ def _feed(h, obj):
         h.update(("S" + repr(obj)).encode())
 
 
-def digest(state):
+def _content_digest(state):
     h = hashlib.blake2b(digest_size=20)
     _feed(h, {k: v for k, v in state.items() if k != "digest"})
     return h.hexdigest()
+
+
+def _records_digest(archive, names):
+    h = hashlib.blake2b(digest_size=20)
+    for name in names:
+        data = archive.read(name)
+        h.update(b"%d:%s:%d:" % (len(name), name.encode("utf-8"), len(data)))
+        h.update(data)
+    return h.hexdigest()
+
+
+def sign(payload):
+    """torch.save bytes with the digest record of every record added (the file as it is written)."""
+    buf = io.BytesIO(payload)
+    with zipfile.ZipFile(buf, "a") as archive:
+        names = archive.namelist()
+        prefix = names[0].split("/")[0]
+        archive.writestr("%s/%s" % (prefix, DIGEST_RECORD), _records_digest(archive, names))
+    return buf.getvalue()
+
+
+def _verified_bytes(blob):
+    """The bytes of a checkpoint file once its records match their digest (format 2), or None for a format 1
+    file (a torch.save zip without the record); CorruptCheckpoint otherwise. Nothing is unpickled here."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(blob))
+        infos = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError) as err:
+        raise CorruptCheckpoint("not a checkpoint archive (%s)" % err)
+    names = [i.filename for i in infos]
+    if not names or len(set(names)) != len(names):
+        raise CorruptCheckpoint("not a checkpoint archive (empty, or records named twice)")
+    if any(i.compress_type != zipfile.ZIP_STORED or i.file_size > len(blob) for i in infos):
+        raise CorruptCheckpoint("not a checkpoint archive (compressed or oversized records)")
+    signed = [n for n in names if n.split("/")[-1] == DIGEST_RECORD]
+    try:
+        if not signed:
+            return None
+        want = archive.read(signed[0]).decode("ascii", "replace")
+        have = _records_digest(archive, [n for n in names if n != signed[0]])
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, RuntimeError) as err:
+        raise CorruptCheckpoint("damaged archive (%s)" % err)
+    if len(signed) > 1 or want != have:
+        raise CorruptCheckpoint("contents do not match the stored digest")
+    return blob
+
+
+def _check_layout(state, full):
+    """Raise CorruptCheckpoint unless state has the parts (and types) this project's code reads."""
+    if not isinstance(state, dict):
+        raise CorruptCheckpoint("not a checkpoint of this project")
+    wanted = REQUIRED if full else {"model": dict}
+    for key, kind in wanted.items():
+        if not isinstance(state.get(key), kind):
+            raise CorruptCheckpoint("missing or malformed '%s'" % key)
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+        raise CorruptCheckpoint("'model' is not a state dict of tensors")
+    if full:
+        progress = state["progress"]
+        for key, kind in PROGRESS.items():
+            if not isinstance(progress.get(key), kind) or (kind is int and progress[key] < 0):
+                raise CorruptCheckpoint("missing or malformed 'progress.%s'" % key)
+        if not isinstance(state["config"].get("run_name"), str):
+            raise CorruptCheckpoint("missing or malformed 'config.run_name'")
+        if not isinstance(state["best"].get("metric"), str) or state["best"].get("mode") not in ("min", "max"):
+            raise CorruptCheckpoint("missing or malformed 'best'")
 
 
 def versions():
@@ -70,12 +149,10 @@ def git_commit():
 
 
 def serialize(state):
-    """The bytes of a checkpoint, with its digest filled in."""
-    state = dict(state, format=FORMAT)
-    state["digest"] = digest(state)
+    """The bytes of a checkpoint file: torch.save's archive plus its digest record."""
     buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getvalue()
+    torch.save(dict(state, format=FORMAT), buf)
+    return sign(buf.getvalue())
 
 
 def write(payload, *paths):
@@ -83,18 +160,47 @@ def write(payload, *paths):
         atomic.write_bytes(path, payload)
 
 
-def load(path):
-    """A checkpoint verified against its digest; CorruptCheckpoint says why not."""
+MARGIN = 16 << 20  # bytes left free on a filesystem after a checkpoint, for logs and the system
+
+
+def free_bytes(folder):
+    info = os.statvfs(str(folder))
+    return info.f_bavail * info.f_frsize
+
+
+def check_space(size, paths):
+    """Raise TrainingError, before anything is written, when a checkpoint of `size` bytes cannot be written to every
+    path (each write needs room for the new file while the old one still exists)."""
+    need = {}
+    for path in paths:
+        folder = Path(path).parent
+        dev = os.stat(str(folder)).st_dev
+        need.setdefault(dev, [folder, 0])[1] += size
+    for folder, wanted in need.values():
+        free = free_bytes(folder)
+        if free < wanted + MARGIN:
+            raise TrainingError("not enough space for a checkpoint in %s: it needs %.0f MB, %.0f MB are free; free "
+                                "space there (or lower --keep-last), then --resume: the last good checkpoint is kept"
+                                % (folder, (wanted + MARGIN) / 1e6, free / 1e6))
+
+
+def load(path, full=True):
+    """A checkpoint verified against its digest before unpickling, unpickled without running code, and holding
+    every part resuming needs (only the weights when not full); CorruptCheckpoint says why not."""
+    with open(str(path), "rb") as f:
+        blob = f.read()
+    verified = _verified_bytes(blob)
     try:
-        state = compat.load_file(str(path))
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # truncated zip, bad pickle, ...: all mean unreadable
-        raise CorruptCheckpoint("%s: %s" % (type(err).__name__, str(err).splitlines()[0] if str(err) else ""))
-    if not isinstance(state, dict) or "digest" not in state or "model" not in state:
-        raise CorruptCheckpoint("not a checkpoint of this project")
-    if digest(state) != state["digest"]:
-        raise CorruptCheckpoint("contents do not match the stored digest")
+        state = compat.load_bytes(blob)
+    except Exception as err:  # truncated zip, forbidden object, bad pickle, ...: all mean unreadable
+        text = str(err).strip().splitlines()
+        raise CorruptCheckpoint("%s: %s" % (type(err).__name__, text[0][:200] if text else ""))
+    if verified is None:  # format 1: the digest was over the unpickled contents
+        if not isinstance(state, dict) or "digest" not in state:
+            raise CorruptCheckpoint("not a checkpoint of this project (no digest)")
+        if _content_digest(state) != state["digest"]:
+            raise CorruptCheckpoint("contents do not match the stored digest")
+    _check_layout(state, full)
     return state
 
 

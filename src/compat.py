@@ -33,11 +33,49 @@ def set_deterministic(enabled):
     torch.backends.cudnn.benchmark = not enabled
 
 
+_STORAGES = ("Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool",
+             "ComplexFloat", "ComplexDouble")
+# every global a state dict of tensors and plain types needs: the tensor rebuilders, typed storages, OrderedDict
+SAFE_GLOBALS = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+                ("torch._utils", "_rebuild_parameter")} | {("torch", s + "Storage") for s in _STORAGES}
+
+
+def _restricted_pickle():
+    """A pickle module for torch.load(pickle_module=...) whose unpickler admits only SAFE_GLOBALS: what torch >=
+    1.13 calls weights-only loading, for the torch versions without it (the cu92 stack's 1.7.1)."""
+    import pickle
+    import types
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in SAFE_GLOBALS:
+                return super(Unpickler, self).find_class(module, name)
+            raise pickle.UnpicklingError("forbidden object %s.%s in a checkpoint (only tensors and plain types "
+                                         "are loaded)" % (module, name))
+
+    def load(file, **kw):
+        return Unpickler(file, **kw).load()
+
+    module = types.ModuleType("restricted_pickle")
+    module.Unpickler, module.load, module.__version__ = Unpickler, load, pickle.format_version
+    return module
+
+
+def load_bytes(blob, restricted=None):
+    """torch.load of a file's bytes onto the CPU that can never run code: weights-only unpickling where this torch
+    has it (1.13+), the restricted unpickler above before (or when restricted is true)."""
+    import io
+    if restricted is None:
+        restricted = not _accepts(torch.load, "weights_only")
+    if restricted:
+        return torch.load(io.BytesIO(blob), map_location="cpu", pickle_module=_restricted_pickle())
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+
 def load_file(path):
-    """torch.load onto the CPU, with weights-only unpickling where this torch has it (1.13+)."""
-    if _accepts(torch.load, "weights_only"):
-        return torch.load(path, map_location="cpu", weights_only=True)
-    return torch.load(path, map_location="cpu")
+    """A file written by torch.save, read with load_bytes (tests and tools read checkpoints this way too)."""
+    with open(str(path), "rb") as f:
+        return load_bytes(f.read())
 
 
 def has_compile():

@@ -15,7 +15,7 @@ def test_checkpoint_holds_the_full_state_and_loads_weights_only(project):
     project.ok(*(FAST + ["--max-steps", "7", "--ckpt-every", "5", "--log-every", "3"]))
     state = load(project.latest("digits-mlp"))  # weights_only=True
     for key in ("model", "optimizer", "scheduler", "scaler", "meter", "progress", "best", "rng", "config",
-                "versions", "git_commit", "digest"):
+                "versions", "git_commit", "format"):
         assert key in state, key
     assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
     assert state["progress"] == {"epoch": 0, "sample_in_epoch": 7 * 32, "step": 7, "eval_pending": False}

@@ -23,9 +23,8 @@ def test_the_file_holds_the_state_of_the_save_not_later_changes(tmp_path):
     weights.mul_(-1)  # the next training step changes the weights in place while the write goes on
     writer.wait()
     for name in ("latest.pt", "step-1.pt"):
-        got = load(tmp_path / name)
+        got = checkpoint.load(tmp_path / name, full=False)  # its digest record matches its bytes
         assert torch.equal(got["model"]["w"], expected), name
-        assert got["digest"] == checkpoint.digest(got)
 
 
 def test_one_write_at_a_time_and_each_complete(tmp_path):
