@@ -12,10 +12,14 @@ Everything lives in src/: config.py (flags), data/ and models/ (registries), eng
 checkpoint.py (+ checkpoint_writer.py: in the background), tensorboard_writer.py, distributed.py (torchrun),
 run.py (fresh start or resume). See README.md.
 """
-import logging
-import sys
+from src.signals import STOP, Stopped
 
-from src.errors import TrainingError, UsageError
+STOP.install()  # first, before torch loads: a stop signal from now on is honoured, never a default death
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from src.errors import TrainingError, UsageError  # noqa: E402
 
 
 def main(argv=None):
@@ -24,7 +28,7 @@ def main(argv=None):
         from src import config
         from src.run import run
         cfg, user = config.parse(argv)
-        return run(cfg, user)
+        return run(cfg, user, STOP)
     except (UsageError, TrainingError) as err:
         from src.distributed import env_rank
         if isinstance(err, UsageError) and env_rank() > 0:
@@ -35,6 +39,10 @@ def main(argv=None):
         else:
             print(message, file=sys.stderr)
         return err.exit_code
+    except Stopped as stop:
+        print("train.py: stopped by %s before training started; nothing was saved or changed (run the same "
+              "command again to start)" % stop.name, file=sys.stderr)
+        return 130 if stop.name == "SIGINT" else 0
     except KeyboardInterrupt:
         print("train.py: aborted", file=sys.stderr)
         return 130

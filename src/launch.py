@@ -52,18 +52,20 @@ def main(argv):
         os.execv(cmd[0], cmd)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))  # share, not oversubscribe
-    # the launcher in its own session: signals to this process group (tini -g, a terminal) reach only us
-    launcher = subprocess.Popen(cmd, env=env, start_new_session=True)
+    started = []  # the launcher, once it runs; the handlers are in place before, so no stop is lost
 
     def relay(signum, frame):
-        for pid in children(launcher.pid):
+        for pid in children(started[0].pid) if started else ():
             try:
                 os.kill(pid, signum)
             except OSError:
                 pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, relay)
+    # the launcher in its own session: signals to this process group (tini -g, a terminal) reach only us
+    launcher = subprocess.Popen(cmd, env=env, start_new_session=True)
+    started.append(launcher)
     code = launcher.wait()
     return code if code >= 0 else 128 - code
 

@@ -15,6 +15,7 @@ from collections import namedtuple
 
 import torch
 
+from ..errors import TrainingError
 from ..registry import Registry
 
 _REGISTRY = Registry(__name__, __path__, skip=("download",))
@@ -24,7 +25,18 @@ Splits = namedtuple("Splits", "train val input_shape num_classes")
 
 
 def build(cfg):
-    return _REGISTRY[cfg.dataset](cfg)
+    """The dataset's splits, checked: labels of in-memory datasets must be classes 0 .. num_classes-1."""
+    splits = _REGISTRY[cfg.dataset](cfg)
+    for name in ("train", "val"):
+        part = getattr(splits, name)
+        labels = getattr(part, "y", None)
+        if isinstance(labels, torch.Tensor) and len(labels):
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= splits.num_classes:
+                raise TrainingError("dataset %s: %s labels span %d .. %d, outside the classes 0 .. %d; fix or delete "
+                                    "its files in %s" % (cfg.dataset, name, low, high, splits.num_classes - 1,
+                                                         cfg.data_dir))
+    return splits
 
 
 class ArrayDataset(object):
@@ -37,7 +49,7 @@ class ArrayDataset(object):
 
     def __init__(self, x, y, scale=1.0, mean=0.0, std=1.0):
         if len(x) != len(y):
-            raise ValueError("inputs and labels differ in length: %d vs %d" % (len(x), len(y)))
+            raise TrainingError("a dataset's inputs and labels differ in length: %d vs %d" % (len(x), len(y)))
         self.x, self.y = x, y.long()
         self.scale, self.mean, self.std = scale, mean, std
 

@@ -10,7 +10,7 @@ from .download import fetch_all
 from ..errors import TrainingError
 
 BASE = "https://www.cs.toronto.edu/~kriz"
-FILE, MD5 = "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"
+FILE, MD5, SIZE = "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", 170498071
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
 
@@ -30,7 +30,11 @@ class _ArraysOnly(pickle.Unpickler):
 
 def read_batches(path, names):
     xs, ys = [], []
-    with tarfile.open(str(path), "r:gz") as tar:
+    try:
+        tar = tarfile.open(str(path), "r:gz")
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise TrainingError("%s is not a gzipped tar file (%s); delete it and download it again" % (path, err))
+    with tar:
         for name in names:
             try:
                 member = tar.extractfile("cifar-10-batches-py/" + name)
@@ -38,16 +42,21 @@ def read_batches(path, names):
                 raise TrainingError("%s has no cifar-10-batches-py/%s" % (path, name))
             try:
                 batch = _ArraysOnly(member, encoding="bytes").load()
-            except (pickle.UnpicklingError, EOFError, ValueError) as err:
-                raise TrainingError("%s: cifar-10-batches-py/%s is not a CIFAR-10 batch: %s" % (path, name, err))
-            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+                xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, tarfile.TarError,
+                    OSError) as err:
+                raise TrainingError("%s: cifar-10-batches-py/%s is not a CIFAR-10 batch (%s: %s); delete the file and "
+                                    "download it again" % (path, name, type(err).__name__, err))
+            if len(xs[-1]) != len(ys[-1]):
+                raise TrainingError("%s: cifar-10-batches-py/%s has %d images but %d labels"
+                                    % (path, name, len(xs[-1]), len(ys[-1])))
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
 @register("cifar10")
 def build(cfg):
-    path = fetch_all(cfg, "cifar10", BASE, [(FILE, MD5)]) / FILE
+    path = fetch_all(cfg, "cifar10", BASE, [(FILE, MD5, SIZE)]) / FILE
     train = ArrayDataset(*read_batches(path, ["data_batch_%d" % i for i in range(1, 6)]),
                          scale=1 / 255.0, mean=MEAN, std=STD)
     val = ArrayDataset(*read_batches(path, ["test_batch"]), scale=1 / 255.0, mean=MEAN, std=STD)

@@ -1,6 +1,7 @@
 """MNIST and Fashion-MNIST, downloaded into data/<name>/ and parsed from their native IDX files."""
 import gzip
 import struct
+import zlib
 
 import numpy as np
 import torch
@@ -9,39 +10,43 @@ from . import ArrayDataset, Splits, register
 from .download import fetch_all
 from ..errors import TrainingError
 
-SOURCES = {
+SOURCES = {  # file: (md5, size in bytes)
     "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist", {
-        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        "train-images-idx3-ubyte.gz": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", 9912422),
+        "train-labels-idx1-ubyte.gz": ("d53e105ee54ea40749a09fcbcd1e9432", 28881),
+        "t10k-images-idx3-ubyte.gz": ("9fb629c4189551a2d022fa330f9573f3", 1648877),
+        "t10k-labels-idx1-ubyte.gz": ("ec29112dd5afa0611ce80d1b7f02629c", 4542),
     }, (0.1307, 0.3081)),
     "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com", {
-        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", 26421880),
+        "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe", 29515),
+        "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79", 4422102),
+        "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310", 5148),
     }, (0.2860, 0.3530)),
 }
 
 
 def read_idx(path):
     """An IDX file (gzipped) as a uint8 array: magic 0x0000 08 <ndim>, big-endian sizes, then the bytes."""
-    with gzip.open(str(path), "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise TrainingError("%s is not an IDX file of unsigned bytes" % path)
+    try:
+        with gzip.open(str(path), "rb") as f:
+            raw = f.read(256 << 20)
+    except (OSError, EOFError, zlib.error) as err:
+        raise TrainingError("%s is not a gzip file (%s); delete it and download it again" % (path, err))
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08" or len(raw) < 4 + 4 * raw[3]:
+        raise TrainingError("%s is not an IDX file of unsigned bytes; delete it and download it again" % path)
     ndim = raw[3]
     dims = struct.unpack(">%dI" % ndim, raw[4:4 + 4 * ndim])
     body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise TrainingError("%s is truncated: %d bytes for shape %s" % (path, body.size, dims))
+    if body.size != int(np.prod(dims, dtype=np.int64)):
+        raise TrainingError("%s is truncated: %d bytes for shape %s; delete it and download it again"
+                            % (path, body.size, dims))
     return body.reshape(dims)
 
 
 def _build(cfg, name):
     base, files, (mean, std) = SOURCES[name]
-    folder = fetch_all(cfg, name, base, sorted(files.items()))
+    folder = fetch_all(cfg, name, base, sorted((f, md5, size) for f, (md5, size) in files.items()))
 
     def split(prefix):
         x = read_idx(folder / ("%s-images-idx3-ubyte.gz" % prefix))
