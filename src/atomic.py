@@ -40,9 +40,13 @@ def write_text(path, text):
     write_bytes(path, text.encode("utf-8"))
 
 
-def remove_stale_tmp(folder, name=""):
-    """Delete temporary files a killed writer left behind in folder (for files starting with name)."""
+def remove_stale_tmp(folder, name=None):
+    """Delete temporary files a killed writer left behind in folder: those of file `name` exactly (the pattern
+    write_bytes uses, so run `x` never touches run `x.pt2`'s), or every one when name is None."""
     folder = Path(folder)
-    if folder.is_dir():
-        for leftover in folder.glob(".%s*%s*" % (name, TMP_MARK)):
+    if not folder.is_dir():
+        return
+    for leftover in folder.iterdir():
+        stem, mark, pid = leftover.name.rpartition(TMP_MARK)
+        if mark and pid.isdigit() and stem.startswith(".") and (name is None or stem == "." + name):
             leftover.unlink()

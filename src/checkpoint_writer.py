@@ -56,8 +56,9 @@ class CheckpointWriter(object):
 
     # ----- the write, off the training path ------------------------------------------------------------------
     def submit(self, state, paths, done=None, before=None):
-        """Save state to every path in paths (atomically); before() and done() run in the writer around it.
-        Returns the seconds the caller was held up."""
+        """Save state to every path in paths (atomically); before() and done(seconds, bytes) run in the writer
+        around it (done gets how long serializing and writing took, and the file's size). Returns the seconds the
+        caller was held up."""
         start = time.perf_counter()
         self.wait()
         snap, cuda_event = self.snapshot(state)
@@ -67,9 +68,12 @@ class CheckpointWriter(object):
                 cuda_event.synchronize()
             if before is not None:
                 before()
-            checkpoint.write(checkpoint.serialize(snap), *paths)
+            began = time.perf_counter()
+            payload = checkpoint.serialize(snap)
+            checkpoint.check_space(len(payload), paths)
+            checkpoint.write(payload, *paths)
             if done is not None:
-                done()
+                done(time.perf_counter() - began, len(payload))
 
         if self.background:
             self._thread = threading.Thread(target=self._guard, args=(job,), name="checkpoint-writer", daemon=True)

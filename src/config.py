@@ -4,6 +4,7 @@ Precedence, lowest first: defaults < checkpoint's config (on --resume) < --confi
 The config is a SimpleNamespace (cfg.lr, cfg.batch_size); vars(cfg) is its plain dict.
 """
 import argparse
+import math
 import os
 import re
 import sys
@@ -17,7 +18,13 @@ from .metrics import EVAL_METRICS
 from .paths import ROOT
 
 # Keys that belong to one invocation: never inherited from a checkpoint, never in a config file.
-PER_INVOCATION = ("config", "resume", "init_from", "prepare_data", "doctor")
+PER_INVOCATION = ("config", "resume", "init_from", "prepare_data", "doctor", "verify_resume", "stop_after_step")
+# Keys that name places on this machine: a resumed run takes them from this invocation (its defaults are this
+# checkout's folders), never from a checkpoint written in another checkout or container.
+LOCAL = ("data_dir", "logs_dir", "models_dir", "data_checksums")
+MAX_CONFIG_BYTES = 1 << 20
+MAX_RUN_NAME = 100
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +40,13 @@ def _shape(text):
     if len(dims) != 3 or min(dims) < 1:
         raise argparse.ArgumentTypeError("expected three positive sizes C,H,W, got %r" % text)
     return ",".join(str(d) for d in dims)
+
+
+def _env_float(name, default):
+    try:
+        return float(os.environ.get(name) or default)
+    except ValueError:
+        return default
 
 
 def _bool_flag(group, name, default, help):
@@ -52,7 +66,7 @@ def build_parser():
     g = p.add_argument_group("experiment")
     g.add_argument("--config", metavar="FILE.yaml", help="read flags from a YAML file (command line wins)")
     g.add_argument("--run-name", metavar="NAME", help="name of this run (None: <dataset>-<model>)")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and dropout")
+    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and dropout (0 to 2**32-1)")
     _bool_flag(g, "deterministic", False, "deterministic kernels: bit-exact runs and resumes")
 
     g = p.add_argument_group("data")
@@ -119,7 +133,14 @@ def build_parser():
     g.add_argument("--progress", default="auto", choices=("auto", "bar", "plain"),
                    help="progress bar on a terminal, plain lines otherwise")
     _bool_flag(g, "tensorboard", True, "write TensorBoard events (--no-tensorboard: off)")
+    g.add_argument("--stop-grace", type=float, default=_env_float("STOP_GRACE", 10.0), metavar="SECONDS",
+                   help="seconds a stop signal leaves before a kill (docker stop: 10; env STOP_GRACE); the first "
+                   "save says whether a checkpoint fits in them")
+    g.add_argument("--stop-after-step", type=int, default=0, help=argparse.SUPPRESS)  # a stop, as by a signal
     g.add_argument("--prepare-data", action="store_true", help="download/verify the dataset, then exit")
+    g.add_argument("--verify-resume", type=int, default=0, metavar="K",
+                   help="self-test of exact resume with these flags: train K steps in one go and with a stop and a "
+                   "resume half way (in a temporary folder), compare weights and scalars, print PASS or what differs")
     g.add_argument("--doctor", action="store_true",
                    help="print versions, GPUs and whether this torch build supports them, run one step, exit")
     return p
@@ -135,7 +156,7 @@ def _explicit_keys(parser, argv):
 
 def _coerce(action, key, value, where):
     """One YAML value checked against its flag's type and choices."""
-    bad = "%s: %r is not a valid value for %s" % (where, value, key)
+    bad = "%s: %s is not a valid value for %s" % (where, _short(value), key)
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
             raise UsageError(bad + " (expected true or false)")
@@ -162,13 +183,26 @@ def _coerce(action, key, value, where):
     return value
 
 
+def _short(value, limit=60):
+    """repr(value) cut to limit characters, for error lines (a YAML alias bomb has a huge repr)."""
+    text = repr(value) if not isinstance(value, (list, dict)) else "a %s" % type(value).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _read_yaml(path, parser):
     where = "config file %s" % path
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            blob = f.read(MAX_CONFIG_BYTES + 1)
+        if len(blob) > MAX_CONFIG_BYTES:
+            raise UsageError("%s: larger than %d KiB; a config holds flags only" % (where, MAX_CONFIG_BYTES >> 10))
+        raw = yaml.safe_load(blob.decode("utf-8"))
     except OSError as err:
-        raise UsageError("%s: cannot read: %s" % (where, err.strerror))
+        raise UsageError("%s: cannot read: %s" % (where, err.strerror or err))
+    except UnicodeDecodeError:
+        raise UsageError("%s: not UTF-8 text; save it as UTF-8" % where)
+    except RecursionError:
+        raise UsageError("%s: nested too deeply; a config is a flat mapping of flag names to values" % where)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = " at line %d" % (mark.line + 1) if mark else ""
@@ -213,17 +247,34 @@ def merge_resumed(saved, cfg, user):
     """
     merged = dict(vars(cfg))
     for key, old in saved.items():
-        if key in merged and key not in user and key not in PER_INVOCATION:
+        if key in merged and key not in user and key not in PER_INVOCATION and key not in LOCAL:
+            now = merged[key]
+            same_kind = type(old) is type(now) or (type(now) is float and type(old) is int)
+            if not same_kind and now is not None:
+                raise UsageError("the checkpoint's config has %s for %s, which takes a %s; it was not written by "
+                                 "this project: resume another checkpoint" % (_short(old), key, type(now).__name__))
             merged[key] = old
     changes = [(k, saved[k], merged[k]) for k in sorted(user)
-               if k in saved and k not in PER_INVOCATION and saved[k] != merged[k]]
+               if k in saved and k not in PER_INVOCATION and k not in LOCAL and saved[k] != merged[k]]
     out = SimpleNamespace(**merged)
     validate(out)
     return out, changes
 
 
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,4})?")
+
+
+def check_run_name(name, what="--run-name"):
+    """name if it is a usable run name (a file name in logs/ and models/), else UsageError."""
+    if not isinstance(name, str) or len(name) > MAX_RUN_NAME or not _RUN_NAME.fullmatch(name):
+        raise UsageError("%s %s: use up to %d letters, digits, '.', '_' and '-', starting with a letter or digit"
+                         % (what, _short(name), MAX_RUN_NAME))
+    return name
+
+
+def _finite(value, low=None):
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX and (low is None or value >= low)
 
 
 def validate(cfg):
@@ -234,7 +285,11 @@ def validate(cfg):
 
     if cfg.run_name is None:
         cfg.run_name = "%s-%s" % (cfg.dataset, cfg.model)
-    need(bool(_RUN_NAME.match(cfg.run_name)), "--run-name %r: use letters, digits, '.', '_' and '-'" % cfg.run_name)
+    check_run_name(cfg.run_name)
+    need(0 <= cfg.seed < 2 ** 32, "--seed must be in 0 .. 2**32-1, got %s" % _short(cfg.seed))
+    for name in ("lr", "momentum", "weight_decay", "lr_gamma", "grad_clip", "dropout", "stop_grace"):
+        need(_finite(getattr(cfg, name)), "--%s must be a finite number within float32 range, got %s"
+             % (name.replace("_", "-"), _short(getattr(cfg, name))))
     need(cfg.lr > 0, "--lr must be > 0, got %g" % cfg.lr)
     need(cfg.batch_size >= 1, "--batch-size must be >= 1, got %d" % cfg.batch_size)
     need(cfg.epochs >= 1, "--epochs must be >= 1, got %d" % cfg.epochs)
@@ -246,8 +301,8 @@ def validate(cfg):
     need(0 < cfg.lr_gamma <= 1, "--lr-gamma must be in (0, 1], got %g" % cfg.lr_gamma)
     need(cfg.grad_clip >= 0, "--grad-clip must be >= 0, got %g" % cfg.grad_clip)
     need(0 <= cfg.dropout < 1, "--dropout must be in [0, 1), got %g" % cfg.dropout)
-    need(cfg.width >= 0 and cfg.depth >= 0, "--width and --depth must be >= 0")
-    need(cfg.num_workers >= -1, "--num-workers must be >= 0 (or -1: automatic), got %d" % cfg.num_workers)
+    need(0 <= cfg.width <= 65536 and 0 <= cfg.depth <= 1000, "--width must be in 0 .. 65536 and --depth in 0 .. 1000")
+    need(-1 <= cfg.num_workers <= 256, "--num-workers must be in 0 .. 256 (or -1: automatic), got %d" % cfg.num_workers)
     need(cfg.prefetch_factor >= 0, "--prefetch-factor must be >= 0, got %d" % cfg.prefetch_factor)
     need(cfg.log_every >= 1, "--log-every must be >= 1, got %d" % cfg.log_every)
     need(cfg.eval_every >= 0, "--eval-every must be >= 0, got %d" % cfg.eval_every)
@@ -255,7 +310,11 @@ def validate(cfg):
     need(cfg.keep_last >= 1, "--keep-last must be >= 1, got %d" % cfg.keep_last)
     need(cfg.synthetic_size >= 10, "--synthetic-size must be >= 10, got %d" % cfg.synthetic_size)
     need(cfg.synthetic_classes >= 2, "--synthetic-classes must be >= 2, got %d" % cfg.synthetic_classes)
-    need(bool(_DEVICE.match(cfg.device)), "--device %r: use auto, cpu, cuda or cuda:N" % cfg.device)
+    need(cfg.stop_grace >= 0, "--stop-grace must be >= 0, got %g" % cfg.stop_grace)
+    need(cfg.verify_resume == 0 or 2 <= cfg.verify_resume <= 100000,
+         "--verify-resume must be 2 steps or more (and at most 100000), got %d" % cfg.verify_resume)
+    need(cfg.stop_after_step >= 0, "--stop-after-step must be >= 0")
+    need(bool(_DEVICE.fullmatch(cfg.device)), "--device %s: use auto, cpu, cuda or cuda:N" % _short(cfg.device))
     metric, _, mode = cfg.monitor.partition(":")
     need(metric in EVAL_METRICS and mode in ("min", "max"),
          "--monitor %r: use METRIC:min or METRIC:max with METRIC one of %s" % (cfg.monitor, ", ".join(EVAL_METRICS)))

@@ -21,6 +21,7 @@ from . import checkpoint, compat, metrics, seeding
 from .checkpoint_writer import CheckpointWriter
 from .config import PER_INVOCATION, monitor
 from .errors import TrainingError
+from .signals import ignore_stop_signals
 
 log = logging.getLogger("train")
 
@@ -76,6 +77,8 @@ def make_loader(dataset, batches, cfg, device):
     if batched and settings["num_workers"] == 0 and not settings["pin_memory"]:
         return DirectBatches(dataset, batches)
     common = dict(compat.loader_options(settings), generator=torch.Generator())
+    if settings["num_workers"] > 0:  # workers ignore stop signals sent to the whole group: the main process saves
+        common["worker_init_fn"] = ignore_stop_signals
     if batched:
         return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None, **common)
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **common)
@@ -119,9 +122,10 @@ def finished(cfg, progress):
 
 
 class Trainer(object):
-    def __init__(self, cfg, parts, paths, board, stop, progress, dist):
+    def __init__(self, cfg, parts, paths, board, stop, progress, dist, begin=None):
         self.cfg, self.paths, self.board, self.stop, self.progress, self.dist = (
             cfg, paths, board, stop, progress, dist)
+        self.begin = begin  # the run's first writes to logs/<run>/, done once a step or evaluation succeeded
         self.model, self.eval_model, self.optimizer, self.scheduler, self.scaler = (
             parts.model, parts.eval_model, parts.optimizer, parts.scheduler, parts.scaler)
         self.splits, self.device, self.amp_dtype = parts.splits, parts.device, parts.amp_dtype
@@ -202,10 +206,14 @@ class Trainer(object):
             def before():  # in the writer: TensorBoard events up to this step reach the disk before the checkpoint
                 self.board.flush(durable=True)
 
-            def done():  # in the writer, once the files are in place
+            first = not self.stalls
+
+            def done(seconds, size):  # in the writer, once the files are in place
                 if prune:
                     checkpoint.prune(self.paths.tmp_dir, self.cfg.keep_last)
                 log.info("%s", message)
+                if first:
+                    self._report_first_save(seconds, size)
 
             self._check_write(lambda: self.stalls.append(self.writer.submit(state, targets, done, before)))
         self.dist.barrier()
@@ -214,7 +222,26 @@ class Trainer(object):
         try:
             action()
         except OSError as err:
-            raise TrainingError("writing a checkpoint failed (%s); the previous checkpoint is kept" % err)
+            raise TrainingError("writing a checkpoint failed (%s); the previous checkpoint is kept. Free space or fix "
+                                "the folder, then --resume" % err)
+
+    def _report_first_save(self, seconds, size):
+        """Say whether a save fits the grace period of a stop signal, and whether models/tmp will fit its files."""
+        grace = self.cfg.stop_grace
+        if grace and seconds > 0.5 * grace:
+            log.warning("WARNING: a checkpoint (%.0f MB) took %.1f s to write; a stop leaves %g s before a kill, so "
+                        "the stop checkpoint may be cut short (the previous one is kept). Raise the grace period "
+                        "(docker compose: stop_grace_period, then --stop-grace)", size / 1e6, seconds, grace)
+        else:
+            log.info("a checkpoint (%.0f MB) takes %.1f s to write: a stop fits in its %g s grace period",
+                     size / 1e6, seconds, grace)
+        try:
+            free = checkpoint.free_bytes(self.paths.tmp_dir)
+        except OSError:
+            return
+        if self.cfg.keep_last * size > free:
+            log.warning("WARNING: %s keeps %d checkpoints of %.0f MB, but only %.0f MB are free there; lower "
+                        "--keep-last or free space", self.paths.tmp_dir, self.cfg.keep_last, size / 1e6, free / 1e6)
 
     def save(self, why):
         self._submit((self.paths.latest, self.paths.tmp_checkpoint(self.step)),
@@ -269,6 +296,7 @@ class Trainer(object):
         if result is None:
             self.progress_state["eval_pending"] = True
             return False
+        self._begin_once()
         values, confusion = result
         self.progress_state["eval_pending"] = False
         if not all(math.isfinite(v) for v in values.values()):
@@ -348,17 +376,27 @@ class Trainer(object):
         self.progress.postfix = {"loss": "%.4f" % values["train/loss"], "acc": "%.3f" % values["train/acc"]}
         window.update(start=time.perf_counter(), excluded=0.0, steps=0, samples=0, data_wait=0.0)
 
+    def _begin_once(self):
+        if self.begin is not None:
+            begin, self.begin = self.begin, None
+            begin()
+
     def fit(self):
         try:
             return self._fit()
         except KeyboardInterrupt:
             raise  # a second Ctrl-C leaves at once; a half-written temporary file is removed at the next start
         except BaseException:
-            if self.dist.main:  # an error: still let the last good checkpoint reach the disk
+            if self.dist.main:  # an error: still let the last good checkpoint reach the disk, and keep the hparams
                 try:
                     self.writer.wait()
                 except Exception:
                     pass
+                if self.begin is None:  # the old events were trimmed (hparams with them): write them again
+                    try:
+                        self.board_hparams()
+                    except Exception:
+                        pass
             raise
 
     def _fit(self):
@@ -383,6 +421,7 @@ class Trainer(object):
                 window["data_wait"] += time.perf_counter() - t0
                 step = p["step"] + 1
                 self._train_step(x, y, size, step % cfg.log_every == 0 or step >= self.total_steps)
+                self._begin_once()
                 p["step"] += 1
                 p["sample_in_epoch"] += size
                 window["steps"] += 1
@@ -403,6 +442,8 @@ class Trainer(object):
                 if cfg.ckpt_every and p["step"] % cfg.ckpt_every == 0:
                     self.save("every %d steps" % cfg.ckpt_every)
                 window["excluded"] += time.perf_counter() - t1
+                if cfg.stop_after_step and p["step"] == cfg.stop_after_step:
+                    self.stop.request("--stop-after-step %d" % cfg.stop_after_step)
                 if self.dist.any(self.stop.requested):
                     return self.stopped()
         if self.meter.steps > 0:  # the last, partial logging window

@@ -1,9 +1,10 @@
-"""One trainer per run: an flock on logs/<run>/run.lock. The kernel drops it when the process dies,
-so a leftover file from a killed trainer never blocks the next one."""
+"""One trainer per run: flocks on logs/<run>/run.lock and models/latest/.<run>.lock, so two trainers that
+share either folder (whatever --logs-dir and --models-dir say) cannot write the same run. The kernel drops
+a lock when its process dies, so a leftover file from a killed trainer never blocks the next one."""
 import fcntl
 import os
 
-from .errors import TrainingError
+from .errors import TrainingError, UsageError
 
 
 class RunLock(object):
@@ -11,7 +12,11 @@ class RunLock(object):
         self.path, self.run_name, self.fd = str(path), run_name, None
 
     def __enter__(self):
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise UsageError("cannot open the run lock %s (%s): the run may belong to another user; pick another "
+                             "--run-name, or fix the folder's permissions" % (self.path, err.strerror or err))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

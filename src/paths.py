@@ -2,14 +2,71 @@
 
     data/                      datasets
     logs/<run>/                TensorBoard events, train.log, config.yaml, run.lock
-    models/latest/<run>.pt     newest checkpoint of a run (what --resume continues)
+    models/latest/<run>.pt     newest checkpoint of a run (what --resume continues); .<run>.lock beside it
     models/best/<run>.pt       best checkpoint by --monitor
     models/tmp/<run>/step-N.pt the last --keep-last periodic checkpoints
+
+logs/ and models/tmp are links into /tmp/<project> (setup.sh). A folder in a world-writable sticky folder
+such as /tmp is trusted only when it is the user's own and no one else can write to it (`check`): otherwise
+another local user could plant a checkpoint there that --resume would load.
 """
 import os
+import stat
 from pathlib import Path
 
+from .errors import UsageError
+
 ROOT = Path(__file__).resolve().parent.parent
+MARKER = ".checkout"  # in /tmp/<project>: the checkout that made it (setup.sh and purge.sh read it)
+
+
+def _shared_parent(path):
+    """The first folder above `path` that anyone may create entries in (sticky and world-writable, like /tmp),
+    and the entry of `path` directly below it; (None, None) when there is none."""
+    path = Path(path)
+    for child, parent in zip((path,) + tuple(path.parents), path.parents):
+        try:
+            mode = parent.stat().st_mode
+        except OSError:
+            continue
+        if mode & stat.S_ISVTX and mode & stat.S_IWOTH:
+            return parent, child
+    return None, None
+
+
+def _problem(top):
+    """Why an entry of a shared folder is not this user's alone, or None."""
+    try:
+        info = top.lstat()
+    except OSError:
+        return None
+    if info.st_uid != os.getuid():
+        return "belongs to another user (uid %d)" % info.st_uid
+    if not stat.S_ISLNK(info.st_mode) and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "can be written by other users (mode %o)" % stat.S_IMODE(info.st_mode)
+    return None
+
+
+def check_private(folder, what):
+    """UsageError unless the parts of `folder` (as written, and with links resolved) that lie in a shared folder
+    like /tmp belong to this user alone."""
+    for path in (os.path.abspath(str(folder)), os.path.realpath(str(folder))):
+        _, top = _shared_parent(path)
+        problem = _problem(top) if top is not None else None
+        if problem:
+            raise UsageError("%s %s %s: another user could plant checkpoints there. If it is yours, make it "
+                             "private (chmod 700 %s); else set PROJECT=another-name and run ./setup.sh (or point "
+                             "%s elsewhere)" % (what, top, problem, top, what))
+
+
+def _make_private_top(target):
+    """Make target; a folder it needs directly in a shared folder (/tmp) is made mode 700 with a marker that
+    names this checkout (a dangling logs link after a reboot emptied /tmp)."""
+    shared, top = _shared_parent(os.path.abspath(str(target)))
+    if shared is not None and not top.exists():
+        top.mkdir(mode=0o700)
+        (top / MARKER).write_text(str(ROOT) + "\n")
+    target.mkdir(parents=True, exist_ok=True)
 
 
 def ensure_dir(path):
@@ -18,9 +75,26 @@ def ensure_dir(path):
     for part in reversed((path,) + tuple(path.parents)):
         if part.is_symlink() and not part.exists():
             target = Path(os.readlink(str(part)))
-            (target if target.is_absolute() else part.parent / target).mkdir(parents=True, exist_ok=True)
+            _make_private_top(target if target.is_absolute() else part.parent / target)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_folder(path, what):
+    """UsageError unless path is a folder this process can write in, or one it can make (creates nothing)."""
+    path = Path(path)
+    probe = path
+    while not (probe.exists() or probe.is_symlink()):
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.is_symlink() and not probe.exists():
+        return  # a dangling link: ensure_dir makes its target
+    if not probe.is_dir():
+        raise UsageError("%s %s: %s is not a folder; point %s to a folder" % (what, path, probe, what))
+    if not os.access(str(probe), os.W_OK | os.X_OK):
+        raise UsageError("%s %s: no permission to write in %s (it may belong to another user); fix its permissions "
+                         "or point %s to a folder of yours" % (what, path, probe, what))
 
 
 class RunPaths:
@@ -37,11 +111,27 @@ class RunPaths:
         self.log_file = self.run_dir / "train.log"
         self.config_file = self.run_dir / "config.yaml"
         self.lock_file = self.run_dir / "run.lock"
+        self.models_lock_file = self.latest.parent / (".%s.lock" % self.name)
         self.data_dir = Path(cfg.data_dir)
 
+    def folders(self):
+        """(folder, the flag that names it) for every folder a run writes in."""
+        return ((self.data_dir, "--data-dir"), (self.run_dir, "--logs-dir"), (self.latest.parent, "--models-dir"),
+                (self.best.parent, "--models-dir"), (self.tmp_dir, "--models-dir"))
+
+    def check(self):
+        """Every folder usable and private where it must be; raises UsageError, writes nothing."""
+        for folder, flag in self.folders():
+            check_folder(folder, flag)
+            check_private(folder, flag)
+
     def make(self):
-        for folder in (self.data_dir, self.run_dir, self.latest.parent, self.best.parent, self.tmp_dir):
-            ensure_dir(folder)
+        for folder, flag in self.folders():
+            try:
+                ensure_dir(folder)
+            except OSError as err:
+                raise UsageError("%s: cannot make %s (%s); point %s to a folder you can write in"
+                                 % (flag, folder, err.strerror or err, flag))
 
     def tmp_checkpoint(self, step):
         return self.tmp_dir / ("step-%d.pt" % step)

@@ -12,10 +12,10 @@ import torch
 from . import atomic, checkpoint, compat, config, console, data, models, optim, seeding
 from .distributed import Dist
 from .engine import Trainer, finished, steps_per_epoch
-from .errors import UsageError
+from .errors import TrainingError, UsageError
 from .lock import RunLock
-from .paths import RunPaths
-from .signals import StopFlag
+from .paths import RunPaths, check_folder
+from .signals import Stopped
 from .tensorboard_writer import Board
 
 log = logging.getLogger("train")
@@ -61,14 +61,16 @@ def pick_amp(cfg, device):
     return torch.bfloat16
 
 
-def _load_or_usage_error(path, flag):
+def _load_or_usage_error(path, flag, full=True):
     path = Path(path)
     if not path.is_file():
         raise UsageError("%s %s: no such checkpoint file" % (flag, path))
     try:
-        return checkpoint.load(path)
+        return checkpoint.load(path, full=full)
     except checkpoint.CorruptCheckpoint as err:
         raise UsageError("%s %s: unreadable checkpoint (%s)" % (flag, path, err))
+    except OSError as err:
+        raise UsageError("%s %s: cannot read it (%s)" % (flag, path, err.strerror or err))
 
 
 def _existing_runs(models_dir):
@@ -106,7 +108,13 @@ def build_parts(cfg, splits, device, dist):
                          "processes" % (cfg.batch_size, dist.world))
     if cfg.compile and not compat.has_compile():
         raise UsageError("--compile needs torch >= 2.0 (this is %s)" % torch.__version__)
-    model = models.build(cfg, splits.input_shape, splits.num_classes).to(device)
+    try:
+        model = models.build(cfg, splits.input_shape, splits.num_classes).to(device)
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and "alloc" not in str(err).lower():
+            raise
+        raise UsageError("model '%s' does not fit in memory with --width %d --depth %d (%s); make it smaller"
+                         % (cfg.model, cfg.width, cfg.depth, str(err).strip().splitlines()[0][:120]))
     if cfg.channels_last:
         model = compat.channels_last(model)
     optimizer = optim.build_optimizer(cfg, model.parameters())
@@ -147,14 +155,53 @@ def restore_parts(parts, state, source, cfg):
         parts.scaler.load_state_dict(state["scaler"])
 
 
-def prepare_data(cfg):
-    splits = data.build(cfg)
+def build_data(cfg, stop):
+    """The dataset's splits; a stop signal while it downloads or reads ends it at once (Stopped)."""
+    check_folder(cfg.data_dir, "--data-dir")
+    with stop.interrupting():
+        try:
+            return data.build(cfg)
+        except OSError as err:
+            raise TrainingError("cannot read the dataset %s in %s (%s)" % (cfg.dataset, cfg.data_dir,
+                                                                           err.strerror or err))
+
+
+def prepare_data(cfg, stop):
+    splits = build_data(cfg, stop)
     log.info("dataset %s ready in %s: %d training and %d validation samples of shape %s", cfg.dataset, cfg.data_dir,
              len(splits.train), len(splits.val), "x".join(map(str, splits.input_shape)))
     return 0
 
 
-def run(cfg, user):
+def _fingerprint(paths):
+    """What the resume lookup saw of a run's checkpoint files (compared again once the run is locked)."""
+    def seen(path):
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        return info.st_mtime_ns, info.st_size
+    return seen(paths.latest), tuple((step, seen(path)) for step, path in checkpoint.tmp_checkpoints(paths.tmp_dir))
+
+
+def check_history(cfg, paths):
+    """A fresh start writes into logs/<run>/ only when it holds no TensorBoard history, or the history of this run
+    killed before its first checkpoint (its config.yaml names these --models-dir): never another run's."""
+    if not list(paths.run_dir.glob("events.out.tfevents.*")):
+        return
+    try:
+        import yaml
+        saved = yaml.safe_load(paths.config_file.read_text())
+        same = Path(saved["models_dir"]).resolve() == Path(cfg.models_dir).resolve()
+    except Exception:  # missing, unreadable or foreign config.yaml: not this run's
+        same = False
+    if not same:
+        raise UsageError("%s already holds the TensorBoard history of a run whose checkpoints are not in %s; resume "
+                         "it with the --models-dir it used, or pick another --run-name (nothing was changed)"
+                         % (paths.run_dir, cfg.models_dir))
+
+
+def run(cfg, user, stop):
     dist = Dist()
     bar = console.use_bar(cfg.progress) and dist.main
     console.setup(None, bar, dist.main)
@@ -162,40 +209,55 @@ def run(cfg, user):
         from . import doctor
         return doctor.run()
     if cfg.prepare_data:
-        return prepare_data(cfg)
+        return prepare_data(cfg, stop)
+    if cfg.verify_resume:
+        from . import verify
+        return verify.run(cfg)
+    # Every check that can fail on bad input comes first, before any folder, lock or file is made.
     explicit = None
     if cfg.resume not in (None, "latest", "auto"):
         explicit = _load_or_usage_error(cfg.resume, "--resume")
         if "run_name" not in user:
-            cfg.run_name = explicit["config"]["run_name"]
+            cfg.run_name = config.check_run_name(explicit["config"]["run_name"], "the checkpoint's run name")
+    if cfg.init_from:
+        init = _load_or_usage_error(cfg.init_from, "--init-from", full=False)
     paths = RunPaths(cfg)
+    paths.check()
+    seen = _fingerprint(paths)
+    state, source = find_resume_state(cfg, paths, explicit)
+    changes = []
+    if state is not None:
+        cfg, changes = config.merge_resumed(state["config"], cfg, user)
+        if finished(cfg, state["progress"]):
+            log.info("run %s already finished at step %d; raise --epochs or --max-steps to train longer",
+                     cfg.run_name, state["progress"]["step"])
+            return 0
+    else:
+        check_history(cfg, paths)
+    seeding.seed_everything(cfg.seed)
+    device = pick_device(cfg, dist)
+    splits = build_data(cfg, stop)
+    parts = build_parts(cfg, splits, device, dist)
+    if state is not None:
+        restore_parts(parts, state, source, cfg)
+    elif cfg.init_from:
+        checkpoint.load_model_weights(parts.model, init, cfg.init_from, describe_model(cfg))
+    if stop.requested:
+        raise Stopped(stop.name)
+
+    # All checks passed: the first writes. Rank 0 locks the run (in logs/ and models/) and cleans up.
     paths.make()
-    # rank 0 holds the run's lock and cleans up; every rank reads the same checkpoint
-    lock = RunLock(paths.lock_file, cfg.run_name) if dist.main else contextlib.nullcontext()
-    with lock, StopFlag() as stop:
+    locks = (RunLock(paths.lock_file, cfg.run_name), RunLock(paths.models_lock_file, cfg.run_name))
+    with contextlib.ExitStack() as held:
         if dist.main:
+            for lock in locks:
+                held.enter_context(lock)
+            if _fingerprint(paths) != seen:
+                raise TrainingError("run '%s' changed while this trainer was starting (another trainer wrote it); "
+                                    "run the command again" % cfg.run_name)
             atomic.remove_stale_tmp(paths.latest.parent, paths.latest.name)
             atomic.remove_stale_tmp(paths.best.parent, paths.best.name)
             atomic.remove_stale_tmp(paths.tmp_dir)
-        state, source = find_resume_state(cfg, paths, explicit)
-        changes = []
-        if state is not None:
-            cfg, changes = config.merge_resumed(state["config"], cfg, user)
-            if finished(cfg, state["progress"]):
-                log.info("run %s already finished at step %d; raise --epochs or --max-steps to train longer",
-                         cfg.run_name, state["progress"]["step"])
-                return 0
-
-        # Everything that can fail on bad input happens before the first line is logged or file written.
-        seeding.seed_everything(cfg.seed)
-        device = pick_device(cfg, dist)
-        splits = data.build(cfg)
-        parts = build_parts(cfg, splits, device, dist)
-        if state is not None:
-            restore_parts(parts, state, source, cfg)
-        elif cfg.init_from:
-            init = _load_or_usage_error(cfg.init_from, "--init-from")
-            checkpoint.load_model_weights(parts.model, init, cfg.init_from, describe_model(cfg))
         step0 = state["progress"]["step"] if state is not None else 0
         dist.start(device)
         try:
@@ -220,8 +282,6 @@ def _train(cfg, parts, state, source, changes, paths, bar, stop, dist, step0):
         log.info("config change on resume: %s %r -> %r", key, old, new)
     text = config.to_yaml(cfg)
     log.info("config:\n%s", text.rstrip())
-    if dist.main:
-        atomic.write_text(paths.config_file, text)
     n_params = sum(p.numel() for p in parts.eval_model.parameters())
     log.info("model %s: %s parameters on %s%s; %s: %d train / %d val samples; %d steps in all", cfg.model,
              format(n_params, ","), parts.device,
@@ -230,18 +290,26 @@ def _train(cfg, parts, state, source, changes, paths, bar, stop, dist, step0):
 
     # resuming: drop events logged after the checkpoint; fresh: drop any left by a run that never saved
     board = Board(paths.run_dir, cfg.tensorboard and dist.main, resume_step=step0 if state is not None else -1)
+
+    def begin():
+        """The run's first writes to logs/<run>/, once its first step (or pending evaluation) has succeeded: a
+        resume that fails before that (a bad flag value the checks cannot see) leaves the run as it was."""
+        if dist.main:
+            atomic.write_text(paths.config_file, text)
+        board.open()
+        board.text("config", "```yaml\n%s```" % text, step0)
+        board.text("command", " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), step0)
+        if changes:
+            board.text("config_changes", "\n".join("- %s: %r -> %r" % c for c in changes), step0)
+
     progress = console.Progress(bar, parts.total_steps, step0)
-    trainer = Trainer(cfg, parts, paths, board, stop, progress, dist)
+    trainer = Trainer(cfg, parts, paths, board, stop, progress, dist, begin)
     try:
         if state is not None:
             trainer.load_state_dict(state)
             restore_rng(state, dist, cfg)  # last: nothing after this may draw random numbers before step 1
         elif dist.rank > 0:
             seeding.seed_everything(seeding.rank_seed(cfg.seed, dist.rank))  # own dropout masks, same weights
-        board.text("config", "```yaml\n%s```" % text, step0)
-        board.text("command", " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), step0)
-        if changes:
-            board.text("config_changes", "\n".join("- %s: %r -> %r" % c for c in changes), step0)
         return trainer.fit()
     finally:
         progress.close()

@@ -4,11 +4,13 @@ A resumed run writes into the same folder. Events logged after the checkpoint it
 loses its checkpoint but not its events) are cut out of the old event files first, so TensorBoard sees
 every step once and in order.
 """
+import contextlib
 import os
 import struct
 from pathlib import Path
 
 from . import atomic
+from .errors import TrainingError
 
 _HEADER = struct.Struct("<Q")
 
@@ -57,29 +59,51 @@ def trim_events(run_dir, step):
 
 
 class Board(object):
-    """SummaryWriter wrapper: every method does nothing when the board is off."""
+    """SummaryWriter wrapper: every method does nothing when the board is off or not yet opened.
+
+    `open()` trims the run's old event files (see trim_events) and starts the writer; the loop opens it once
+    its first step succeeded. A failed write (a full disk: TensorBoard's writer thread dies and its error comes
+    back at the next call) becomes one TrainingError line.
+    """
 
     def __init__(self, run_dir, enabled, resume_step):
         self.writer = None
-        if not enabled:
+        self.enabled, self.run_dir, self.resume_step = enabled, str(run_dir), resume_step
+
+    def open(self):
+        if not self.enabled or self.writer is not None:
             return
-        trim_events(run_dir, resume_step)
-        from torch.utils.tensorboard import SummaryWriter
-        self.run_dir = str(run_dir)
-        self.writer = SummaryWriter(log_dir=self.run_dir, flush_secs=30)
+        with self._writing():
+            trim_events(self.run_dir, self.resume_step)
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(log_dir=self.run_dir, flush_secs=30)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        try:
+            yield
+        except Exception as err:
+            if isinstance(err, TrainingError):
+                raise
+            raise TrainingError("writing TensorBoard events in %s failed (%s: %s); free space there (or use "
+                                "--no-tensorboard), then --resume: the last good checkpoint is kept"
+                                % (self.run_dir, type(err).__name__, err))
 
     def scalars(self, values, step):
         if self.writer:
-            for tag, value in values.items():
-                self.writer.add_scalar(tag, value, step)
+            with self._writing():
+                for tag, value in values.items():
+                    self.writer.add_scalar(tag, value, step)
 
     def image(self, tag, chw, step):
         if self.writer:
-            self.writer.add_image(tag, chw, step)
+            with self._writing():
+                self.writer.add_image(tag, chw, step)
 
     def text(self, tag, text, step):
         if self.writer:
-            self.writer.add_text(tag, text, step)
+            with self._writing():
+                self.writer.add_text(tag, text, step)
 
     def hparams(self, hparams, metrics):
         """Hyperparameters with the final metrics, inside this run (no extra run folder)."""
@@ -87,24 +111,29 @@ class Board(object):
             return
         from torch.utils.tensorboard.summary import hparams as make
         clean = {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in hparams.items()}
-        file_writer = self.writer._get_file_writer()
-        for summary in make(clean, metrics):
-            file_writer.add_summary(summary)
+        with self._writing():
+            file_writer = self.writer._get_file_writer()
+            for summary in make(clean, metrics):
+                file_writer.add_summary(summary)
 
     def flush(self, durable=False):
         """Write buffered events out; durable also fsyncs the event files (done with each checkpoint)."""
         if not self.writer:
             return
-        self.writer.flush()
-        if durable:
-            for path in Path(self.run_dir).glob("events.out.tfevents.*"):
-                fd = os.open(str(path), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        with self._writing():
+            self.writer.flush()
+            if durable:
+                for path in Path(self.run_dir).glob("events.out.tfevents.*"):
+                    fd = os.open(str(path), os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
 
     def close(self):
         if self.writer:
-            self.writer.close()
-            self.writer = None
+            writer, self.writer = self.writer, None
+            try:
+                writer.close()
+            except Exception:  # already reported by the write that failed
+                pass

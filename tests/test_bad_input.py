@@ -1,0 +1,90 @@
+"""Bad input of every kind: one line that names the problem and the next step, exit 2 for usage errors
+(1 for a run that cannot go on), and nothing saved before is changed: the test hashes models/ and logs/
+before and after each case, and no lock or folder of a run that never started is left behind."""
+import os
+import subprocess
+
+import pytest
+
+from conftest import FAST
+from test_reliability import tree_digest
+
+RUN = ["--max-steps", "3", "--run-name", "fresh"]  # a run that must never appear
+LEVELS = "abcdefghi"  # a billion laughs: 9 ** 9 references to "x" in one 300-byte value of a known key
+ALIAS_BOMB = "lr: [&a [%s], %s]\n" % (", ".join(["x"] * 9), ", ".join(
+    "&%s [%s]" % (name, ", ".join(["*" + LEVELS[i]] * 9)) for i, name in enumerate(LEVELS[1:])))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A project with one finished run 'digits-mlp' to protect."""
+    from conftest import Project
+    project = Project(tmp_path_factory.mktemp("bad-input"))
+    project.ok(*(FAST + ["--max-steps", "5"]))
+    (project.root / "a-file").write_text("not a folder")
+    (project.root / "nested.yaml").write_text("lr: " + "[" * 5000 + "]" * 5000 + "\n")
+    (project.root / "latin1.yaml").write_bytes(b"run_name: caf\xe9\n")
+    (project.root / "bomb.yaml").write_text(ALIAS_BOMB)
+    return project
+
+
+CASES = [
+    (["--seed", str(2 ** 70)], 2, "--seed must be in 0 .. 2**32-1"),
+    (["--lr", "1e308"], 2, "--lr must be a finite number"),
+    (["--lr", "inf"], 2, "--lr must be a finite number"),
+    (["--weight-decay", "inf"], 2, "--weight-decay must be a finite number"),
+    (["--lr", "nan"], 2, "--lr must be a finite number"),
+    (["--width", "10000000"], 2, "--width must be in 0 .. 65536"),
+    (["--dataset", "synthetic", "--synthetic-size", str(10 ** 12)], 2, "make them smaller"),
+    (["--dataset", "synthetic", "--synthetic-shape", "3,100000,100000"], 2, "make them smaller"),
+    (["--data-dir", "a-file"], 2, "is not a folder"),
+    (["--logs-dir", "a-file"], 2, "is not a folder"),
+    (["--models-dir", "a-file"], 2, "is not a folder"),
+    (["--data-dir", "/proc/nope"], 2, "--data-dir"),
+    (["--run-name", "r" * 300], 2, "use up to 100 letters"),
+    (["--run-name", "x\n"], 2, "use up to 100 letters"),
+    (["--config", "nested.yaml"], 2, "nested too deeply"),
+    (["--config", "latin1.yaml"], 2, "not UTF-8"),
+    (["--config", "bomb.yaml"], 2, "is not a valid value for lr"),
+    (["--device", "cuda"], 2, "CUDA is not available here"),
+    (["--amp", "fp16"], 2, "--amp fp16 needs a CUDA device"),
+    (["--init-from", "a-file"], 2, "--init-from a-file: unreadable checkpoint"),
+    (["--resume", "a-file"], 2, "--resume a-file: unreadable checkpoint"),
+    (["--num-workers", "100000"], 2, "--num-workers must be in"),
+    (["--resume", "--run-name", "digits-mlp", "--max-steps", "8", "--lr", "1e308"], 2, "--lr must be a finite number"),
+    (["--resume", "--run-name", "digits-mlp", "--max-steps", "8", "--width", "32"], 2, "does not fit model 'mlp'"),
+    (["--run-name", "digits-mlp"], 2, "already has checkpoints"),
+]
+
+
+@pytest.mark.parametrize("args,code,text", CASES, ids=[" ".join(c[0])[:40] for c in CASES])
+def test_bad_input_is_one_line_with_a_next_step_and_changes_nothing(trained, args, code, text):
+    if "--device" in args and "cuda" in args:
+        from src import compat
+        if compat.cuda_available():
+            pytest.skip("this machine has CUDA")
+    root = trained.root
+    before = tree_digest(root / "models", root / "logs")
+    runs_before = sorted(os.listdir(str(root / "logs")))
+    res = trained.run(*(FAST + RUN + args), timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == code, res.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error:") and text in lines[0], res.stderr[-3000:]
+    assert len(lines[0]) < 600, "an error line of %d characters" % len(lines[0])
+    assert tree_digest(root / "models", root / "logs") == before
+    assert sorted(os.listdir(str(root / "logs"))) == runs_before, "a run folder (lock) was left behind"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to mount a read-only folder")
+def test_a_models_folder_that_cannot_be_written_is_one_line(trained, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)])
+    if res.returncode:
+        pytest.skip("mount is not allowed here")
+    try:
+        res = trained.run(*(FAST + RUN + ["--models-dir", str(ro), "--run-name", "ro"]))
+        assert res.returncode == 2 and "no permission to write" in res.stderr, res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    finally:
+        subprocess.run(["umount", str(ro)])

@@ -1,0 +1,246 @@
+"""Reliability and security, each case a reproduction of an attack or accident on the real train.py:
+checkpoints that would run code, folders in /tmp that another user could plant files in, the run lock and
+file names, resume settings that must not travel between checkouts, and a failed resume that must leave
+the run as it was."""
+import hashlib
+import io
+import os
+import shutil
+import zipfile
+
+import pytest
+import torch
+
+from conftest import FAST, load
+from src import checkpoint, compat
+
+MARKER = "/tmp/tpl-payload-ran-%d" % os.getpid()
+
+
+class Payload(object):
+    """Unpickling this runs a shell command: what an attacker puts in a checkpoint."""
+
+    def __reduce__(self):
+        return (os.system, ("touch %s" % MARKER,))
+
+
+def tree_digest(*folders):
+    """One hash of every file (path and bytes) under the folders: 'nothing saved before changed'."""
+    h = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def evil_checkpoint(path, base, signed=True):
+    """A checkpoint with a payload in its weights, signed like a real one (the digest is no secret)."""
+    state = dict(base, model={"fc.weight": Payload()})
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path.write_bytes(checkpoint.sign(buf.getvalue()) if signed else buf.getvalue())
+
+
+@pytest.fixture(autouse=True)
+def no_marker():
+    if os.path.exists(MARKER):
+        os.remove(MARKER)
+    yield
+    ran = os.path.exists(MARKER)
+    if ran:
+        os.remove(MARKER)
+    assert not ran, "a checkpoint's payload ran code"
+
+
+def one_line(res, code, text):
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == code, res.stderr[-2000:]
+    assert lines and lines[-1].startswith("train.py: error:") and text in lines[-1], res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_a_checkpoint_payload_never_runs_through_resume_or_init_from(project, signed):
+    project.ok(*(FAST + ["--max-steps", "3"]))
+    evil = project.root / "evil.pt"
+    evil_checkpoint(evil, load(project.latest("digits-mlp")), signed)
+    res = project.run(*(FAST + ["--resume", str(evil), "--run-name", "x"]))
+    one_line(res, 2, "unreadable checkpoint")
+    res = project.run(*(FAST + ["--init-from", str(evil), "--run-name", "y"]))
+    one_line(res, 2, "unreadable checkpoint")
+    assert not project.run_dir("x").exists() and not project.run_dir("y").exists()
+
+
+def test_a_planted_newer_checkpoint_in_models_tmp_is_skipped_not_run(project):
+    project.ok(*(FAST + ["--max-steps", "6", "--ckpt-every", "3"]))
+    good = load(project.latest("digits-mlp"))
+    evil_checkpoint(project.tmp_dir("digits-mlp") / "step-99.pt", good)
+    res = project.ok(*(FAST + ["--resume", "--max-steps", "8"]))
+    assert "step-99.pt is unreadable" in res.stderr and "skipping it" in res.stderr
+    assert load(project.latest("digits-mlp"))["progress"]["step"] == 8
+
+
+def test_the_restricted_unpickler_for_torch_without_weights_only_loading(tmp_path):
+    """The path torch 1.7.1 (the cu92 stack) takes, run here too: real checkpoints load, payloads do not."""
+    good = {"model": {"w": torch.arange(6.0).view(2, 3)}, "rng": {"torch": torch.get_rng_state()},
+            "progress": {"step": 3}, "python": (3, (1, 2), None)}
+    buf = io.BytesIO()
+    torch.save(good, buf)
+    back = compat.load_bytes(buf.getvalue(), restricted=True)
+    assert torch.equal(back["model"]["w"], good["model"]["w"]) and back["python"] == (3, (1, 2), None)
+    buf = io.BytesIO()
+    torch.save({"model": Payload()}, buf)
+    with pytest.raises(Exception, match="forbidden object"):
+        compat.load_bytes(buf.getvalue(), restricted=True)
+
+
+def test_the_digest_covers_the_raw_bytes_before_unpickling(project, tmp_path):
+    project.ok(*(FAST + ["--max-steps", "3"]))
+    blob = project.latest("digits-mlp").read_bytes()
+    archive = zipfile.ZipFile(io.BytesIO(blob))
+    # a torn or flipped byte: the archive's own checks catch it before the digest
+    data_pkl = [n for n in archive.namelist() if n.endswith("data.pkl")][0]
+    info = archive.getinfo(data_pkl)
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    changed = bytearray(blob)
+    changed[start + info.file_size // 2] ^= 0x01
+    (tmp_path / "flipped.pt").write_bytes(bytes(changed))
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="damaged archive"):
+        checkpoint.load(tmp_path / "flipped.pt")
+    # a record rewritten with a valid CRC but without a new digest (weights edited): the digest catches it
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as edited:
+        for name in archive.namelist():
+            data = archive.read(name)
+            if name.endswith("/data/0"):
+                data = bytes(len(data))
+            edited.writestr(name, data)
+    (tmp_path / "edited.pt").write_bytes(out.getvalue())
+    with pytest.raises(checkpoint.CorruptCheckpoint, match="do not match the stored digest"):
+        checkpoint.load(tmp_path / "edited.pt")
+
+
+def test_a_signed_checkpoint_with_missing_parts_is_one_line(project):
+    project.ok(*(FAST + ["--max-steps", "3"]))
+    state = load(project.latest("digits-mlp"))
+    for drop, where in (("progress", "progress"), ("optimizer", "optimizer")):
+        crafted = {k: v for k, v in state.items() if k != drop}
+        buf = io.BytesIO()
+        torch.save(crafted, buf)
+        path = project.root / ("no-%s.pt" % drop)
+        path.write_bytes(checkpoint.sign(buf.getvalue()))
+        one_line(project.run(*(FAST + ["--resume", str(path), "--run-name", "z"])), 2, "'%s'" % where)
+    crafted = dict(state, config=dict(state["config"], run_name="../../.."))
+    buf = io.BytesIO()
+    torch.save(crafted, buf)
+    (project.root / "escape.pt").write_bytes(checkpoint.sign(buf.getvalue()))
+    before = set(os.listdir(str(project.root.parent)))
+    one_line(project.run("--resume", "escape.pt", "--progress", "plain"), 2, "the checkpoint's run name")
+    assert set(os.listdir(str(project.root.parent))) == before, "something was made outside the project"
+
+
+def _shared_folder(tmp_path):
+    """A folder that, like /tmp, anyone may create entries in."""
+    shared = tmp_path / "sharedtmp"
+    shared.mkdir()
+    os.chmod(str(shared), 0o1777)
+    return shared
+
+
+def test_a_models_tmp_in_a_folder_others_can_write_is_refused(project, tmp_path):
+    shared = _shared_folder(tmp_path)
+    planted = shared / "proj"
+    (planted / "model").mkdir(parents=True)
+    os.chmod(str(planted), 0o777)  # pre-made by another user, world-writable
+    (project.root / "models").mkdir()
+    os.symlink(str(planted / "model"), str(project.root / "models" / "tmp"))
+    res = project.run(*(FAST + ["--max-steps", "2"]))
+    one_line(res, 2, "can be written by other users")
+    assert "PROJECT=" in res.stderr and not project.run_dir("digits-mlp").exists()
+    os.chmod(str(planted), 0o700)
+    project.ok(*(FAST + ["--max-steps", "2"]))
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to give a folder to another user")
+def test_a_models_tmp_owned_by_another_user_is_refused(project, tmp_path):
+    shared = _shared_folder(tmp_path)
+    planted = shared / "proj"
+    (planted / "model").mkdir(parents=True, mode=0o700)
+    os.chown(str(planted), 65534, 65534)
+    (project.root / "models").mkdir()
+    os.symlink(str(planted / "model"), str(project.root / "models" / "tmp"))
+    one_line(project.run(*(FAST + ["--max-steps", "2"])), 2, "belongs to another user (uid 65534)")
+
+
+def test_a_dangling_tmp_link_is_made_again_private_with_a_marker(project, tmp_path):
+    shared = _shared_folder(tmp_path)
+    target = shared / "proj-after-reboot"
+    (project.root / "models").mkdir()
+    os.symlink(str(target / "model"), str(project.root / "models" / "tmp"))
+    project.ok(*(FAST + ["--max-steps", "2"]))
+    assert oct(target.stat().st_mode & 0o777) == "0o700"
+    assert (target / ".checkout").read_text().strip() == str(project.root)
+
+
+def test_the_lock_covers_the_checkpoints_whatever_the_logs_dir(project):
+    first = project.start(*(FAST + ["--epochs", "50", "--log-every", "1", "--logs-dir", "logs-a"]))
+    from conftest import wait_for_line
+    wait_for_line(first, lambda line: line.startswith("step 3/"))
+    res = project.run(*(FAST + ["--max-steps", "3", "--logs-dir", "logs-b", "--resume", "auto"]))
+    first.kill()
+    first.wait()
+    one_line(res, 1, "already being trained")
+
+
+def test_stale_temporary_files_of_another_run_are_left_alone(project):
+    latest = project.root / "models" / "latest"
+    latest.mkdir(parents=True)
+    mine, other = latest / ".x.pt.tmp-4242", latest / ".x.pt2.pt.tmp-4242"
+    mine.write_bytes(b"left by a killed writer")
+    other.write_bytes(b"run x.pt2's write in progress")
+    project.ok(*(FAST + ["--max-steps", "2", "--run-name", "x"]))
+    assert not mine.exists() and other.exists()
+
+
+def test_a_fresh_start_never_touches_another_runs_tensorboard_history(project):
+    project.ok(*(FAST + ["--max-steps", "12", "--models-dir", "models-elsewhere"]))
+    run_dir = project.run_dir("digits-mlp")
+    before = tree_digest(run_dir)
+    res = project.run(*(FAST + ["--max-steps", "5"]))  # its checkpoints are not in models/
+    one_line(res, 2, "already holds the TensorBoard history")
+    assert tree_digest(run_dir) == before
+
+
+def test_a_resume_takes_its_folders_from_this_checkout_not_the_checkpoint(project, tmp_path):
+    elsewhere = tmp_path / "other-checkout-data"
+    project.ok(*(FAST + ["--max-steps", "3", "--data-dir", str(elsewhere)]))
+    assert load(project.latest("digits-mlp"))["config"]["data_dir"] == str(elsewhere)
+    shutil.rmtree(str(elsewhere))
+    elsewhere.write_text("not a folder any more: a resume that used it would fail")
+    project.ok(*(FAST + ["--resume", "--max-steps", "6"]))
+    assert load(project.latest("digits-mlp"))["config"]["data_dir"] == str(project.root / "data")
+
+
+def test_a_failed_resume_leaves_config_and_tensorboard_history_as_they_were(project):
+    """A failure that no check can see beforehand (here: the model's first step raises) changes nothing."""
+    (project.root / "src" / "models" / "flaky.py").write_text(
+        "import os\nimport torch.nn as nn\nfrom . import register\n\n\n"
+        "class Flaky(nn.Module):\n"
+        "    def __init__(self, n, k):\n        super().__init__()\n        self.fc = nn.Linear(n, k)\n\n"
+        "    def forward(self, x):\n"
+        "        if os.environ.get('FLAKY'):\n            raise RuntimeError('flaky model')\n"
+        "        return self.fc(x.flatten(1))\n\n\n"
+        "@register('flaky')\ndef build(input_shape, num_classes, cfg):\n"
+        "    c, h, w = input_shape\n    return Flaky(c * h * w, num_classes)\n")
+    args = ["--model", "flaky", "--batch-size", "32", "--progress", "plain", "--deterministic"]
+    project.ok(*(args + ["--max-steps", "20", "--log-every", "5"]))
+    from conftest import summary_steps
+    run_dir = project.run_dir("digits-flaky")
+    hparams_before = len(summary_steps(run_dir, "_hparams_/session_start_info"))
+    kept = ("train.log", "run.lock")  # the log of the attempt grows; the lock holds the pid of the last trainer
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name not in kept}
+    res = project.run(*(args + ["--resume", "--max-steps", "40", "--lr", "0.01"]),
+                      env=dict(project.env, FLAKY="1"))
+    assert res.returncode == 1 and "flaky model" in res.stderr
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name not in kept}
+    assert after == before, "the failed resume changed %s" % sorted(k for k in after if after[k] != before.get(k))
+    assert hparams_before >= 1
