@@ -13,7 +13,9 @@ Usage: ./purge.sh [--all] [--yes] [--dry-run] [-h | --help]
   --all       also delete data/ and the checkpoints in models/best and models/latest
   --yes       do not ask before deleting
   --dry-run   list what would be removed, remove nothing
-It never touches anything outside this folder and /tmp/<project>.
+It never touches anything outside this folder and /tmp/<project>: it follows no symbolic link out of them,
+leaves a /tmp/<project> that another checkout or user made, and stops only this checkout's own trainer and
+TensorBoard processes.
 EOF
 }
 
@@ -39,7 +41,23 @@ for pair in "logs:$TMP_DIR/logs" "models/tmp:$TMP_DIR/model"; do
   fi
 done
 
+# True when PATH's folder (links resolved) is this checkout or inside it: what purge may delete in.
+inside_project() {
+  local parent
+  parent="$(realpath -m "$(dirname "$1")")"
+  [[ "$parent" == "$ROOT" || "$parent" == "$ROOT"/* ]]
+}
+
+# True when PID runs this checkout's trainer or TensorBoard (a stale pid file may name anything else by now).
+our_process() {
+  local pid="$1" cwd cmd
+  cwd="$(readlink "/proc/$pid/cwd" 2>/dev/null)" || return 1
+  cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  [[ "$cwd" == "$ROOT" && "$cmd" =~ (train\.py|src\.launch|tensorboard) ]]
+}
+
 plan=()
+notes=()
 docker_ok=0
 if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
   docker_ok=1
@@ -54,7 +72,7 @@ if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
 fi
 native_pids=()
 for pid_file in "$ROOT/logs/.train-native.pid" "$ROOT/logs/.tensorboard-native.pid"; do
-  if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
+  if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null && our_process "$(cat "$pid_file")"; then
     native_pids+=("$(cat "$pid_file")")
     plan+=("native process $(cat "$pid_file") ($(basename "$pid_file" .pid | tr -d .))")
   fi
@@ -64,16 +82,34 @@ if command -v conda >/dev/null 2>&1 && conda env list | awk '{print $1}' | grep 
   conda_env=1
   plan+=("conda env $PROJECT")
 fi
-for path in "$ROOT/.venv" "$TMP_DIR" "$ROOT/logs" "$ROOT/models/tmp" "$ROOT/.env"; do
-  if [[ -e "$path" || -L "$path" ]]; then plan+=("$path"); fi
+tmp_ours=1
+tmp_problem="$(tmp_dir_problem)"
+if [[ -n "$tmp_problem" ]]; then
+  tmp_ours=0
+  notes+=("leaving $TMP_DIR: ${tmp_problem%%;*}")
+elif [[ -e "$TMP_DIR" ]]; then
+  plan+=("$TMP_DIR")
+fi
+made=("$ROOT/logs" "$ROOT/models/tmp" "$ROOT/.env")
+# .venv only when setup.sh made it (its stamp): a .venv made by hand for the quick start stays
+if [[ -f "$ROOT/.venv/.requirements.sha256" ]]; then made+=("$ROOT/.venv"); fi
+for path in "${made[@]}"; do
+  if [[ -e "$path" || -L "$path" ]]; then
+    if inside_project "$path"; then plan+=("$path"); else notes+=("leaving $path: it lies outside this checkout (through a link)"); fi
+  fi
 done
+all_folders=()
 if ((all)); then
   for folder in data models/best models/latest; do
-    if [[ -n "$(find "$ROOT/$folder" -mindepth 1 ! -name .gitkeep -print -quit 2>/dev/null)" ]]; then
+    if [[ -L "$ROOT/$folder" ]] || ! inside_project "$ROOT/$folder/x"; then
+      notes+=("leaving $ROOT/$folder: it is a link out of this checkout")
+    elif [[ -n "$(find "$ROOT/$folder" -mindepth 1 ! -name .gitkeep -print -quit 2>/dev/null)" ]]; then
       plan+=("$ROOT/$folder/*")
+      all_folders+=("$folder")
     fi
   done
 fi
+if ((${#notes[@]})); then printf '%s: %s\n' "$(basename "$0")" "${notes[@]}"; fi
 
 if ((${#plan[@]} == 0)); then
   say "nothing to remove"
@@ -108,22 +144,19 @@ fi
 if ((docker_ok)); then
   docker ps -aq --filter "label=com.docker.compose.project=$COMPOSE_NAME" | xargs -r docker rm -f >/dev/null
 fi
-remove_tree "$TMP_DIR"
-if ((all)); then
-  for folder in data models/best models/latest; do
-    while IFS= read -r -d '' path; do remove_tree "$path"; done \
-      < <(find "$ROOT/$folder" -mindepth 1 -maxdepth 1 ! -name .gitkeep -print0)
-  done
-fi
+if ((tmp_ours)); then remove_tree "$TMP_DIR"; fi
+for folder in "${all_folders[@]}"; do
+  while IFS= read -r -d '' path; do remove_tree "$path"; done \
+    < <(find "$ROOT/$folder" -mindepth 1 -maxdepth 1 ! -name .gitkeep -print0)
+done
 if ((docker_ok)); then
   docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_NAME" | xargs -r docker volume rm >/dev/null
   docker network ls -q --filter "label=com.docker.compose.project=$COMPOSE_NAME" | xargs -r docker network rm >/dev/null
   if docker image inspect "$IMAGE:latest" >/dev/null 2>&1; then docker image rm -f "$IMAGE:latest" >/dev/null; fi
 fi
 if ((conda_env)); then conda env remove -y -n "$PROJECT" >/dev/null; fi
-rm -rf "$ROOT/.venv"
-for link in "$ROOT/logs" "$ROOT/models/tmp"; do
-  if [[ -L "$link" ]]; then rm -f "$link"; elif [[ -d "$link" ]]; then remove_tree "$link"; fi
+for path in "${made[@]}"; do
+  inside_project "$path" || continue
+  if [[ -L "$path" || -f "$path" ]]; then rm -f "$path"; elif [[ -d "$path" ]]; then remove_tree "$path"; fi
 done
-rm -f "$ROOT/.env"
 say "done"

@@ -64,7 +64,8 @@ else
 fi
 
 make_folders() {
-  mkdir -p "$ROOT/data" "$ROOT/models/best" "$ROOT/models/latest" "$TMP_DIR/logs" "$TMP_DIR/model"
+  ensure_tmp_dir
+  mkdir -p "$ROOT/data" "$ROOT/models/best" "$ROOT/models/latest"
   ensure_symlink "$ROOT/logs" "$TMP_DIR/logs"
   ensure_symlink "$ROOT/models/tmp" "$TMP_DIR/model"
 }
@@ -110,6 +111,8 @@ setup_docker() {
   if ((build)); then
     say "building the image (cached layers make this quick after the first time)"
     compose build --quiet trainer >/dev/null || die "the image did not build; see the output above"
+  elif ! docker image inspect "$IMAGE:latest" >/dev/null 2>&1; then
+    die "--no-build: there is no image $IMAGE:latest yet; run ./setup.sh without --no-build once"
   fi
   compose run --rm --no-deps trainer python train.py --prepare-data --dataset "$data" --progress plain
   if ((check)); then compose run --rm --no-deps trainer python train.py --doctor; fi

@@ -22,6 +22,7 @@ project_name() {
 }
 
 # Sets PROJECT, TMP_DIR (/tmp/<project>), COMPOSE_NAME (Docker's spelling) and IMAGE (<compose name>-trainer).
+# TMP_DIR belongs to one checkout of one user: mode 700, with a marker file (.checkout) naming this checkout.
 # shellcheck disable=SC2034  # globals for the scripts that source this file
 load_project() {
   PROJECT="$(project_name)"
@@ -93,6 +94,41 @@ native_env_python() {
 
 # True when something listens on 127.0.0.1:PORT.
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Why TMP_DIR is not this checkout's own (empty when it is, or does not exist yet). An unmarked folder of
+# ours that is empty, or that this checkout's links already point into, is adopted (made by an older setup).
+tmp_dir_problem() {
+  [[ -e "$TMP_DIR" || -L "$TMP_DIR" ]] || return 0
+  local next="set PROJECT=another-name (in the environment or .env) and run again"
+  if [[ -L "$TMP_DIR" || ! -d "$TMP_DIR" ]]; then
+    echo "$TMP_DIR is not a folder (a link or a file); $next"; return 0
+  fi
+  local owner mode marker
+  owner="$(stat -c %u "$TMP_DIR")" mode="$(stat -c %a "$TMP_DIR")"
+  if [[ "$owner" != "$(id -u)" ]]; then
+    echo "$TMP_DIR belongs to another user (uid $owner); $next"; return 0
+  fi
+  if (((8#$mode & 8#022) != 0)); then
+    echo "$TMP_DIR can be written by other users (mode $mode), so anyone could plant checkpoints there; if it is yours, chmod 700 $TMP_DIR and run again, else $next"
+    return 0
+  fi
+  marker="$(cat "$TMP_DIR/.checkout" 2>/dev/null || true)"
+  if [[ -z "$marker" ]]; then
+    if [[ -z "$(ls -A "$TMP_DIR")" || "$(readlink "$ROOT/logs" 2>/dev/null)" == "$TMP_DIR/logs" ]]; then return 0; fi
+    echo "$TMP_DIR was not made by this checkout (no $TMP_DIR/.checkout); $next"; return 0
+  fi
+  [[ "$marker" == "$ROOT" ]] || echo "$TMP_DIR belongs to another checkout ($marker); $next"
+}
+
+# TMP_DIR made (mode 700, marker) or checked; dies with the next step when it is not this checkout's.
+ensure_tmp_dir() {
+  local problem
+  problem="$(tmp_dir_problem)"
+  [[ -z "$problem" ]] || die "$problem"
+  if [[ ! -d "$TMP_DIR" ]]; then (umask 077 && mkdir "$TMP_DIR"); fi
+  [[ -f "$TMP_DIR/.checkout" ]] || printf '%s\n' "$ROOT" >"$TMP_DIR/.checkout"
+  mkdir -p "$TMP_DIR/logs" "$TMP_DIR/model"
+}
 
 # The symlink LINK -> TARGET, made or repaired; refuses a link that points anywhere else.
 ensure_symlink() {

@@ -1,0 +1,100 @@
+"""The shell side of /tmp/<project> and purge.sh, on a real copy of the project: /tmp/<project> belongs to one
+checkout of one user (mode 700, a marker naming the checkout), and purge.sh never deletes outside the
+checkout and its own /tmp/<project>, nor stops a process that is not its trainer or TensorBoard."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from e2e.checkout import copy_project
+
+
+def _project(tmp_path, name):
+    root = tmp_path / name / "tplscripts"
+    root.mkdir(parents=True)
+    copy_project(root)
+    return root
+
+
+@pytest.fixture
+def names():
+    """Unique PROJECT names, with their /tmp/<name> removed afterwards."""
+    made = []
+
+    def new(tag):
+        made.append("tplscripts-%s-%d" % (tag, os.getpid()))
+        return made[-1]
+
+    yield new
+    for name in made:
+        subprocess.run(["rm", "-rf", "/tmp/" + name])
+
+
+def ensure_tmp_dir(root, project):
+    """setup.sh's own step (docker/lib.sh ensure_tmp_dir) for this checkout and PROJECT."""
+    script = 'set -euo pipefail; ROOT="$1"; source "$ROOT/docker/lib.sh"; load_project; ensure_tmp_dir'
+    return subprocess.run(["bash", "-c", script, "setup.sh", str(root)], env=dict(os.environ, PROJECT=project),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_tmp_dir_is_private_and_marked_and_a_second_checkout_is_refused(tmp_path, names):
+    name = names("twice")
+    first, second = _project(tmp_path, "a"), _project(tmp_path, "b")
+    assert ensure_tmp_dir(first, name).returncode == 0
+    tmp = Path("/tmp") / name
+    assert oct(tmp.stat().st_mode & 0o777) == "0o700" and (tmp / ".checkout").read_text().strip() == str(first)
+    assert ensure_tmp_dir(first, name).returncode == 0, "not idempotent"
+    res = ensure_tmp_dir(second, name)
+    assert res.returncode == 1 and "belongs to another checkout (%s)" % first in res.stdout
+    assert "PROJECT=" in res.stdout
+
+
+def test_a_tmp_dir_others_can_write_or_own_is_refused(tmp_path, names):
+    root = _project(tmp_path, "c")
+    name = names("planted")
+    tmp = Path("/tmp") / name
+    tmp.mkdir()
+    os.chmod(str(tmp), 0o777)
+    res = ensure_tmp_dir(root, name)
+    assert res.returncode == 1 and "can be written by other users (mode 777)" in res.stdout, res.stdout
+    if os.getuid() == 0:
+        os.chmod(str(tmp), 0o700)
+        os.chown(str(tmp), 65534, 65534)
+        res = ensure_tmp_dir(root, name)
+        assert res.returncode == 1 and "belongs to another user (uid 65534)" in res.stdout, res.stdout
+
+
+def test_purge_stays_inside_the_checkout(tmp_path, names):
+    root = _project(tmp_path, "d")
+    name = names("purge")
+    assert ensure_tmp_dir(root, name).returncode == 0
+    outside = tmp_path / "big-disk"
+    for sub in ("tmp", "best", "latest"):
+        (outside / sub).mkdir(parents=True)
+        (outside / sub / "precious.pt").write_text("keep")
+    shutil.rmtree(str(root / "models"))
+    os.symlink(str(outside), str(root / "models"))
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # not our trainer
+    (root / "logs").mkdir(exist_ok=True)
+    (root / "logs" / ".train-native.pid").write_text(str(stranger.pid))
+    unrelated = Path("/tmp") / names("unrelated")
+    unrelated.mkdir()
+    (unrelated / "x").write_text("someone else's")
+    try:
+        env = dict(os.environ, PROJECT=unrelated.name)
+        dry = subprocess.run(["./purge.sh", "--dry-run"], cwd=str(root), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        assert "leaving %s" % unrelated in dry.stdout and "  %s\n" % unrelated not in dry.stdout, dry.stdout
+        env = dict(os.environ, PROJECT=name)
+        res = subprocess.run(["./purge.sh", "--yes", "--all"], cwd=str(root), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+        assert res.returncode == 0, res.stdout
+        assert stranger.poll() is None, "purge killed a process that is not the project's"
+        assert sorted(p.name for p in outside.rglob("precious.pt")) == ["precious.pt"] * 3, res.stdout
+        assert not (Path("/tmp") / name).exists() and (unrelated / "x").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()
