@@ -120,11 +120,11 @@ tmp_dir_problem() {
   [[ "$marker" == "$ROOT" ]] || echo "$TMP_DIR belongs to another checkout ($marker); $next"
 }
 
-# TMP_DIR made (mode 700, marker) or checked; dies with the next step when it is not this checkout's.
+# TMP_DIR made (mode 700, marker) or checked; exits 2 with the next step when it is not this checkout's.
 ensure_tmp_dir() {
   local problem
   problem="$(tmp_dir_problem)"
-  [[ -z "$problem" ]] || die "$problem"
+  if [[ -n "$problem" ]]; then echo "$(basename "$0"): $problem" >&2; exit 2; fi
   if [[ ! -d "$TMP_DIR" ]]; then (umask 077 && mkdir "$TMP_DIR"); fi
   [[ -f "$TMP_DIR/.checkout" ]] || printf '%s\n' "$ROOT" >"$TMP_DIR/.checkout"
   mkdir -p "$TMP_DIR/logs" "$TMP_DIR/model"

@@ -160,7 +160,7 @@ def write(payload, *paths):
         atomic.write_bytes(path, payload)
 
 
-MARGIN = 16 << 20  # bytes left free on a filesystem after a checkpoint, for logs and the system
+MARGIN = 1 << 20  # bytes left free on a filesystem after a checkpoint, for logs and the system
 
 
 def free_bytes(folder):

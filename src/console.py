@@ -24,6 +24,15 @@ class _NoStepLines(logging.Filter):
         return not getattr(record, "step_line", False)
 
 
+class _FileHandler(logging.FileHandler):
+    """train.log; if it cannot be written (a full disk), one warning on the console and no tracebacks."""
+
+    def handleError(self, record):
+        log.removeHandler(self)
+        log.warning("WARNING: cannot write %s (%s); logging to the console only", self.baseFilename,
+                    sys.exc_info()[1])
+
+
 def use_bar(mode):
     return mode == "bar" or (mode == "auto" and sys.stderr.isatty())
 
@@ -45,7 +54,7 @@ def setup(log_file, bar, main_process=True):
         console.addFilter(_NoStepLines())
     log.addHandler(console)
     if log_file is not None:
-        handler = logging.FileHandler(str(log_file))
+        handler = _FileHandler(str(log_file))
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
         log.addHandler(handler)
 

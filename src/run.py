@@ -1,9 +1,11 @@
 """One training run, from config to finished checkpoint: pick fresh start or resume, build the parts,
 restore every piece of state, hand over to the loop."""
 import contextlib
+import errno
 import logging
 import shlex
 import sys
+import threading
 from collections import namedtuple
 from pathlib import Path
 
@@ -68,7 +70,7 @@ def _load_or_usage_error(path, flag, full=True):
     try:
         return checkpoint.load(path, full=full)
     except checkpoint.CorruptCheckpoint as err:
-        raise UsageError("%s %s: unreadable checkpoint (%s)" % (flag, path, err))
+        raise UsageError("%s %s: unreadable checkpoint (%s); give a checkpoint this project wrote" % (flag, path, err))
     except OSError as err:
         raise UsageError("%s %s: cannot read it (%s)" % (flag, path, err.strerror or err))
 
@@ -246,6 +248,17 @@ def run(cfg, user, stop):
         raise Stopped(stop.name)
 
     # All checks passed: the first writes. Rank 0 locks the run (in logs/ and models/) and cleans up.
+    try:
+        return _locked(cfg, parts, state, source, changes, paths, bar, stop, dist, device, seen)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        raise TrainingError("cannot write %s (%s); free space there (or point --logs-dir / --models-dir elsewhere), "
+                            "then --resume: the last good checkpoint is kept"
+                            % (err.filename or "the run's files", err.strerror or err))
+
+
+def _locked(cfg, parts, state, source, changes, paths, bar, stop, dist, device, seen):
     paths.make()
     locks = (RunLock(paths.lock_file, cfg.run_name), RunLock(paths.models_lock_file, cfg.run_name))
     with contextlib.ExitStack() as held:
@@ -267,7 +280,17 @@ def run(cfg, user, stop):
             dist.stop()
 
 
+def _quiet_io_errors(args, default=threading.excepthook):
+    """A background thread (TensorBoard's writer) that dies of a full disk: one line, not a traceback; the loop
+    reports the failure itself at its next write."""
+    if issubclass(args.exc_type, OSError):
+        log.warning("WARNING: %s stopped: %s", getattr(args.thread, "name", "a background thread"), args.exc_value)
+    else:
+        default(args)
+
+
 def _train(cfg, parts, state, source, changes, paths, bar, stop, dist, step0):
+    threading.excepthook = _quiet_io_errors
     parts = wrap_model(parts, cfg, dist)
     console.setup(paths.log_file, bar, dist.main)
     seeding.set_deterministic(cfg.deterministic)

@@ -151,3 +151,40 @@ def test_synthetic_data_has_any_shape_and_size(project):
     res = project.ok("--dataset", "synthetic", "--synthetic-shape", "3,16,16", "--synthetic-size", "64",
                      "--model", "resnet", "--width", "4", "--max-steps", "2", "--progress", "plain")
     assert "synthetic: 64 train / 10 val samples" in res.stderr
+
+
+@pytest.mark.parametrize("damage", ["not-gzip", "labels-out-of-range", "fewer-labels"])
+def test_a_mirror_file_with_an_accepted_checksum_but_bad_contents_is_one_line(project, tmp_path, damage):
+    root = tmp_path / "badmirror" / "mnist"
+    root.mkdir(parents=True)
+    rng = np.random.RandomState(1)
+    sums = {}
+    for prefix, n in (("train", 50), ("t10k", 20)):
+        x = rng.randint(0, 256, size=(n, 28, 28)).astype(np.uint8)
+        y = rng.randint(0, 10, size=n).astype(np.uint8)
+        labels = idx_bytes(y)
+        if prefix == "train" and damage == "not-gzip":
+            labels = b"this is not gzip at all"
+        elif prefix == "train" and damage == "labels-out-of-range":
+            labels = idx_bytes(np.full(n, 200, dtype=np.uint8))
+        elif prefix == "train" and damage == "fewer-labels":
+            labels = idx_bytes(y[: n - 5])
+        for name, blob in (("%s-images-idx3-ubyte.gz" % prefix, idx_bytes(x)),
+                           ("%s-labels-idx1-ubyte.gz" % prefix, labels)):
+            (root / name).write_bytes(blob)
+            sums["mnist/" + name] = hashlib.md5(blob).hexdigest()
+    (tmp_path / "sums.json").write_text(json.dumps(sums))
+    handler = functools.partial(QuietHandler, directory=str(tmp_path / "badmirror"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        res = project.run("--dataset", "mnist", "--data-mirror", "http://127.0.0.1:%d" % server.server_address[1],
+                          "--data-checksums", str(tmp_path / "sums.json"), "--max-steps", "2", "--progress", "plain")
+    finally:
+        server.shutdown()
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1 and lines[0].startswith("train.py: error:"), res.stderr[-2000:]
+    expected = {"not-gzip": "is not a gzip file", "labels-out-of-range": "outside the classes 0 .. 9",
+                "fewer-labels": "differ in length"}[damage]
+    assert expected in lines[0], lines[0]
+    assert not project.latest("mnist-cnn").exists()

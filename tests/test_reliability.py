@@ -6,6 +6,8 @@ import hashlib
 import io
 import os
 import shutil
+import struct
+import subprocess
 import zipfile
 
 import pytest
@@ -100,7 +102,8 @@ def test_the_digest_covers_the_raw_bytes_before_unpickling(project, tmp_path):
     # a torn or flipped byte: the archive's own checks catch it before the digest
     data_pkl = [n for n in archive.namelist() if n.endswith("data.pkl")][0]
     info = archive.getinfo(data_pkl)
-    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    name_len, extra_len = struct.unpack("<HH", blob[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len  # the local header's own extra field (alignment)
     changed = bytearray(blob)
     changed[start + info.file_size // 2] ^= 0x01
     (tmp_path / "flipped.pt").write_bytes(bytes(changed))
@@ -182,7 +185,8 @@ def test_a_dangling_tmp_link_is_made_again_private_with_a_marker(project, tmp_pa
 
 
 def test_the_lock_covers_the_checkpoints_whatever_the_logs_dir(project):
-    first = project.start(*(FAST + ["--epochs", "50", "--log-every", "1", "--logs-dir", "logs-a"]))
+    first = project.start(*(FAST + ["--epochs", "50", "--log-every", "1", "--ckpt-every", "100000",
+                                    "--logs-dir", "logs-a"]))
     from conftest import wait_for_line
     wait_for_line(first, lambda line: line.startswith("step 3/"))
     res = project.run(*(FAST + ["--max-steps", "3", "--logs-dir", "logs-b", "--resume", "auto"]))
@@ -244,3 +248,96 @@ def test_a_failed_resume_leaves_config_and_tensorboard_history_as_they_were(proj
     after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name not in kept}
     assert after == before, "the failed resume changed %s" % sorted(k for k in after if after[k] != before.get(k))
     assert hparams_before >= 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """Mount a tmpfs of the given size at a new folder (root only): a real full disk."""
+    mounted = []
+
+    def make(name, size):
+        folder = tmp_path / name
+        folder.mkdir()
+        if os.getuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs",
+                                               str(folder)]).returncode:
+            pytest.skip("needs root and mount for a small filesystem")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", "-l", str(folder)])
+
+
+def fill(folder):
+    """Write until the filesystem under folder is full."""
+    try:
+        with open(str(folder / "filler"), "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError:  # full (the open itself fails when it already is)
+        pass
+
+
+def test_a_full_disk_under_logs_at_start_is_one_line(project, small_disk):
+    logs = small_disk("logs", "256k")
+    fill(logs)
+    res = project.run(*(FAST + ["--max-steps", "5", "--logs-dir", str(logs)]))
+    one_line(res, 1, "No space left on device")
+    assert "free space there" in res.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in res.stderr and "Logging error" not in res.stderr
+
+
+def test_a_full_disk_during_training_stops_with_one_line_and_keeps_the_last_checkpoint(project, small_disk):
+    logs = small_disk("logs", "2m")
+    proc = project.start(*(FAST + ["--epochs", "50", "--log-every", "1", "--ckpt-every", "10", "--logs-dir",
+                                   str(logs)]))
+    from conftest import wait_for_line
+    wait_for_line(proc, lambda line: line.startswith("saved checkpoint step 20"))
+    fill(logs)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("train.py: error:") and "free space" in last and "--resume" in last, out[-3000:]
+    assert "Traceback" not in out
+    assert checkpoint.load(project.latest("digits-mlp"))["progress"]["step"] >= 20
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_before_writing(project, small_disk):
+    models = small_disk("models", "2m")
+    res = project.run("--model", "mlp", "--width", "1024", "--max-steps", "3", "--progress", "plain",
+                      "--models-dir", str(models))
+    one_line(res, 1, "not enough space for a checkpoint")
+    written = [p for p in models.rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    assert written == [], "a partial checkpoint was written"
+    res = project.ok(*(FAST + ["--max-steps", "3", "--keep-last", "100", "--models-dir", str(models)]))
+    assert "keeps 100 checkpoints" in res.stderr and "lower --keep-last" in res.stderr, res.stderr[-2000:]
+
+
+def test_the_first_save_says_whether_it_fits_the_stop_grace_period(project):
+    res = project.ok(*(FAST + ["--max-steps", "3"]))
+    assert "takes" in res.stderr and "a stop fits in its 10 s grace period" in res.stderr
+    res = project.ok(*(FAST + ["--max-steps", "3", "--run-name", "tight", "--stop-grace", "0.000001"]))
+    assert "WARNING: a checkpoint" in res.stderr and "Raise the grace period" in res.stderr
+
+
+def test_verify_resume_passes_on_exact_code_and_names_hidden_randomness(project):
+    res = project.ok("--model", "mlp", "--verify-resume", "12", "--progress", "plain")
+    assert "verify-resume: PASS" in res.stderr, res.stderr[-2000:]
+    (project.root / "src" / "data" / "noisy.py").write_text(
+        "import numpy as np\nimport torch\nfrom . import Splits, register\nfrom .digits import build as digits\n\n\n"
+        "class Noisy(object):\n"
+        "    batched = True\n\n"
+        "    def __init__(self, inner):\n"
+        "        self.inner, self.rng = inner, np.random.default_rng()  # its own, unseeded generator\n\n"
+        "    def __len__(self):\n        return len(self.inner)\n\n"
+        "    def __getitem__(self, index):\n"
+        "        x, y = self.inner[index]\n"
+        "        return x + torch.from_numpy(self.rng.normal(size=x.shape).astype('float32')), y\n\n\n"
+        "@register('noisy')\ndef build(cfg):\n"
+        "    s = digits(cfg)\n    return Splits(Noisy(s.train), s.val, s.input_shape, s.num_classes)\n")
+    res = project.run("--model", "mlp", "--dataset", "noisy", "--verify-resume", "12", "--progress", "plain")
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "verify-resume: FAIL" in res.stderr and "model.1.weight" in res.stderr
+    assert "two uninterrupted runs differ too" in res.stderr

@@ -48,7 +48,7 @@ def test_tmp_dir_is_private_and_marked_and_a_second_checkout_is_refused(tmp_path
     assert oct(tmp.stat().st_mode & 0o777) == "0o700" and (tmp / ".checkout").read_text().strip() == str(first)
     assert ensure_tmp_dir(first, name).returncode == 0, "not idempotent"
     res = ensure_tmp_dir(second, name)
-    assert res.returncode == 1 and "belongs to another checkout (%s)" % first in res.stdout
+    assert res.returncode == 2 and "belongs to another checkout (%s)" % first in res.stdout
     assert "PROJECT=" in res.stdout
 
 
@@ -59,12 +59,12 @@ def test_a_tmp_dir_others_can_write_or_own_is_refused(tmp_path, names):
     tmp.mkdir()
     os.chmod(str(tmp), 0o777)
     res = ensure_tmp_dir(root, name)
-    assert res.returncode == 1 and "can be written by other users (mode 777)" in res.stdout, res.stdout
+    assert res.returncode == 2 and "can be written by other users (mode 777)" in res.stdout, res.stdout
     if os.getuid() == 0:
         os.chmod(str(tmp), 0o700)
         os.chown(str(tmp), 65534, 65534)
         res = ensure_tmp_dir(root, name)
-        assert res.returncode == 1 and "belongs to another user (uid 65534)" in res.stdout, res.stdout
+        assert res.returncode == 2 and "belongs to another user (uid 65534)" in res.stdout, res.stdout
 
 
 def test_purge_stays_inside_the_checkout(tmp_path, names):

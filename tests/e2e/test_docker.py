@@ -157,6 +157,35 @@ def test_second_training_refused_then_compose_stop_saves_a_fresh_checkpoint(chec
     assert owned_by(os.getuid(), checkout.root / "logs/", checkout.root / "models") == []
 
 
+def test_compose_stop_with_dataloader_workers_saves_and_exits_0(checkout):
+    """tini -g sends docker stop's SIGTERM to the whole group: the workers ignore it, the trainer saves."""
+    env = dict(checkout.env, TRAIN_ARGS="--run-name workers --num-workers 2 --epochs 500 --ckpt-every 1000 "
+                                        "--log-every 5")
+    checkout.compose("up", "--detach", "trainer", env=env)
+    log = checkout.root / "logs" / "workers" / "train.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and "step 30/" not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.5)
+    checkout.compose("stop", "trainer")
+    assert checkout.container("trainer")["ExitCode"] == 0, checkout.compose("logs", "trainer").stdout[-3000:]
+    text = log.read_text()
+    assert "SIGTERM received" in text and "saved checkpoint step" in text, text[-3000:]
+    assert "killed by signal" not in checkout.compose("logs", "trainer").stdout
+    import torch
+    state = torch.load(str(checkout.root / "models" / "latest" / "workers.pt"), map_location="cpu", weights_only=True)
+    assert state["progress"]["step"] >= 30
+
+
+def test_setup_no_build_without_an_image_says_so_instead_of_building(tmp_path_factory):
+    co = fresh_checkout(tmp_path_factory, "tplnobuild")
+    try:
+        res = co.sh("./setup.sh", "--no-build", check=False)
+        assert res.returncode == 1 and "there is no image" in res.stdout, res.stdout[-2000:]
+        assert co.sh("docker", "images", "-q", co.project + "-trainer").stdout.strip() == ""
+    finally:
+        co.sh("./purge.sh", "--yes", check=False)
+
+
 def test_run_sh_checks_train_arguments_and_a_busy_port(checkout):
     res = checkout.sh("./run.sh", "--no-such-flag", check=False)
     assert res.returncode == 2 and "unrecognized arguments: --no-such-flag" in res.stdout
