@@ -39,7 +39,7 @@ done
 
 setup_args=()
 ((native)) && setup_args+=(--native)
-"$ROOT/setup.sh" "${setup_args[@]}" >/dev/null
+CALLED_BY_RUN_SH=1 "$ROOT/setup.sh" "${setup_args[@]}"
 load_project
 [[ -n "$nproc" ]] || nproc="$(setting NPROC 1)"
 [[ "$nproc" =~ ^[1-9][0-9]*$ ]] || die "--nproc $nproc: give the number of processes to start, 1 or more"
@@ -47,6 +47,32 @@ TB_PORT="$(setting TB_PORT 6006)"
 TB_BIND="$(setting TB_BIND 127.0.0.1)"
 url="http://$([[ "$TB_BIND" == 0.0.0.0 ]] && echo 127.0.0.1 || echo "$TB_BIND"):$TB_PORT"
 tb_busy_message="port $TB_PORT is already in use by another program; pick a free one with TB_PORT=NNNN ./run.sh (or set TB_PORT in .env)"
+
+# After a start: "running" when the trainer still runs a few seconds later; else "exited CODE" (its last line
+# then says why: a finished run, a bad setting, an error). CHECK is a command that prints one of the two.
+settle() {
+  local check="$1" state
+  for _ in 1 2 3 4 5 6; do
+    state="$($check)"
+    [[ "$state" == running ]] || break
+    sleep 0.5
+  done
+  echo "$state"
+}
+
+# Report a trainer that is no longer running: its last lines, and exit 1 unless it ended well (exit 0).
+report_exit() {
+  local state="$1" lines="$2"
+  local code="${state#exited }"
+  if [[ "$code" == 0 ]]; then
+    say "the trainer has already finished; nothing runs in the background. It said:"
+    echo "  ${lines//$'\n'/$'\n'  }"
+    return 0
+  fi
+  say "training stopped right away (exit $code); nothing runs in the background. It said:"
+  echo "  ${lines//$'\n'/$'\n'  }"
+  exit 1
+}
 
 wait_for_tensorboard() {
   for _ in $(seq 1 60); do
@@ -70,6 +96,13 @@ run_docker() {
   ((${#args[@]})) && train_args="$(printf '%q ' "${args[@]}")"
   NPROC="$nproc" TRAIN_ARGS="$train_args" compose up --detach trainer tensorboard
   wait_for_tensorboard "docker compose logs tensorboard"
+  local state
+  state="$(settle trainer_state)"
+  if [[ "$state" != running ]]; then
+    report_exit "$state" "$(compose logs --no-log-prefix --tail 3 trainer 2>/dev/null | grep -v '^$' | tail -n 3)"
+    echo "  TensorBoard:  $url"
+    return 0
+  fi
   cat <<EOF
 $(basename "$0"): training in the background (container $(compose ps --format '{{.Name}}' trainer)).
   TensorBoard:  $url
@@ -79,6 +112,22 @@ $(basename "$0"): training in the background (container $(compose ps --format '{
                 or: docker compose run --rm trainer python train.py --resume ${args[*]}
   clean up:     ./purge.sh
 EOF
+}
+
+trainer_state() {  # the compose trainer: running, or exited CODE (a restart after a failure counts as failed)
+  local id status code restarts
+  id="$(compose ps -aq trainer 2>/dev/null | head -n 1)"
+  [[ -n "$id" ]] || { echo "exited 1"; return; }
+  read -r status code restarts < <(docker inspect --format '{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}' "$id")
+  if [[ "$status" == running && "$restarts" == 0 ]]; then echo running
+  elif [[ "$status" == running || "$status" == restarting ]]; then echo "exited 1"  # failed, restarted by docker
+  else echo "exited $code"; fi
+}
+
+native_state() {  # the native trainer (pid in logs/.train-native.pid): running, or exited 0 / 1 from its output
+  if kill -0 "$(cat "$ROOT/logs/.train-native.pid")" 2>/dev/null; then echo running
+  elif tail -n 1 "$ROOT/logs/train-native.out" | grep -q "train.py: error"; then echo "exited 1"
+  else echo "exited 0"; fi
 }
 
 run_native() {
@@ -97,12 +146,20 @@ run_native() {
       --port "$TB_PORT" >"$tb_pid_file"
   fi
   wait_for_tensorboard "logs/tensorboard-native.out"
+  local state
+  state="$(settle native_state)"
+  if [[ "$state" != running ]]; then
+    report_exit "$state" "$(grep -v '^$' logs/train-native.out | tail -n 3)"
+    echo "  TensorBoard:  $url      (stop it: kill $(cat "$tb_pid_file"))"
+    return 0
+  fi
   cat <<EOF
 $(basename "$0"): training in the background (pid $(cat "$pid_file")).
   TensorBoard:  $url
   follow:       tail -f logs/train-native.out
   stop:         kill $(cat "$pid_file")                  (saves a checkpoint first)
   resume:       ./run.sh --native ${args[*]}
+  TensorBoard:  stop it with kill $(cat "$tb_pid_file") (./purge.sh stops it too)
 EOF
 }
 

@@ -110,7 +110,7 @@ setup_docker() {
   write_env
   if ((build)); then
     say "building the image (cached layers make this quick after the first time)"
-    compose build --quiet trainer >/dev/null || die "the image did not build; see the output above"
+    compose build trainer || die "the image did not build (see above). If its base image $(setting BASE_IMAGE "$stack_base") cannot be pulled here: set BASE_IMAGE to a mirror of it, or build from wheels without a registry (README: Air-gapped builds), or train without Docker: ./run.sh --native"
   elif ! docker image inspect "$IMAGE:latest" >/dev/null 2>&1; then
     die "--no-build: there is no image $IMAGE:latest yet; run ./setup.sh without --no-build once"
   fi
@@ -158,4 +158,6 @@ setup_native() {
 }
 
 if ((native)); then setup_native; else setup_docker; fi
-say "ready. Train with ./run.sh$( ((native)) && echo " --native") (or: docker compose up); TensorBoard on port $(setting TB_PORT 6006)"
+if [[ -z "${CALLED_BY_RUN_SH:-}" ]]; then
+  say "ready. Train with ./run.sh$( ((native)) && echo " --native") (or: docker compose up); TensorBoard on port $(setting TB_PORT 6006)"
+fi

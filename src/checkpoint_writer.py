@@ -4,7 +4,7 @@ digests and writes it atomically, and logs "saved checkpoint" once the file is i
 
 One write at a time: a new save first waits for the previous one. `wait()` (called before exit, on stop
 signals and at the end) returns once everything is on disk and re-raises a failed write. The time the loop
-spends in `submit` is its stall, reported as perf/ckpt_stall_ms.
+spends in `submit` is its stall, reported as z_perf/ckpt_stall_ms.
 """
 import logging
 import threading

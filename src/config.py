@@ -112,6 +112,9 @@ def build_parser():
 
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    g.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="CPU threads for torch's math in each process (0: OMP_NUM_THREADS if set, else half the "
+                   "process's cores, at most 4)")
     g.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"), help="mixed precision on CUDA")
     _bool_flag(g, "compile", False, "torch.compile the model (torch >= 2.0)")
     _bool_flag(g, "channels-last", False, "channels-last memory format for 4-d inputs (convolutions on GPUs)")
@@ -254,6 +257,9 @@ def merge_resumed(saved, cfg, user):
                 raise UsageError("the checkpoint's config has %s for %s, which takes a %s; it was not written by "
                                  "this project: resume another checkpoint" % (_short(old), key, type(now).__name__))
             merged[key] = old
+    if "epochs" in user and "max_steps" not in user and merged.get("max_steps"):
+        merged["max_steps"] = 0  # --epochs given on resume is the new limit: the old step limit goes
+        user = set(user) | {"max_steps"}
     changes = [(k, saved[k], merged[k]) for k in sorted(user)
                if k in saved and k not in PER_INVOCATION and k not in LOCAL and saved[k] != merged[k]]
     out = SimpleNamespace(**merged)
@@ -311,6 +317,7 @@ def validate(cfg):
     need(cfg.synthetic_size >= 10, "--synthetic-size must be >= 10, got %d" % cfg.synthetic_size)
     need(cfg.synthetic_classes >= 2, "--synthetic-classes must be >= 2, got %d" % cfg.synthetic_classes)
     need(cfg.stop_grace >= 0, "--stop-grace must be >= 0, got %g" % cfg.stop_grace)
+    need(0 <= cfg.threads <= 1024, "--threads must be in 0 .. 1024 (0: automatic), got %d" % cfg.threads)
     need(cfg.verify_resume == 0 or 2 <= cfg.verify_resume <= 100000,
          "--verify-resume must be 2 steps or more (and at most 100000), got %d" % cfg.verify_resume)
     need(cfg.stop_after_step >= 0, "--stop-after-step must be >= 0")

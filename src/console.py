@@ -24,6 +24,13 @@ class _NoStepLines(logging.Filter):
         return not getattr(record, "step_line", False)
 
 
+class _NotFileOnly(logging.Filter):
+    """Records logged with extra={"file_only": True} (the full config dump) go to train.log, not the console."""
+
+    def filter(self, record):
+        return not getattr(record, "file_only", False)
+
+
 class _FileHandler(logging.FileHandler):
     """train.log; if it cannot be written (a full disk), one warning on the console and no tracebacks."""
 
@@ -52,6 +59,7 @@ def setup(log_file, bar, main_process=True):
     console.setFormatter(logging.Formatter("%(message)s"))
     if bar:
         console.addFilter(_NoStepLines())
+    console.addFilter(_NotFileOnly())
     log.addHandler(console)
     if log_file is not None:
         handler = _FileHandler(str(log_file))

@@ -358,13 +358,14 @@ class Trainer(object):
         values["train/lr"] = self.lr_used
         elapsed = max(time.perf_counter() - window["start"] - window["excluded"], 1e-9)
         steps = max(window["steps"], 1)
-        perf = {"perf/samples_per_sec": window["samples"] / elapsed, "perf/step_time_ms": 1000 * elapsed / steps,
-                "perf/data_wait_ms": 1000 * window["data_wait"] / steps}
+        # z_perf/: TensorBoard sorts groups by name, so train/ and val/ come first
+        perf = {"z_perf/samples_per_sec": window["samples"] / elapsed, "z_perf/step_time_ms": 1000 * elapsed / steps,
+                "z_perf/data_wait_ms": 1000 * window["data_wait"] / steps}
         if len(self.stalls) > self.stalls_logged:  # the worst checkpoint stall since the last logging step
-            perf["perf/ckpt_stall_ms"] = 1000 * max(self.stalls[self.stalls_logged:])
+            perf["z_perf/ckpt_stall_ms"] = 1000 * max(self.stalls[self.stalls_logged:])
             self.stalls_logged = len(self.stalls)
         if self.device.type == "cuda":
-            perf["perf/gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+            perf["z_perf/gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
             torch.cuda.reset_peak_memory_stats(self.device)
         self.board.scalars(values, self.step)
         self.board.scalars(perf, self.step)
@@ -372,7 +373,7 @@ class Trainer(object):
         epoch = p["epoch"] + (1 if p["sample_in_epoch"] else 0)
         log.info("step %d/%d | epoch %d/%d | loss %.4f | acc %.2f%% | lr %.4g | %.0f samples/s", self.step,
                  self.total_steps, epoch, self.cfg.epochs, values["train/loss"], 100 * values["train/acc"],
-                 values["train/lr"], perf["perf/samples_per_sec"], extra={"step_line": True})
+                 values["train/lr"], perf["z_perf/samples_per_sec"], extra={"step_line": True})
         self.progress.postfix = {"loss": "%.4f" % values["train/loss"], "acc": "%.3f" % values["train/acc"]}
         window.update(start=time.perf_counter(), excluded=0.0, steps=0, samples=0, data_wait=0.0)
 
@@ -465,7 +466,11 @@ class Trainer(object):
         self.board_hparams()
         self.report_stalls()
         again = ("python -m src.launch %d" % self.dist.world) if self.dist.enabled else "python train.py"
-        log.info("stopped at step %d; continue with: %s --resume --run-name %s", self.step, again, self.cfg.run_name)
+        again = "%s --resume --run-name %s" % (again, self.cfg.run_name)
+        prefix = os.environ.get("HOST_COMMAND_PREFIX")  # in the container: what the user types on the host
+        if prefix:
+            again = "./run.sh --run-name %s (or: %s %s)" % (self.cfg.run_name, prefix, again)
+        log.info("stopped at step %d; continue with: %s", self.step, again)
         return 0
 
     def report_stalls(self):

@@ -3,6 +3,7 @@ restore every piece of state, hand over to the loop."""
 import contextlib
 import errno
 import logging
+import os
 import shlex
 import sys
 import threading
@@ -47,6 +48,17 @@ def pick_device(cfg, dist):
             torch.cuda.set_device(index)
             return torch.device("cuda", index)
     return torch.device(kind)
+
+
+def pick_threads(cfg):
+    """--threads, else OMP_NUM_THREADS, else half the cores of this process's share of the machine, at most 4:
+    torch's default of every core makes small models up to 10x slower when other work shares the machine."""
+    if cfg.threads:
+        return cfg.threads
+    if os.environ.get("OMP_NUM_THREADS"):  # set by the user (or src.launch): torch already follows it
+        return torch.get_num_threads()
+    per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(4, (os.cpu_count() or 1) // per_node // 2))
 
 
 def pick_amp(cfg, device):
@@ -157,6 +169,17 @@ def restore_parts(parts, state, source, cfg):
         parts.scaler.load_state_dict(state["scaler"])
 
 
+def finished_hint(cfg, progress):
+    """Which limit a finished run reached, and the flag that lets it train longer (as it would work)."""
+    step, epoch = progress["step"], progress["epoch"]
+    if cfg.max_steps and step >= cfg.max_steps and epoch < cfg.epochs:
+        return ("it reached --max-steps %d (in epoch %d of --epochs %d). To train longer, resume with a higher "
+                "--max-steps, or with --epochs N alone (that drops the step limit)" % (cfg.max_steps, epoch + 1,
+                                                                                   cfg.epochs))
+    return ("its --epochs %d are done (step %d). To train longer, resume with a higher --epochs"
+            % (cfg.epochs, step))
+
+
 def build_data(cfg, stop):
     """The dataset's splits; a stop signal while it downloads or reads ends it at once (Stopped)."""
     check_folder(cfg.data_dir, "--data-dir")
@@ -231,12 +254,12 @@ def run(cfg, user, stop):
     if state is not None:
         cfg, changes = config.merge_resumed(state["config"], cfg, user)
         if finished(cfg, state["progress"]):
-            log.info("run %s already finished at step %d; raise --epochs or --max-steps to train longer",
-                     cfg.run_name, state["progress"]["step"])
+            log.info("run %s already finished: %s", cfg.run_name, finished_hint(cfg, state["progress"]))
             return 0
     else:
         check_history(cfg, paths)
     seeding.seed_everything(cfg.seed)
+    torch.set_num_threads(pick_threads(cfg))
     device = pick_device(cfg, dist)
     splits = build_data(cfg, stop)
     parts = build_parts(cfg, splits, device, dist)
@@ -303,11 +326,15 @@ def _train(cfg, parts, state, source, changes, paths, bar, stop, dist, step0):
                  p["epoch"] + 1, p["sample_in_epoch"])
     for key, old, new in changes:
         log.info("config change on resume: %s %r -> %r", key, old, new)
+    log.info("learning rate of the next step (%d): %.4g (--lr %g on the %s schedule%s, at step %d of %d)", step0 + 1,
+             parts.optimizer.param_groups[0]["lr"], cfg.lr, cfg.scheduler,
+             " after %d warmup steps" % cfg.warmup_steps if cfg.warmup_steps else "", step0, parts.total_steps)
     text = config.to_yaml(cfg)
-    log.info("config:\n%s", text.rstrip())
+    log.info("config:\n%s", text.rstrip(), extra={"file_only": True})
+    log.info("config: every value in %s (and train.log)", paths.config_file)
     n_params = sum(p.numel() for p in parts.eval_model.parameters())
-    log.info("model %s: %s parameters on %s%s; %s: %d train / %d val samples; %d steps in all", cfg.model,
-             format(n_params, ","), parts.device,
+    log.info("model %s: %s parameters on %s (%d CPU threads)%s; %s: %d train / %d val samples; %d steps in all",
+             cfg.model, format(n_params, ","), parts.device, torch.get_num_threads(),
              " x %d processes (global batch %d)" % (dist.world, cfg.batch_size) if dist.enabled else "",
              cfg.dataset, len(parts.splits.train), len(parts.splits.val), parts.total_steps)
 

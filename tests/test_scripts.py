@@ -98,3 +98,14 @@ def test_purge_stays_inside_the_checkout(tmp_path, names):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_purge_keeps_a_venv_made_by_hand_and_removes_the_one_setup_made(tmp_path, names):
+    root = _project(tmp_path, "e")
+    env = dict(os.environ, PROJECT=names("venv"))
+    (root / ".venv" / "bin").mkdir(parents=True)  # python3 -m venv .venv, as the README's plain path does
+    subprocess.run(["./purge.sh", "--yes"], cwd=str(root), env=env, stdout=subprocess.PIPE, check=True)
+    assert (root / ".venv" / "bin").is_dir(), "purge removed a .venv made by hand"
+    (root / ".venv" / ".requirements.sha256").write_text("stamp of setup.sh --native\n")
+    subprocess.run(["./purge.sh", "--yes"], cwd=str(root), env=env, stdout=subprocess.PIPE, check=True)
+    assert not (root / ".venv").exists()

@@ -20,15 +20,15 @@ def test_run_logs_scalars_images_text_and_hparams_in_one_run(project):
     run_dir = project.run_dir("digits-mlp")
     acc = _accumulator(run_dir)
     tags = acc.Tags()
-    for tag in ("train/loss", "train/acc", "train/lr", "train/grad_norm", "perf/samples_per_sec",
-                "perf/step_time_ms", "perf/data_wait_ms", "val/loss", "val/acc"):
+    for tag in ("train/loss", "train/acc", "train/lr", "train/grad_norm", "z_perf/samples_per_sec",
+                "z_perf/step_time_ms", "z_perf/data_wait_ms", "val/loss", "val/acc"):
         assert tag in tags["scalars"], tag
     assert [e.step for e in acc.Scalars("val/acc")] == [20, 40, 60, 80, 90]
     assert [e.step for e in acc.Scalars("train/loss")][:3] == [5, 10, 15]
-    assert all(e.value > 0 for e in acc.Scalars("perf/samples_per_sec"))
+    assert all(e.value > 0 for e in acc.Scalars("z_perf/samples_per_sec"))
     # the best checkpoint after the eval at step 20 and the periodic one at 30 stalled the loop; each stall is
     # logged at the next logging step (the step-20 log line comes before the step-20 eval)
-    assert [e.step for e in acc.Scalars("perf/ckpt_stall_ms")][:2] == [25, 35]
+    assert [e.step for e in acc.Scalars("z_perf/ckpt_stall_ms")][:2] == [25, 35]
     assert "val/confusion_matrix" in tags["images"]
     image = acc.Images("val/confusion_matrix")[-1]
     assert image.width == image.height == 160 and image.encoded_image_string[:4] == b"\x89PNG"
@@ -56,7 +56,7 @@ def test_resumed_run_continues_the_same_run_without_duplicates(project):
     run_dir = project.run_dir("digits-mlp")
     project.ok(*(ARGS + ["--resume"]))
     assert len(list(run_dir.glob("events.out.tfevents.*"))) == 2
-    for tag in ("train/loss", "train/lr", "val/acc", "perf/samples_per_sec"):
+    for tag in ("train/loss", "train/lr", "val/acc", "z_perf/samples_per_sec"):
         steps = summary_steps(run_dir, tag)
         assert steps == sorted(set(steps)), (tag, steps)
     assert summary_steps(run_dir, "train/loss") == list(range(5, 91, 5))

@@ -78,6 +78,25 @@ def test_run_trains_to_completion_with_tensorboard_serving_it(checkout):
     assert owned_by(os.getuid(), checkout.root / "logs/", checkout.root / "models") == []
 
 
+def test_run_sh_on_a_finished_run_says_so_instead_of_reporting_training(checkout):
+    res = checkout.sh("./run.sh", "--run-name", "viarun", "--epochs", "2")
+    assert "training in the background" not in res.stdout, res.stdout[-3000:]
+    assert "the trainer has already finished" in res.stdout and "its --epochs 2 are done" in res.stdout
+    assert "resume with a higher --epochs" in res.stdout
+
+
+def test_a_base_image_that_cannot_be_pulled_names_the_next_steps(tmp_path_factory):
+    co = fresh_checkout(tmp_path_factory, "tplnobase")
+    try:
+        env = dict(co.env, BASE_IMAGE="local/no-such-base:1")
+        res = co.sh("./setup.sh", check=False, env=env, timeout=600)
+        assert res.returncode == 1, res.stdout[-3000:]
+        last = res.stdout.strip().splitlines()[-1]
+        assert "BASE_IMAGE" in last and "Air-gapped builds" in last and "./run.sh --native" in last, last
+    finally:
+        co.sh("./purge.sh", "--yes", check=False)
+
+
 def test_tensorboard_page_renders_in_headless_chromium(checkout):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
@@ -145,6 +164,9 @@ def test_second_training_refused_then_compose_stop_saves_a_fresh_checkpoint(chec
     assert checkout.container("trainer")["ExitCode"] == 0
     text = log.read_text()
     assert "SIGTERM received" in text and "saved checkpoint step" in text
+    # the hint names what to type on the host, not inside the container
+    assert "continue with: ./run.sh --run-name stopme (or: docker compose run --rm trainer python train.py " \
+           "--resume --run-name stopme)" in text, text[-2000:]
     import torch
     state = torch.load(str(checkout.root / "models" / "latest" / "stopme.pt"), map_location="cpu", weights_only=True)
     step = state["progress"]["step"]

@@ -36,6 +36,13 @@ def test_native_run_trains_in_the_background_with_tensorboard(native):
     assert os.readlink(str(native.root / "logs")) == "/tmp/%s/logs" % native.project
 
 
+def test_native_run_on_a_finished_run_reports_why_nothing_trains(native):
+    res = native.sh("./run.sh", "--native", "--run-name", "nat", "--epochs", "2")
+    assert "training in the background" not in res.stdout, res.stdout[-3000:]
+    assert "the trainer has already finished" in res.stdout and "its --epochs 2 are done" in res.stdout
+    assert "stop it: kill" in res.stdout  # how to stop the native TensorBoard
+
+
 def test_purge_stops_the_native_tensorboard_and_removes_the_env(native):
     tb_pid = int((native.root / "logs" / ".tensorboard-native.pid").read_text())
     native.sh("./purge.sh", "--yes")
