@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from src import compat, config, data, models  # noqa: E402
-from src.engine import EpochBatches, loader_settings, make_loader  # noqa: E402
+from src.data.loading import EpochBatches, loader_settings, make_loader  # noqa: E402
 
 from common import machine, median, sync, table  # noqa: E402
 

@@ -12,13 +12,15 @@ from types import SimpleNamespace
 
 import yaml
 
-from . import data, models
+from . import data, models, tasks
 from .errors import UsageError
-from .metrics import EVAL_METRICS
 from .paths import ROOT
 
 # Keys that belong to one invocation: never inherited from a checkpoint, never in a config file.
-PER_INVOCATION = ("config", "resume", "init_from", "prepare_data", "doctor", "verify_resume", "stop_after_step")
+PER_INVOCATION = ("config", "resume", "init_from", "prepare_data", "doctor", "verify_resume", "stop_after_step",
+                  "evaluate", "split")
+# Keys a resumed run cannot change: they define which samples are validation data and what the model predicts.
+FIXED_ON_RESUME = ("val_split", "task")
 # Keys that name places on this machine: a resumed run takes them from this invocation (its defaults are this
 # checkout's folders), never from a checkpoint written in another checkout or container.
 LOCAL = ("data_dir", "logs_dir", "models_dir", "data_checksums")
@@ -71,6 +73,9 @@ def build_parser():
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="digits", choices=data.names(), help="dataset")
+    g.add_argument("--val-split", type=float, default=None, metavar="FRACTION",
+                   help="share of the training data held out for validation, by a fixed seeded split (None: the "
+                   "dataset's own, 0.1 for most); fixed for a run")
     g.add_argument("--data-dir", default=str(ROOT / "data"), metavar="DIR", help="where datasets live")
     g.add_argument("--num-workers", type=int, default=-1, metavar="N",
                    help="DataLoader worker processes (-1: per device and dataset, see README)")
@@ -89,7 +94,12 @@ def build_parser():
     g.add_argument("--synthetic-classes", type=int, default=10, metavar="K", help="synthetic: classes")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="cnn", choices=models.names(), help="model")
+    g.add_argument("--model", default="auto", choices=("auto",) + tuple(models.names()),
+                   help="model (auto: the dataset's own: cnn for images, mlp for tables, fcn for segmentation)")
+    g.add_argument("--task", default="auto", choices=("auto",) + tuple(tasks.names()),
+                   help="what the model learns: loss, metrics, pictures (auto: the dataset's own)")
+    g.add_argument("--loss", default="auto", choices=("auto", "mse", "l1", "huber"),
+                   help="regression loss (auto: mse)")
     g.add_argument("--width", type=int, default=0, metavar="N", help="hidden units / base channels (0: model's own)")
     g.add_argument("--depth", type=int, default=0, metavar="N", help="layers (0: model's own)")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
@@ -126,8 +136,9 @@ def build_parser():
                    help="save latest and models/tmp (0: only at the end and on stop)")
     _bool_flag(g, "async-ckpt", True, "write checkpoints in a background thread (--no-async-ckpt: in the loop)")
     g.add_argument("--keep-last", type=int, default=3, metavar="N", help="checkpoints kept in models/tmp/<run>/")
-    g.add_argument("--monitor", default="val/acc:max", metavar="METRIC:MODE",
-                   help="best checkpoint by this metric, mode min or max (metrics: %s)" % ", ".join(EVAL_METRICS))
+    g.add_argument("--monitor", default="auto", metavar="METRIC:MODE",
+                   help="best checkpoint by this validation metric, mode min or max (auto: the task's own, say "
+                   "val/acc:max for classification, val/rmse:min for regression)")
     g.add_argument("--resume", nargs="?", const="latest", metavar="auto|PATH",
                    help="continue this run's latest checkpoint (error if none); auto: latest if any, "
                    "else start fresh; PATH: that checkpoint")
@@ -141,6 +152,10 @@ def build_parser():
                    "save says whether a checkpoint fits in them")
     g.add_argument("--stop-after-step", type=int, default=0, help=argparse.SUPPRESS)  # a stop, as by a signal
     g.add_argument("--prepare-data", action="store_true", help="download/verify the dataset, then exit")
+    g.add_argument("--evaluate", nargs="?", const="best", metavar="PATH",
+                   help="evaluate a checkpoint without training (no value: this run's best), print and write the "
+                   "metrics as JSON, then exit")
+    g.add_argument("--split", default="test", choices=("val", "test"), help="--evaluate on this split")
     g.add_argument("--verify-resume", type=int, default=0, metavar="K",
                    help="self-test of exact resume with these flags: train K steps in one go and with a stop and a "
                    "resume half way (in a temporary folder), compare weights and scalars, print PASS or what differs")
@@ -257,6 +272,10 @@ def merge_resumed(saved, cfg, user):
                 raise UsageError("the checkpoint's config has %s for %s, which takes a %s; it was not written by "
                                  "this project: resume another checkpoint" % (_short(old), key, type(now).__name__))
             merged[key] = old
+    for key in FIXED_ON_RESUME:
+        if key in user and key in saved and saved[key] != merged[key]:
+            raise UsageError("--%s cannot change on resume (this run has %s); start another run with --run-name"
+                             % (key.replace("_", "-"), _short(saved[key])))
     if "epochs" in user and "max_steps" not in user and merged.get("max_steps"):
         merged["max_steps"] = 0  # --epochs given on resume is the new limit: the old step limit goes
         user = set(user) | {"max_steps"}
@@ -289,6 +308,8 @@ def validate(cfg):
         if not ok:
             raise UsageError(message)
 
+    if cfg.model == "auto":
+        cfg.model = data.defaults(cfg.dataset)["model"]
     if cfg.run_name is None:
         cfg.run_name = "%s-%s" % (cfg.dataset, cfg.model)
     check_run_name(cfg.run_name)
@@ -322,9 +343,24 @@ def validate(cfg):
          "--verify-resume must be 2 steps or more (and at most 100000), got %d" % cfg.verify_resume)
     need(cfg.stop_after_step >= 0, "--stop-after-step must be >= 0")
     need(bool(_DEVICE.fullmatch(cfg.device)), "--device %s: use auto, cpu, cuda or cuda:N" % _short(cfg.device))
+    meta = data.defaults(cfg.dataset)
+    if cfg.task == "auto":
+        cfg.task = meta["task"]
+    if cfg.model == "auto":
+        cfg.model = meta["model"]
+    if cfg.val_split is None:
+        cfg.val_split = meta["val_split"]
+    need(_finite(cfg.val_split) and 0 < cfg.val_split < 1, "--val-split must be a fraction between 0 and 1, got %s"
+         % _short(cfg.val_split))
+    task = tasks.get(cfg.task)
+    if cfg.monitor == "auto":
+        cfg.monitor = task.MONITOR
     metric, _, mode = cfg.monitor.partition(":")
-    need(metric in EVAL_METRICS and mode in ("min", "max"),
-         "--monitor %r: use METRIC:min or METRIC:max with METRIC one of %s" % (cfg.monitor, ", ".join(EVAL_METRICS)))
+    known = ["val/" + m for m in task.METRICS]
+    need(metric in known and mode in ("min", "max"), "--monitor %r: use METRIC:min or METRIC:max with METRIC one of %s "
+         "(the metrics of --task %s)" % (cfg.monitor, ", ".join(known), cfg.task))
+    need(cfg.loss == "auto" or cfg.task == "regression", "--loss %s applies to --task regression, not %s"
+         % (cfg.loss, cfg.task))
 
 
 def monitor(cfg):

@@ -3,32 +3,33 @@ import math
 
 import torch
 
-EVAL_METRICS = ("val/loss", "val/acc")
-
-
 class TrainMeter(object):
     """Sums of the current logging window, on the training device; saved in checkpoints so that a resumed
     run logs the same averages as an uninterrupted one.
 
-    Per step it costs three in-place additions on the device (no host sync); a non-finite loss poisons
-    loss_sum, which the logging step checks. The gradient norm is that of the logging step (computing it
-    every step would cost more than the rest of this class; with --grad-clip it is measured anyway).
+    Per step it costs a few in-place additions on the device (no host sync): the loss, and the task's own sums
+    (correct predictions for classification); a non-finite loss poisons loss_sum, which the logging step
+    checks. The gradient norm is that of the logging step (computing it every step would cost more than the
+    rest of this class; with --grad-clip it is measured anyway).
     """
-
-    TENSORS = ("loss_sum", "correct", "grad_norm", "bad_grad")
 
     def __init__(self, device):
         self.device = device
         self.reset()
 
     def reset(self):
-        for name in self.TENSORS:
+        for name in ("loss_sum", "grad_norm", "bad_grad"):
             setattr(self, name, torch.zeros((), dtype=torch.float64, device=self.device))
+        self.counts = {}
         self.samples, self.steps = 0, 0
 
-    def add(self, loss, correct, samples):
+    def add(self, loss, counts, samples):
         self.loss_sum += loss.detach().double() * samples
-        self.correct += correct
+        for key, value in counts.items():
+            if key in self.counts:
+                self.counts[key] += value
+            else:
+                self.counts[key] = torch.zeros((), dtype=torch.float64, device=self.device) + value
         self.samples += samples
         self.steps += 1
 
@@ -40,37 +41,47 @@ class TrainMeter(object):
         if must_be_finite:
             self.bad_grad = (~finite).double()
 
-    # Under several processes each rank sums its own shards: loss_sum, correct and samples add up across
+    # Under several processes each rank sums its own shards: loss_sum, the counts and samples add up across
     # ranks; the gradient norm (after the all-reduce) and the step count are the same on every rank.
     def _global(self, dist):
-        local = torch.stack([self.loss_sum, self.correct.double(), self.bad_grad,
-                             torch.tensor(float(self.samples), dtype=torch.float64, device=self.device)])
-        return dist.sum_(local)
+        keys = sorted(self.counts)
+        local = torch.stack([self.loss_sum, self.bad_grad,
+                             torch.tensor(float(self.samples), dtype=torch.float64, device=self.device)]
+                            + [self.counts[k].double() for k in keys])
+        total = dist.sum_(local)
+        return total[0], total[1], total[2], dict(zip(keys, total[3:]))
 
     def is_finite(self, dist):
-        loss_sum, _, bad_grad, _ = self._global(dist).tolist()
-        return math.isfinite(loss_sum) and bad_grad == 0
+        loss_sum, bad_grad, _, _ = self._global(dist)
+        return math.isfinite(float(loss_sum)) and float(bad_grad) == 0
 
-    def averages(self, dist):
-        """One host sync (and one all-reduce): the window's mean loss and accuracy, the gradient norm."""
-        loss_sum, correct, _, samples = self._global(dist).tolist()
-        return {"train/loss": loss_sum / max(samples, 1), "train/acc": correct / max(samples, 1),
-                "train/grad_norm": float(self.grad_norm)}
+    def averages(self, dist, task):
+        """One host sync (and one all-reduce): the window's mean loss, the task's values, the gradient norm."""
+        loss_sum, _, samples, counts = self._global(dist)
+        samples = float(samples)
+        values = {"train/loss": float(loss_sum) / max(samples, 1), "train/grad_norm": float(self.grad_norm)}
+        values.update(task.train_values({k: float(v) for k, v in counts.items()}, samples))
+        return values
 
     def global_state(self, dist):
         """The window over all ranks, for a checkpoint."""
-        loss_sum, correct, bad_grad, samples = self._global(dist).cpu().unbind(0)
-        return {"loss_sum": loss_sum, "correct": correct, "bad_grad": bad_grad, "grad_norm": self.grad_norm.cpu(),
-                "samples": int(samples), "steps": self.steps}
+        loss_sum, bad_grad, samples, counts = self._global(dist)
+        return {"loss_sum": loss_sum.cpu(), "bad_grad": bad_grad.cpu(), "grad_norm": self.grad_norm.cpu(),
+                "samples": int(samples), "steps": self.steps, "counts": {k: v.cpu() for k, v in counts.items()}}
 
     def load_state_dict(self, state, main=True):
         """Restore the window; off rank 0 the sums start at zero (rank 0 carries the totals)."""
         self.reset()
         self.grad_norm = state["grad_norm"].to(self.device, torch.float64)
         self.steps = int(state["steps"])
+        counts = state.get("counts")
+        if counts is None:  # written before tasks had their own sums: classification's count of correct answers
+            counts = {"correct": state["correct"]} if "correct" in state else {}
+        for key, value in counts.items():
+            value = value.to(self.device, torch.float64)
+            self.counts[key] = value if main else torch.zeros_like(value)
         if main:
             self.loss_sum = state["loss_sum"].to(self.device, torch.float64)
-            self.correct = state["correct"].to(self.device, torch.float64)
             self.bad_grad = state["bad_grad"].to(self.device, torch.float64)
             self.samples = int(state["samples"])
 

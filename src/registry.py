@@ -6,11 +6,13 @@ import pkgutil
 class Registry(object):
     def __init__(self, package_name, package_path, skip=()):
         self.package_name, self.package_path, self.skip = package_name, package_path, set(skip)
-        self.builders = {}
+        self.builders, self.meta = {}, {}
 
-    def register(self, name):
+    def register(self, name, **meta):
+        """Decorator: fn is built by `name`; meta holds its defaults (a dataset's task and model, say)."""
         def deco(fn):
             self.builders[name] = fn
+            self.meta[name] = meta
             return fn
         return deco
 

@@ -12,9 +12,13 @@ from pathlib import Path
 
 import torch
 
-from . import atomic, checkpoint, compat, config, console, data, models, optim, seeding
+from . import atomic, checkpoint, compat, config, console, data, models, optim, seeding, tasks
+from .checkpoint_manager import (describe_model, find_resume_state, fingerprint, load_or_usage_error, restore_loop,
+                                 restore_parts)
+from .data.loading import steps_per_epoch
 from .distributed import Dist
-from .engine import Trainer, finished, steps_per_epoch
+from .engine import Trainer, finished
+from .precision import Precision
 from .errors import TrainingError, UsageError
 from .lock import RunLock
 from .paths import RunPaths, check_folder
@@ -24,7 +28,7 @@ from .tensorboard_writer import Board
 log = logging.getLogger("train")
 
 # model: what trains (DDP and/or compiled); eval_model: the same weights without the DDP wrapper
-Parts = namedtuple("Parts", "model eval_model optimizer scheduler scaler splits device amp_dtype total_steps")
+Parts = namedtuple("Parts", "model eval_model optimizer scheduler precision task splits device total_steps")
 
 
 def pick_device(cfg, dist):
@@ -75,46 +79,6 @@ def pick_amp(cfg, device):
     return torch.bfloat16
 
 
-def _load_or_usage_error(path, flag, full=True):
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError("%s %s: no such checkpoint file" % (flag, path))
-    try:
-        return checkpoint.load(path, full=full)
-    except checkpoint.CorruptCheckpoint as err:
-        raise UsageError("%s %s: unreadable checkpoint (%s); give a checkpoint this project wrote" % (flag, path, err))
-    except OSError as err:
-        raise UsageError("%s %s: cannot read it (%s)" % (flag, path, err.strerror or err))
-
-
-def _existing_runs(models_dir):
-    return sorted(p.stem for p in (Path(models_dir) / "latest").glob("*.pt"))
-
-
-def find_resume_state(cfg, paths, explicit_state):
-    """(state, path) to continue from, or (None, None) for a fresh start; refuses to clobber a run."""
-    has_files = paths.latest.exists() or bool(checkpoint.tmp_checkpoints(paths.tmp_dir))
-    if cfg.resume is None:
-        if has_files:
-            raise UsageError("run '%s' already has checkpoints (%s); continue it with --resume, or start another "
-                             "with --run-name NAME" % (cfg.run_name, paths.latest))
-        return None, None
-    if cfg.resume not in ("latest", "auto"):
-        return explicit_state, Path(cfg.resume)
-    state, path = checkpoint.newest_valid(paths)
-    if state is not None:
-        return state, path
-    if has_files:
-        raise UsageError("run '%s' has no readable checkpoint in %s or %s; nothing was changed"
-                         % (cfg.run_name, paths.latest, paths.tmp_dir))
-    if cfg.resume == "auto":
-        return None, None
-    others = [r for r in _existing_runs(cfg.models_dir) if r != cfg.run_name]
-    hint = " (runs with checkpoints: %s; pick one with --run-name)" % ", ".join(others) if others else ""
-    raise UsageError("nothing to resume: run '%s' has no checkpoint in %s%s" % (cfg.run_name, paths.latest.parent,
-                                                                                 hint))
-
-
 def build_parts(cfg, splits, device, dist):
     """Model, optimizer, schedule and scaler; the model is wrapped (DDP, compile) later by wrap_model."""
     if cfg.batch_size < dist.world:
@@ -134,9 +98,8 @@ def build_parts(cfg, splits, device, dist):
     optimizer = optim.build_optimizer(cfg, model.parameters())
     total = optim.total_steps(cfg, steps_per_epoch(len(splits.train), cfg.batch_size, dist.world))
     scheduler = optim.build_scheduler(cfg, optimizer, total)
-    amp_dtype = pick_amp(cfg, device)
-    scaler = compat.grad_scaler(amp_dtype == torch.float16)
-    return Parts(model, model, optimizer, scheduler, scaler, splits, device, amp_dtype, total)
+    precision = Precision(device, pick_amp(cfg, device))
+    return Parts(model, model, optimizer, scheduler, precision, tasks.build(cfg, splits), splits, device, total)
 
 
 def wrap_model(parts, cfg, dist):
@@ -148,25 +111,6 @@ def wrap_model(parts, cfg, dist):
         if not dist.enabled:  # under DDP, evaluation runs the plain module (no wrapper, no collectives)
             eval_model = model
     return parts._replace(model=model, eval_model=eval_model)
-
-
-def describe_model(cfg):
-    """How an error names the model a checkpoint must fit."""
-    return "model '%s' on dataset '%s'" % (cfg.model, cfg.dataset)
-
-
-def restore_parts(parts, state, source, cfg):
-    """Weights, optimizer, scheduler and scaler from a checkpoint; the config's hyperparameters on top."""
-    checkpoint.load_model_weights(parts.model, state, source, describe_model(cfg))
-    try:
-        parts.optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError) as err:
-        raise UsageError("checkpoint %s: optimizer state does not fit --optimizer %s (%s)" % (source, cfg.optimizer,
-                                                                                            err))
-    parts.scheduler.load_state_dict(state["scheduler"])
-    optim.apply_config(cfg, parts.optimizer, parts.scheduler)
-    if state.get("scaler") and parts.scaler.is_enabled():
-        parts.scaler.load_state_dict(state["scaler"])
 
 
 def finished_hint(cfg, progress):
@@ -193,20 +137,9 @@ def build_data(cfg, stop):
 
 def prepare_data(cfg, stop):
     splits = build_data(cfg, stop)
-    log.info("dataset %s ready in %s: %d training and %d validation samples of shape %s", cfg.dataset, cfg.data_dir,
-             len(splits.train), len(splits.val), "x".join(map(str, splits.input_shape)))
+    log.info("dataset %s ready in %s: %d train, %d val and %d test samples of shape %s", cfg.dataset, cfg.data_dir,
+             len(splits.train), len(splits.val), len(splits.test), "x".join(map(str, splits.input_shape)))
     return 0
-
-
-def _fingerprint(paths):
-    """What the resume lookup saw of a run's checkpoint files (compared again once the run is locked)."""
-    def seen(path):
-        try:
-            info = path.stat()
-        except OSError:
-            return None
-        return info.st_mtime_ns, info.st_size
-    return seen(paths.latest), tuple((step, seen(path)) for step, path in checkpoint.tmp_checkpoints(paths.tmp_dir))
 
 
 def check_history(cfg, paths):
@@ -238,17 +171,19 @@ def run(cfg, user, stop):
     if cfg.verify_resume:
         from . import verify
         return verify.run(cfg)
+    if cfg.evaluate:
+        return evaluate_checkpoint(cfg, user, stop, dist)
     # Every check that can fail on bad input comes first, before any folder, lock or file is made.
     explicit = None
     if cfg.resume not in (None, "latest", "auto"):
-        explicit = _load_or_usage_error(cfg.resume, "--resume")
+        explicit = load_or_usage_error(cfg.resume, "--resume")
         if "run_name" not in user:
             cfg.run_name = config.check_run_name(explicit["config"]["run_name"], "the checkpoint's run name")
     if cfg.init_from:
-        init = _load_or_usage_error(cfg.init_from, "--init-from", full=False)
+        init = load_or_usage_error(cfg.init_from, "--init-from", full=False)
     paths = RunPaths(cfg)
     paths.check()
-    seen = _fingerprint(paths)
+    seen = fingerprint(paths)
     state, source = find_resume_state(cfg, paths, explicit)
     changes = []
     if state is not None:
@@ -288,7 +223,7 @@ def _locked(cfg, parts, state, source, changes, paths, bar, stop, dist, device, 
         if dist.main:
             for lock in locks:
                 held.enter_context(lock)
-            if _fingerprint(paths) != seen:
+            if fingerprint(paths) != seen:
                 raise TrainingError("run '%s' changed while this trainer was starting (another trainer wrote it); "
                                     "run the command again" % cfg.run_name)
             atomic.remove_stale_tmp(paths.latest.parent, paths.latest.name)
@@ -333,10 +268,11 @@ def _train(cfg, parts, state, source, changes, paths, bar, stop, dist, step0):
     log.info("config:\n%s", text.rstrip(), extra={"file_only": True})
     log.info("config: every value in %s (and train.log)", paths.config_file)
     n_params = sum(p.numel() for p in parts.eval_model.parameters())
-    log.info("model %s: %s parameters on %s (%d CPU threads)%s; %s: %d train / %d val samples; %d steps in all",
-             cfg.model, format(n_params, ","), parts.device, torch.get_num_threads(),
+    log.info("model %s: %s parameters on %s (%d CPU threads)%s; %s (%s): %d train / %d val / %d test samples; %d "
+             "steps in all", cfg.model, format(n_params, ","), parts.device, torch.get_num_threads(),
              " x %d processes (global batch %d)" % (dist.world, cfg.batch_size) if dist.enabled else "",
-             cfg.dataset, len(parts.splits.train), len(parts.splits.val), parts.total_steps)
+             cfg.dataset, cfg.task, len(parts.splits.train), len(parts.splits.val), len(parts.splits.test),
+             parts.total_steps)
 
     # resuming: drop events logged after the checkpoint; fresh: drop any left by a run that never saved
     board = Board(paths.run_dir, cfg.tensorboard and dist.main, resume_step=step0 if state is not None else -1)
@@ -356,8 +292,7 @@ def _train(cfg, parts, state, source, changes, paths, bar, stop, dist, step0):
     trainer = Trainer(cfg, parts, paths, board, stop, progress, dist, begin)
     try:
         if state is not None:
-            trainer.load_state_dict(state)
-            restore_rng(state, dist, cfg)  # last: nothing after this may draw random numbers before step 1
+            restore_loop(trainer, state, dist, cfg)  # random streams last: nothing after may draw before step 1
         elif dist.rank > 0:
             seeding.seed_everything(seeding.rank_seed(cfg.seed, dist.rank))  # own dropout masks, same weights
         return trainer.fit()
@@ -366,15 +301,45 @@ def _train(cfg, parts, state, source, changes, paths, bar, stop, dist, step0):
         board.close()
 
 
-def restore_rng(state, dist, cfg):
-    """Each rank's random streams as they were; a changed process count restarts those of ranks > 0."""
-    ranks = state.get("rng_ranks") or [state["rng"]]
-    if len(ranks) == dist.world:
-        seeding.restore(ranks[dist.rank])
-        return
-    if dist.rank == 0:
-        log.info("resuming %d processes from a run of %d: same data order; random streams of ranks > 0 restart",
-                 dist.world, len(ranks))
-        seeding.restore(state["rng"])
+def evaluate_checkpoint(cfg, user, stop, dist):
+    """--evaluate [PATH] --split val|test: a checkpoint's model on one split, with the checkpoint's own config (this
+    checkout's folders); prints the metrics as JSON and writes them to logs/<run>/evaluate-<split>.json. The same
+    code as the end of training, so the test metrics of metrics.json come out exactly again."""
+    import json
+    if cfg.evaluate == "best":
+        path = RunPaths(cfg).best
+        if not path.is_file():
+            raise UsageError("run '%s' has no best checkpoint (%s); train it first, or give --evaluate PATH"
+                             % (cfg.run_name, path))
     else:
-        seeding.seed_everything(seeding.rank_seed(cfg.seed, dist.rank) + state["progress"]["step"])
+        path = Path(cfg.evaluate)
+    state = load_or_usage_error(path, "--evaluate")
+    if "run_name" not in user:
+        user = set(user) | {"run_name"}
+        cfg.run_name = config.check_run_name(state["config"]["run_name"], "the checkpoint's run name")
+    cfg, _ = config.merge_resumed(state["config"], cfg, user)
+    paths = RunPaths(cfg)
+    check_folder(cfg.logs_dir, "--logs-dir")
+    seeding.seed_everything(cfg.seed)
+    torch.set_num_threads(pick_threads(cfg))
+    device = pick_device(cfg, dist)
+    splits = build_data(cfg, stop)
+    parts = build_parts(cfg, splits, device, dist)
+    checkpoint.load_model_weights(parts.model, state, path, describe_model(cfg))
+    seeding.set_deterministic(cfg.deterministic)
+    model = torch.compile(parts.model) if cfg.compile else parts.model
+    from .evaluation import evaluate, loader_for
+    dist.start(device)
+    try:
+        loader = loader_for(getattr(splits, cfg.split), cfg, device, dist)
+        values, _ = evaluate(model, loader, parts.task, parts.precision, device, dist, cfg.channels_last)
+    finally:
+        dist.stop()
+    report = {"run": cfg.run_name, "checkpoint": str(path), "step": state["progress"]["step"], "split": cfg.split,
+              cfg.split: {"%s/%s" % (cfg.split, k): v for k, v in values.items()}}
+    text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+    if dist.main:
+        paths.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(paths.run_dir / ("evaluate-%s.json" % cfg.split), text)
+        sys.stdout.write(text)
+    return 0

@@ -87,12 +87,12 @@ def test_download_verify_parse_and_train(project, mirror, dataset):
     if dataset == "cifar10":
         splits = cifar10.build(cfg)
         x, y = arrays["cifar10"]["data_batch_1"]
-        assert splits.train.x.shape == (200, 3, 32, 32) and len(splits.val) == 40
+        assert splits.train.x.shape == (200, 3, 32, 32) and len(splits.test) == 40
     else:
         splits = mnist._build(cfg, dataset)
         x, y = arrays[(dataset, "train")]
         x = x[:, None]
-        assert splits.train.x.shape == (300, 1, 28, 28) and len(splits.val) == 100
+        assert splits.train.x.shape == (300, 1, 28, 28) and len(splits.test) == 100
     assert np.array_equal(splits.train.x[: len(x)].numpy(), x) and np.array_equal(splits.train.y[: len(y)].numpy(), y)
     # training on it uses the files in data/ (no second download: the mirror is not given again)
     project.ok("--dataset", dataset, "--model", "cnn", "--width", "8", "--max-steps", "3", "--data-checksums", sums,
@@ -150,7 +150,7 @@ def test_synthetic_data_has_any_shape_and_size(project):
     assert x.shape == (3, 2, 5, 7) and x.dtype.is_floating_point and int(y.max()) < 3
     res = project.ok("--dataset", "synthetic", "--synthetic-shape", "3,16,16", "--synthetic-size", "64",
                      "--model", "resnet", "--width", "4", "--max-steps", "2", "--progress", "plain")
-    assert "synthetic: 64 train / 10 val samples" in res.stderr
+    assert "synthetic (classification): 58 train / 6 val / 10 test samples" in res.stderr
 
 
 @pytest.mark.parametrize("damage", ["not-gzip", "labels-out-of-range", "fewer-labels"])

@@ -328,7 +328,7 @@ def test_verify_resume_passes_on_exact_code_and_names_hidden_randomness(project)
     res = project.ok("--model", "mlp", "--verify-resume", "12", "--progress", "plain")
     assert "verify-resume: PASS" in res.stderr, res.stderr[-2000:]
     (project.root / "src" / "data" / "noisy.py").write_text(
-        "import numpy as np\nimport torch\nfrom . import Splits, register\nfrom .digits import build as digits\n\n\n"
+        "import numpy as np\nimport torch\nfrom . import register\nfrom .digits import build as digits\n\n\n"
         "class Noisy(object):\n"
         "    batched = True\n\n"
         "    def __init__(self, inner):\n"
@@ -338,7 +338,7 @@ def test_verify_resume_passes_on_exact_code_and_names_hidden_randomness(project)
         "        x, y = self.inner[index]\n"
         "        return x + torch.from_numpy(self.rng.normal(size=x.shape).astype('float32')), y\n\n\n"
         "@register('noisy')\ndef build(cfg):\n"
-        "    s = digits(cfg)\n    return Splits(Noisy(s.train), s.val, s.input_shape, s.num_classes)\n")
+        "    s = digits(cfg)\n    return s._replace(train=Noisy(s.train))\n")
     res = project.run("--model", "mlp", "--dataset", "noisy", "--verify-resume", "12", "--progress", "plain")
     assert res.returncode == 1, res.stderr[-2000:]
     assert "verify-resume: FAIL" in res.stderr and "model.1.weight" in res.stderr

@@ -2,14 +2,17 @@
 
     from . import register, ArrayDataset, Splits
 
-    @register("mydata")
+    @register("mydata", task="classification", model="cnn")      # its default --task and --model
     def build(cfg):
         ...                                        # read files under cfg.data_dir
-        return Splits(train=ArrayDataset(x, y), val=ArrayDataset(xv, yv),
-                      input_shape=(1, 28, 28), num_classes=10)
+        return Splits(train=ArrayDataset(x, y), test=ArrayDataset(xt, yt), input_shape=(1, 28, 28),
+                      num_classes=10)
 
-`train`/`val` are ArrayDatasets (in-memory, batched indexing: fast) or any map-style dataset of
-(input, label) pairs. `--prepare-data` runs `build` once, which downloads and verifies.
+`train` is the training data, `test` the held-out test data (the official test set where one exists);
+validation is carved from `train` by a fixed seeded split of --val-split (default: the dataset's `val_split`,
+else 0.1), unless the dataset gives its own `val`. `num_classes` is the number of model outputs (1 for a
+single regression target). Splits are ArrayDatasets (in-memory, batched indexing: fast) or any map-style
+dataset of (input, target) pairs. `--prepare-data` runs `build` once, which downloads and verifies.
 """
 from collections import namedtuple
 
@@ -18,19 +21,53 @@ import torch
 from ..errors import TrainingError
 from ..registry import Registry
 
-_REGISTRY = Registry(__name__, __path__, skip=("download",))
+_REGISTRY = Registry(__name__, __path__, skip=("download", "loading"))
 register, names = _REGISTRY.register, _REGISTRY.names
 
-Splits = namedtuple("Splits", "train val input_shape num_classes")
+Splits = namedtuple("Splits", "train val test input_shape num_classes")
+Splits.__new__.__defaults__ = (None, None, None, None)
+VAL_SEED = 20240601  # the validation split is the same for every --seed: changing the seed changes training only
+
+
+def defaults(name):
+    """A dataset's registered defaults: task, model, val_split."""
+    meta = dict(task="classification", model="cnn", val_split=0.1)
+    meta.update(_REGISTRY.meta.get(name, {}))
+    return meta
+
+
+def subset(dataset, indices):
+    """The samples at indices (a 1-d long tensor) of a dataset, as the same kind of dataset where it can."""
+    if hasattr(dataset, "subset"):
+        return dataset.subset(indices)
+    return torch.utils.data.Subset(dataset, indices.tolist())
+
+
+def carve_val(train, fraction):
+    """(train, val): a fixed share of the training data, chosen by a permutation that depends on nothing else."""
+    n = len(train)
+    n_val = int(round(n * fraction))
+    if not 1 <= n_val < n:
+        raise TrainingError("--val-split %g leaves %d of %d training samples for validation; pick a share that leaves "
+                            "at least one on each side" % (fraction, n_val, n))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))
+    return subset(train, order[n_val:].sort().values), subset(train, order[:n_val].sort().values)
 
 
 def build(cfg):
-    """The dataset's splits, checked: labels of in-memory datasets must be classes 0 .. num_classes-1."""
+    """The dataset's train, val and test splits, checked: class labels of in-memory classification datasets must be
+    0 .. num_classes-1. The test split is built but never read before the final evaluation."""
     splits = _REGISTRY[cfg.dataset](cfg)
-    for name in ("train", "val"):
+    if splits.val is None:
+        train, val = carve_val(splits.train, cfg.val_split)
+        splits = splits._replace(train=train, val=val)
+    if splits.test is None:
+        raise TrainingError("dataset %s gives no test split; return Splits(..., test=...)" % cfg.dataset)
+    for name in ("train", "val", "test"):
         part = getattr(splits, name)
         labels = getattr(part, "y", None)
-        if isinstance(labels, torch.Tensor) and len(labels):
+        if cfg.task != "regression" and isinstance(labels, torch.Tensor) and len(labels) \
+                and not labels.is_floating_point():
             low, high = int(labels.min()), int(labels.max())
             if low < 0 or high >= splits.num_classes:
                 raise TrainingError("dataset %s: %s labels span %d .. %d, outside the classes 0 .. %d; fix or delete "
@@ -42,7 +79,8 @@ def build(cfg):
 class ArrayDataset(object):
     """Samples held in one tensor (uint8 or float); indexing with a list of indices returns a whole batch.
 
-    Inputs come out as float32: (x * scale - mean) / std.
+    Inputs come out as float32: (x * scale - mean) / std. Integer targets come out as int64 (class indices),
+    float targets as they are (regression).
     """
 
     batched = True
@@ -50,7 +88,7 @@ class ArrayDataset(object):
     def __init__(self, x, y, scale=1.0, mean=0.0, std=1.0):
         if len(x) != len(y):
             raise TrainingError("a dataset's inputs and labels differ in length: %d vs %d" % (len(x), len(y)))
-        self.x, self.y = x, y.long()
+        self.x, self.y = x, (y if y.is_floating_point() else y.long())
         self.scale, self.mean, self.std = scale, mean, std
 
     def __len__(self):
@@ -60,6 +98,9 @@ class ArrayDataset(object):
         index = torch.as_tensor(index, dtype=torch.long)
         x = self.x[index].float()
         return (x * self.scale - self.mean) / self.std, self.y[index]
+
+    def subset(self, indices):
+        return ArrayDataset(self.x[indices], self.y[indices], self.scale, self.mean, self.std)
 
 
 _REGISTRY.discover()

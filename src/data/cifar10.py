@@ -54,10 +54,11 @@ def read_batches(path, names):
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
-@register("cifar10")
+@register("cifar10", task="classification", model="cnn")
 def build(cfg):
+    """The five training batches give train and val; the official test batch is the test split."""
     path = fetch_all(cfg, "cifar10", BASE, [(FILE, MD5, SIZE)]) / FILE
     train = ArrayDataset(*read_batches(path, ["data_batch_%d" % i for i in range(1, 6)]),
                          scale=1 / 255.0, mean=MEAN, std=STD)
-    val = ArrayDataset(*read_batches(path, ["test_batch"]), scale=1 / 255.0, mean=MEAN, std=STD)
-    return Splits(train, val, (3, 32, 32), 10)
+    test = ArrayDataset(*read_batches(path, ["test_batch"]), scale=1 / 255.0, mean=MEAN, std=STD)
+    return Splits(train=train, test=test, input_shape=(3, 32, 32), num_classes=10)

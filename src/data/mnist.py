@@ -1,4 +1,5 @@
-"""MNIST and Fashion-MNIST, downloaded into data/<name>/ and parsed from their native IDX files."""
+"""MNIST and Fashion-MNIST, downloaded into data/<name>/ and parsed from their native IDX files. The official
+60,000 training images give train and val; the official 10,000 test images are the test split."""
 import gzip
 import struct
 import zlib
@@ -55,14 +56,14 @@ def _build(cfg, name):
         return ArrayDataset(x, torch.from_numpy(y.astype(np.int64)), scale=1 / 255.0, mean=mean, std=std)
 
     train = split("train")
-    return Splits(train, split("t10k"), tuple(train.x.shape[1:]), 10)
+    return Splits(train=train, test=split("t10k"), input_shape=tuple(train.x.shape[1:]), num_classes=10)
 
 
-@register("mnist")
+@register("mnist", task="classification", model="cnn")
 def build_mnist(cfg):
     return _build(cfg, "mnist")
 
 
-@register("fashion-mnist")
+@register("fashion-mnist", task="classification", model="cnn")
 def build_fashion(cfg):
     return _build(cfg, "fashion-mnist")

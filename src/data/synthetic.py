@@ -1,6 +1,7 @@
 """Synthetic images of any shape and size, for benchmarks: class templates plus noise, so loss can fall.
 
-Made from a fixed seed, held as uint8 in memory; --synthetic-size training samples, a tenth as many for val.
+Made from a fixed seed, held as uint8 in memory; --synthetic-size training samples (val is carved from them),
+a tenth as many for test.
 """
 import os
 
@@ -26,7 +27,7 @@ def memory_bytes():
         return 1 << 40
 
 
-@register("synthetic")
+@register("synthetic", task="classification", model="cnn")
 def build(cfg):
     shape = tuple(int(d) for d in cfg.synthetic_shape.split(","))
     k = cfg.synthetic_classes
@@ -38,5 +39,5 @@ def build(cfg):
                                                                        need / 1e9, memory_bytes() / 1e9))
     norm = dict(scale=1 / 255.0, mean=0.5, std=0.25)
     train = ArrayDataset(*make(cfg.synthetic_size, shape, k, 1234), **norm)
-    val = ArrayDataset(*make(max(cfg.synthetic_size // 10, k), shape, k, 4321), **norm)
-    return Splits(train, val, shape, k)
+    test = ArrayDataset(*make(max(cfg.synthetic_size // 10, k), shape, k, 4321), **norm)
+    return Splits(train=train, test=test, input_shape=shape, num_classes=k)

@@ -4,12 +4,17 @@
     from . import register
 
     @register("mynet")
-    def build(input_shape, num_classes, cfg):      # input_shape is (C, H, W)
+    def build(input_shape, num_classes, cfg):      # input_shape is (C, H, W), or (F,) for tables
         return nn.Sequential(nn.Flatten(), nn.Linear(input_shape[0] * input_shape[1] * input_shape[2],
                                                      num_classes))
 
-cfg carries --width, --depth and --dropout (0 width/depth: the model's own default).
+cfg carries --width, --depth and --dropout (0 width/depth: the model's own default). num_classes is the number of
+outputs (classes, or 1 for a regression target). `from_checkpoint(path)` rebuilds a trained model.
 """
+from types import SimpleNamespace
+
+import torch.nn as nn
+
 from ..registry import Registry
 
 _REGISTRY = Registry(__name__, __path__)
@@ -18,6 +23,38 @@ register, names = _REGISTRY.register, _REGISTRY.names
 
 def build(cfg, input_shape, num_classes):
     return _REGISTRY[cfg.model](tuple(input_shape), num_classes, cfg)
+
+
+class TargetScale(nn.Module):
+    """A regression model whose outputs come back in the target's units (training standardizes the target)."""
+
+    def __init__(self, model, mean, std):
+        super(TargetScale, self).__init__()
+        self.model, self.mean, self.std = model, mean, std
+
+    def forward(self, x):
+        return self.model(x) * self.std + self.mean
+
+
+def from_checkpoint(path, device="cpu"):
+    """The trained model of a checkpoint, rebuilt from the checkpoint's own config, on device, in eval mode:
+
+        from src.models import from_checkpoint
+        model = from_checkpoint("models/best/digits-cnn.pt")
+
+    The checkpoint is verified and loaded without running code (checkpoint.load). A regression model comes
+    wrapped so that its outputs are in the target's units."""
+    from .. import checkpoint, compat
+    state = checkpoint.load(path, full=False)
+    spec = state.get("model_spec")
+    if not isinstance(spec, dict):
+        raise checkpoint.CorruptCheckpoint("%s has no model_spec (written before this project stored one)" % path)
+    model = _REGISTRY[spec["model"]](tuple(spec["input_shape"]), spec["outputs"], SimpleNamespace(**state["config"]))
+    model.load_state_dict(compat.clean_state_dict(state["model"]))
+    scale = state.get("task") or {}
+    if "target_std" in scale:
+        model = TargetScale(model, scale["target_mean"], scale["target_std"])
+    return model.to(device).eval()
 
 
 _REGISTRY.discover()

@@ -1,0 +1,99 @@
+"""Batches of a dataset, in an order that is a pure function of (seed, epoch) so that a resumed run sees the same
+batches: the sampler (`EpochBatches`, which also shards every global batch across processes), the loader that
+reads them (directly for in-memory datasets, else a DataLoader with per-device settings), and the step counts
+that follow from them."""
+import math
+import os
+
+import torch
+
+from .. import compat, seeding
+from ..signals import ignore_stop_signals
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """This process's index batches of one epoch, from global sample `start` on.
+
+    The global order is shuffled by (seed, epoch), or in order when seed is None, and cut into global batches
+    of batch_size; each process takes its slice of every global batch (dist.shard). A last global batch with
+    fewer samples than processes is dropped (a process would get none). `sizes` are the global batch sizes.
+    """
+
+    def __init__(self, n, batch_size, seed=None, epoch=0, start=0, dist=None, drop_tiny=True):
+        self.n, self.batch_size, self.seed, self.dist, self.drop_tiny = n, batch_size, seed, dist, drop_tiny
+        self.set_epoch(epoch, start)
+
+    def set_epoch(self, epoch, start=0):
+        """Switch to another epoch (or position): a DataLoader built on this sampler keeps its workers."""
+        n, seed, dist = self.n, self.seed, self.dist
+        order = torch.arange(n) if seed is None else torch.randperm(n, generator=seeding.epoch_generator(seed, epoch))
+        world = dist.world if dist is not None else 1
+        batches = list(order[start:].split(self.batch_size))
+        if self.drop_tiny and batches and len(batches[-1]) < world:
+            batches.pop()
+        self.sizes = [len(b) for b in batches]
+        self.tensors = [dist.shard(b) if dist is not None else b for b in batches]  # for direct indexing
+        self.batches = [b.tolist() for b in self.tensors]  # for a DataLoader (datasets expect int indices)
+        self.epoch_samples = epoch_samples(n, self.batch_size, world)
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def epoch_samples(n, batch_size, world=1):
+    """Samples one epoch trains on: all n, less a last batch too small to give every process one."""
+    tail = n % batch_size
+    return n - tail if 0 < tail < world else n
+
+
+def steps_per_epoch(n, batch_size, world=1):
+    return int(math.ceil(epoch_samples(n, batch_size, world) / float(batch_size)))
+
+
+def make_loader(dataset, batches, cfg, device):
+    """Batches over precomputed index batches; never draws from the global RNG. An in-memory dataset that
+    indexes a whole batch at once, with no workers and no pinning, is read directly (a DataLoader would only
+    add its per-batch overhead); anything else goes through a DataLoader."""
+    settings = loader_settings(cfg, dataset, device)
+    batched = getattr(dataset, "batched", False)
+    if batched and settings["num_workers"] == 0 and not settings["pin_memory"]:
+        return DirectBatches(dataset, batches)
+    common = dict(compat.loader_options(settings), generator=torch.Generator())
+    if settings["num_workers"] > 0:  # workers ignore stop signals sent to the whole group: the main process saves
+        common["worker_init_fn"] = ignore_stop_signals
+    if batched:
+        return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None, **common)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **common)
+
+
+class DirectBatches(object):
+    """Iterating gives dataset[batch] for the sampler's current batches (like a DataLoader, minus its cost)."""
+
+    def __init__(self, dataset, batches):
+        self.dataset, self.batches = dataset, batches
+
+    def __iter__(self):
+        return (self.dataset[b] for b in self.batches.tensors)
+
+
+def loader_settings(cfg, dataset, device):
+    """DataLoader settings per device; each flag overrides its automatic choice.
+
+    workers: 0 for in-memory datasets indexed a batch at a time (a worker would only add a copy between
+    processes); otherwise up to 8 on CUDA and 2 on CPU (where they share the cores with the math), divided
+    among the processes of this node. Pinned memory on CUDA. Workers persist across epochs.
+    """
+    workers = cfg.num_workers
+    if workers < 0:
+        if getattr(dataset, "batched", False):
+            workers = 0
+        else:
+            per_node = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+            cpus = max(1, (os.cpu_count() or 1) // per_node)
+            workers = min(8 if device.type == "cuda" else 2, cpus - 1 if cpus > 1 else 0)
+    pin = device.type == "cuda" if cfg.pin_memory == "auto" else cfg.pin_memory == "on"
+    return {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0 and cfg.persistent_workers,
+            "prefetch_factor": cfg.prefetch_factor if workers > 0 and cfg.prefetch_factor else None}

@@ -1,0 +1,38 @@
+"""Mixed precision as one object: autocast for the forward pass, fp16 loss scaling (GradScaler) for the backward
+pass, unscaling before the gradient is clipped or measured, and the scaler's state for checkpoints. With
+--amp off every call is plain (no GradScaler calls at all: they cost time per step)."""
+import torch
+
+from . import compat
+
+
+class Precision(object):
+    def __init__(self, device, dtype):
+        self.device_type, self.dtype = device.type, dtype
+        self.scaler = compat.grad_scaler(dtype == torch.float16)
+        self.scaling = self.scaler.is_enabled()  # fp16: steps with inf gradients are skipped by the scaler
+
+    def autocast(self):
+        return compat.autocast(self.device_type, self.dtype)
+
+    def backward(self, loss, optimizer):
+        """Gradients of loss, unscaled (so that clipping and the gradient norm see their true size)."""
+        if self.scaling:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+
+    def step(self, optimizer):
+        if self.scaling:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
+    def state_dict(self):
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, state):
+        if state and self.scaling:
+            self.scaler.load_state_dict(state)
