@@ -1,10 +1,12 @@
 """The default run from a fresh copy, several runs side by side, the program log and progress output,
 torch.compile, and the folders train.py makes (a dangling logs symlink included)."""
 import fcntl
+import json
 import os
 import pty
 import struct
 import subprocess
+import sys
 import termios
 
 import pytest
@@ -12,7 +14,7 @@ import torch
 
 from conftest import FAST, REPO, load
 
-STATED_ACCURACY = 0.98  # README: the default run reaches at least this validation accuracy
+STATED_ACCURACY = 0.98  # README: the default run reaches at least this validation and test accuracy
 
 
 def test_default_run_from_a_fresh_copy_trains_to_the_stated_accuracy(project):
@@ -20,6 +22,8 @@ def test_default_run_from_a_fresh_copy_trains_to_the_stated_accuracy(project):
     run = "digits-cnn"
     best = load(project.best(run))
     assert best["best"]["metric"] == "val/acc" and best["best"]["value"] >= STATED_ACCURACY, best["best"]
+    report = json.loads((project.run_dir(run) / "metrics.json").read_text())
+    assert report["test"]["test/acc"] >= STATED_ACCURACY, report
     latest = load(project.latest(run))
     assert latest["progress"]["epoch"] == 15 and latest["progress"]["step"] == 345
     assert sorted(p.name for p in project.tmp_dir(run).iterdir()) == ["step-200.pt", "step-300.pt", "step-345.pt"]
@@ -92,13 +96,30 @@ def _readme_snippet(first_line):
     raise AssertionError("README has no snippet starting with " + first_line)
 
 
-def test_readme_examples_add_a_model_and_a_dataset_with_one_file_each(project):
-    (project.root / "src" / "models" / "tiny.py").write_text(_readme_snippet("# src/models/tiny.py"))
-    (project.root / "src" / "data" / "mydata.py").write_text(_readme_snippet("# src/data/mydata.py"))
-    folder = project.root / "data" / "mydata"
-    folder.mkdir(parents=True)
-    torch.save(torch.randint(0, 256, (100, 3, 6, 6), dtype=torch.uint8), str(folder / "x.pt"))
-    torch.save(torch.randint(0, 4, (100,)), str(folder / "y.pt"))
-    res = project.ok("--model", "tiny", "--dataset", "mydata", "--max-steps", "5", "--progress", "plain")
-    assert "model tiny:" in res.stderr and "mydata: 90 train / 10 val samples" in res.stderr
-    assert load(project.latest("mydata-tiny"))["progress"]["step"] == 5
+def test_readme_own_task_example_works_as_written(project):
+    """README "Your own model, data and task": the three files and the commands, in the order a user does them."""
+    for path in ("src/data/mytable.py", "src/models/widemlp.py", "src/tasks/relative.py"):
+        (project.root / path).write_text(_readme_snippet("# " + path))
+    from src.data import diabetes  # a real table: the embedded diabetes data as the user's CSV
+    x, y = diabetes.load_arrays()
+    rows = ["age,sex,bmi,bp,s1,s2,s3,s4,s5,s6,target"] + [
+        ",".join("%g" % v for v in list(xi.tolist()) + [float(yi)]) for xi, yi in zip(x, y)]
+    (project.root / "data").mkdir(exist_ok=True)
+    (project.root / "data" / "mytable.csv").write_text("\n".join(rows) + "\n")
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Your own model, data and task"):text.index("## What a run gives you")]
+    commands = section.split("```bash\n")[1].split("```")[0].strip().splitlines()
+    outputs = []
+    for command in commands:
+        assert command.startswith("python train.py ")
+        outputs.append(project.ok(*command.split()[2:], "--progress", "plain"))
+    assert "test/mape" in outputs[0].stderr and "done: 200 steps" in outputs[0].stderr
+    report = json.loads((project.run_dir("mytable-widemlp") / "metrics.json").read_text())
+    assert json.loads(outputs[1].stdout)["test"] == report["test"]
+    use = "from src.models" + section.split("```python\nfrom src.models")[1].split("```")[0]
+    check = use + "print(model.training, float(model(torch.zeros(1, 10)).view(-1)[0]))\n"
+    res = subprocess.run([sys.executable, "-c", "import torch\n" + check], cwd=str(project.root),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert res.returncode == 0, res.stdout
+    training, output = res.stdout.strip().splitlines()[-1].split()
+    assert training == "False" and 25 < float(output) < 346, res.stdout  # in the target's units
