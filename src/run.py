@@ -113,6 +113,15 @@ def wrap_model(parts, cfg, dist):
     return parts._replace(model=model, eval_model=eval_model)
 
 
+def build_all(cfg, dist, stop):
+    """(device, splits, parts) of a config: seeds and threads set, data built (a stop ends it), model and the rest."""
+    seeding.seed_everything(cfg.seed)
+    torch.set_num_threads(pick_threads(cfg))
+    device = pick_device(cfg, dist)
+    splits = build_data(cfg, stop)
+    return device, splits, build_parts(cfg, splits, device, dist)
+
+
 def finished_hint(cfg, progress):
     """Which limit a finished run reached, and the flag that lets it train longer (as it would work)."""
     step, epoch = progress["step"], progress["epoch"]
@@ -193,11 +202,7 @@ def run(cfg, user, stop):
             return 0
     else:
         check_history(cfg, paths)
-    seeding.seed_everything(cfg.seed)
-    torch.set_num_threads(pick_threads(cfg))
-    device = pick_device(cfg, dist)
-    splits = build_data(cfg, stop)
-    parts = build_parts(cfg, splits, device, dist)
+    device, splits, parts = build_all(cfg, dist, stop)
     if state is not None:
         restore_parts(parts, state, source, cfg)
     elif cfg.init_from:
@@ -320,11 +325,7 @@ def evaluate_checkpoint(cfg, user, stop, dist):
     cfg, _ = config.merge_resumed(state["config"], cfg, user)
     paths = RunPaths(cfg)
     check_folder(cfg.logs_dir, "--logs-dir")
-    seeding.seed_everything(cfg.seed)
-    torch.set_num_threads(pick_threads(cfg))
-    device = pick_device(cfg, dist)
-    splits = build_data(cfg, stop)
-    parts = build_parts(cfg, splits, device, dist)
+    device, splits, parts = build_all(cfg, dist, stop)
     checkpoint.load_model_weights(parts.model, state, path, describe_model(cfg))
     seeding.set_deterministic(cfg.deterministic)
     model = torch.compile(parts.model) if cfg.compile else parts.model
