@@ -24,6 +24,7 @@ EOF
 
 native=0
 nproc=""
+since=""  # when this start began: a time (Docker logs) or a byte offset (the native output file)
 args=()
 while (($#)); do
   case "$1" in
@@ -48,16 +49,28 @@ TB_BIND="$(setting TB_BIND 127.0.0.1)"
 url="http://$([[ "$TB_BIND" == 0.0.0.0 ]] && echo 127.0.0.1 || echo "$TB_BIND"):$TB_PORT"
 tb_busy_message="port $TB_PORT is already in use by another program; pick a free one with TB_PORT=NNNN ./run.sh (or set TB_PORT in .env)"
 
-# After a start: "running" when the trainer still runs a few seconds later; else "exited CODE" (its last line
-# then says why: a finished run, a bad setting, an error). CHECK is a command that prints one of the two.
+# After a start: "running" once the trainer has begun training (its "run NAME: fresh start" or "resuming from"
+# line) and still runs; else "exited CODE" (its last lines then say why: a finished run, a bad setting, an
+# error). CHECK prints the state; OUTPUT prints what the trainer wrote since this start. At most 2 minutes.
 settle() {
-  local check="$1" state
-  for _ in 1 2 3 4 5 6; do
+  local check="$1" output="$2" state
+  for _ in $(seq 1 240); do
     state="$($check)"
     [[ "$state" == running ]] || break
+    if $output | grep -qE '^run [^ ]+: (fresh start|resuming from)'; then break; fi
     sleep 0.5
   done
   echo "$state"
+}
+
+# Run the foreground check of the arguments (train.py ... --prepare-data) quietly; on failure show what it said.
+checked() {
+  local out rc=0
+  out="$("$@" 2>&1)" || rc=$?
+  if ((rc)); then
+    echo "$out" | grep -v '^$' | tail -n 5 >&2
+    exit "$rc"
+  fi
 }
 
 # Report a trainer that is no longer running: its last lines, and exit 1 unless it ended well (exit 0).
@@ -88,18 +101,19 @@ run_docker() {
     die "training is already running in $(compose ps --status running --format '{{.Name}}' trainer); follow it with: docker compose logs -f trainer; stop it with: docker compose stop trainer"
   fi
   # Check the arguments (and fetch the data) in the foreground: a bad flag stops here, not in the background.
-  compose run --rm --no-deps trainer python train.py --resume auto "${args[@]}" --prepare-data --progress plain >/dev/null
+  checked compose run --rm --no-deps trainer python train.py --resume auto "${args[@]}" --prepare-data --progress plain
   if [[ -z "$(compose ps --status running -q tensorboard 2>/dev/null)" ]] && port_busy "$TB_PORT"; then
     die "$tb_busy_message"
   fi
   local train_args=""
   ((${#args[@]})) && train_args="$(printf '%q ' "${args[@]}")"
+  since="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   NPROC="$nproc" TRAIN_ARGS="$train_args" compose up --detach trainer tensorboard
-  wait_for_tensorboard "docker compose logs tensorboard"
   local state
-  state="$(settle trainer_state)"
+  state="$(settle trainer_state trainer_output)"
+  wait_for_tensorboard "docker compose logs tensorboard"
   if [[ "$state" != running ]]; then
-    report_exit "$state" "$(compose logs --no-log-prefix --tail 3 trainer 2>/dev/null | grep -v '^$' | tail -n 3)"
+    report_exit "$state" "$(trainer_output | grep -v '^$' | tail -n 3)"
     echo "  TensorBoard:  $url"
     return 0
   fi
@@ -114,6 +128,8 @@ $(basename "$0"): training in the background (container $(compose ps --format '{
 EOF
 }
 
+trainer_output() { compose logs --no-log-prefix --since "$since" trainer 2>/dev/null; }
+
 trainer_state() {  # the compose trainer: running, or exited CODE (a restart after a failure counts as failed)
   local id status code restarts
   id="$(compose ps -aq trainer 2>/dev/null | head -n 1)"
@@ -123,6 +139,8 @@ trainer_state() {  # the compose trainer: running, or exited CODE (a restart aft
   elif [[ "$status" == running || "$status" == restarting ]]; then echo "exited 1"  # failed, restarted by docker
   else echo "exited $code"; fi
 }
+
+native_output() { tail -c "+$((since + 1))" "$ROOT/logs/train-native.out"; }
 
 native_state() {  # the native trainer (pid in logs/.train-native.pid): running, or exited 0 / 1 from its output
   if kill -0 "$(cat "$ROOT/logs/.train-native.pid")" 2>/dev/null; then echo running
@@ -137,7 +155,8 @@ run_native() {
     die "training is already running (pid $(cat "$pid_file")); follow it with: tail -f logs/train-native.out; stop it with: kill $(cat "$pid_file")"
   fi
   cd "$ROOT"
-  "$python" train.py --resume auto "${args[@]}" --prepare-data --progress plain >/dev/null
+  checked "$python" train.py --resume auto "${args[@]}" --prepare-data --progress plain
+  since="$(stat -c %s logs/train-native.out 2>/dev/null || echo 0)"
   detach "$python" logs/train-native.out "$python" -m src.launch "$nproc" --resume auto "${args[@]}" --progress plain \
     >"$pid_file"
   if ! { [[ -f "$tb_pid_file" ]] && kill -0 "$(cat "$tb_pid_file")" 2>/dev/null; }; then
@@ -145,11 +164,11 @@ run_native() {
     detach "$python" logs/tensorboard-native.out "$(dirname "$python")/tensorboard" --logdir logs --host "$TB_BIND" \
       --port "$TB_PORT" >"$tb_pid_file"
   fi
-  wait_for_tensorboard "logs/tensorboard-native.out"
   local state
-  state="$(settle native_state)"
+  state="$(settle native_state native_output)"
+  wait_for_tensorboard "logs/tensorboard-native.out"
   if [[ "$state" != running ]]; then
-    report_exit "$state" "$(grep -v '^$' logs/train-native.out | tail -n 3)"
+    report_exit "$state" "$(native_output | grep -v '^$' | tail -n 3)"
     echo "  TensorBoard:  $url      (stop it: kill $(cat "$tb_pid_file"))"
     return 0
   fi

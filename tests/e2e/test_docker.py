@@ -68,7 +68,9 @@ def test_setup_builds_links_and_writes_env_then_is_a_no_op(checkout):
 def test_run_trains_to_completion_with_tensorboard_serving_it(checkout):
     res = checkout.sh("./run.sh", "--run-name", "viarun", "--epochs", "2", "--log-every", "5")
     assert "TensorBoard:  http://127.0.0.1:%d" % checkout.tb_port in res.stdout
-    assert "stop:" in res.stdout and "resume:" in res.stdout
+    assert res.stdout.count("dataset digits ready") == 1, res.stdout  # setup's; the flag check is quiet
+    # still training when run.sh looked (the usual case), or a run this short already done: said truthfully
+    assert ("stop:" in res.stdout and "resume:" in res.stdout) or "done: 46 steps" in res.stdout, res.stdout
     # the training runs on after run.sh (the terminal) is gone
     assert checkout.wait_exit("trainer") == 0
     assert checkout.tb_steps("viarun", "train/loss", 46) == list(range(5, 46, 5)) + [46]  # + the last partial window
