@@ -57,7 +57,8 @@ settle() {
   for _ in $(seq 1 240); do
     state="$($check)"
     [[ "$state" == running ]] || break
-    if $output | grep -qE '^run [^ ]+: (fresh start|resuming from)'; then break; fi
+    # grep reads it all (no -q): with pipefail, an early exit would fail the writer with SIGPIPE, and the test
+    if $output | grep -E 'run [^ ]+: (fresh start|resuming from)' >/dev/null; then break; fi
     sleep 0.5
   done
   echo "$state"
