@@ -4,7 +4,7 @@ by `train.py --evaluate`, so both give the same numbers."""
 import torch
 
 from .data.loading import EpochBatches, make_loader
-from .tasks import add_sums
+from .metrics import add_sums
 
 
 def loader_for(dataset, cfg, device, dist):

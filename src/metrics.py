@@ -3,6 +3,17 @@ import math
 
 import torch
 
+def add_sums(total, sums):
+    """total += sums, name by name, as float64 tensors on the sums' device (no host sync): the running sums of a
+    logging window and of an evaluation."""
+    for key, value in sums.items():
+        if key in total:
+            total[key] += value
+        else:
+            total[key] = value.double() if value.dtype != torch.float64 else value.clone()
+    return total
+
+
 class TrainMeter(object):
     """Sums of the current logging window, on the training device; saved in checkpoints so that a resumed
     run logs the same averages as an uninterrupted one.
@@ -25,11 +36,7 @@ class TrainMeter(object):
 
     def add(self, loss, counts, samples):
         self.loss_sum += loss.detach().double() * samples
-        for key, value in counts.items():
-            if key in self.counts:
-                self.counts[key] += value
-            else:
-                self.counts[key] = torch.zeros((), dtype=torch.float64, device=self.device) + value
+        add_sums(self.counts, counts)
         self.samples += samples
         self.steps += 1
 

@@ -15,7 +15,6 @@ is imported, so adding a task is one file with a Task subclass:
 
 `--task NAME` picks one; each dataset names its default.
 """
-import torch
 
 from ..registry import Registry
 
@@ -107,16 +106,6 @@ class Task(object):
     def state_dict(self):
         """What a checkpoint needs to use the model elsewhere (say a regression's target scale)."""
         return {}
-
-
-def add_sums(total, sums):
-    """total += sums, name by name (float64 on the device)."""
-    for key, value in sums.items():
-        if key in total:
-            total[key] += value
-        else:
-            total[key] = value.double() if value.dtype != torch.float64 else value.clone()
-    return total
 
 
 _REGISTRY.discover()
