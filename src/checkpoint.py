@@ -124,6 +124,10 @@ def _check_layout(state, full):
             raise CorruptCheckpoint("missing or malformed '%s'" % key)
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
         raise CorruptCheckpoint("'model' is not a state dict of tensors")
+    ema = state.get("ema")
+    if ema is not None and not (isinstance(ema, dict) and isinstance(ema.get("weights"), dict) and all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ema["weights"].items())):
+        raise CorruptCheckpoint("'ema' is not a state dict of tensors")
     if full:
         progress = state["progress"]
         for key, kind in PROGRESS.items():
@@ -246,11 +250,18 @@ def newest_valid(paths):
     return (latest, paths.latest) if latest is not None else (None, None)
 
 
-def load_model_weights(model, state, path, what):
-    """Load state["model"] into model, or raise one line naming what does not fit."""
+def evaluated_weights(state):
+    """The weights a checkpoint's evaluations used: the moving average of --ema where it has one, else the model's."""
+    ema = state.get("ema")
+    return ema["weights"] if isinstance(ema, dict) and "weights" in ema else state["model"]
+
+
+def load_model_weights(model, state, path, what, evaluated=False):
+    """Load state["model"] (evaluated: the weights its evaluations used, see evaluated_weights) into model, or
+    raise one line naming what does not fit."""
     target = compat.unwrap_model(model)
     want = target.state_dict()
-    have = compat.clean_state_dict(state["model"])
+    have = compat.clean_state_dict(evaluated_weights(state) if evaluated else state["model"])
     problems = ["missing %s" % k for k in want if k not in have]
     problems += ["unexpected %s" % k for k in have if k not in want]
     problems += ["%s is %s, the model wants %s" % (k, list(have[k].shape), list(want[k].shape))

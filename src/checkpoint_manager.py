@@ -3,7 +3,8 @@ when files are written and pruned. Adding a piece of training state touches this
 (what goes in) and `restore_parts` / `restore_loop` (what comes out).
 
     model, optimizer, scheduler, scaler (precision), meter     state dicts
-    progress    {epoch, sample_in_epoch, step, eval_pending}
+    progress    {epoch, sample_in_epoch, step, eval_pending, stale_evals, stale_ref (early stopping)}
+    ema         {weights, updates, buffers_ranks}: the moving average of --ema (absent without it)
     best        {metric, mode, value, step};  last_eval  the latest val/* values
     rng         Python, NumPy, torch CPU and CUDA generator states (rng_ranks: every rank's, under DDP)
     task        what the task needs to use the model elsewhere (a regression's target scale)
@@ -92,10 +93,10 @@ def restore_parts(parts, state, source, cfg):
 
 
 def restore_loop(trainer, state, dist, cfg):
-    """The loop's own state (meter, progress, best, last evaluation), then every rank's random streams: last,
+    """The loop's own state (meter, progress, best, last evaluation, EMA), then every rank's random streams: last,
     since nothing after it may draw random numbers before the next step."""
     trainer.meter.load_state_dict(state["meter"], dist.main)
-    trainer.progress_state = dict(state["progress"])
+    trainer.progress_state = dict(trainer.progress_state, **state["progress"])
     trainer.last_eval = dict(state.get("last_eval") or {})
     best = state["best"]
     if (best["metric"], best["mode"]) == (trainer.metric, trainer.mode):
@@ -103,6 +104,13 @@ def restore_loop(trainer, state, dist, cfg):
     else:
         log.info("--monitor changed from %s:%s to %s:%s; best is judged afresh", best["metric"], best["mode"],
                  trainer.metric, trainer.mode)
+        trainer.progress_state.update(stale_evals=0, stale_ref=None)
+    if trainer.ema is not None:
+        if state.get("ema"):
+            trainer.ema.load_state_dict(state["ema"], dist)
+        else:
+            log.info("--ema %g starts now: the average begins at the weights of step %d", cfg.ema,
+                     state["progress"]["step"])
     trainer.checkpoints.saved_step = trainer.progress_state["step"]
     ranks = state.get("rng_ranks") or [state["rng"]]
     if len(ranks) == dist.world:
@@ -147,6 +155,8 @@ class CheckpointManager(object):
             "versions": self.provenance["versions"],
             "git_commit": self.provenance["git_commit"],
         }
+        if trainer.ema is not None:
+            state["ema"] = trainer.ema.state_dict(self.dist)
         if self.dist.enabled:
             state["rng_ranks"] = self.dist.gather(rng)
         return state

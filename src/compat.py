@@ -219,3 +219,45 @@ def exit_process(code):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def cross_entropy(logits, target, label_smoothing=0.0):
+    """Mean cross-entropy against targets smoothed by label_smoothing: (1 - eps) on the class, eps / K spread over
+    all K (F.cross_entropy's label_smoothing from torch 1.10; the same formula by hand before)."""
+    import torch.nn.functional as F
+    if not label_smoothing:
+        return F.cross_entropy(logits, target)
+    if _accepts(F.cross_entropy, "label_smoothing"):
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    return smoothed_cross_entropy(logits, target, label_smoothing)
+
+
+def smoothed_cross_entropy(logits, target, label_smoothing):
+    """Label-smoothed cross-entropy by hand, for torch < 1.10 (classes on dim 1)."""
+    import torch.nn.functional as F
+    logp = F.log_softmax(logits, 1)
+    nll = -logp.gather(1, target.unsqueeze(1)).squeeze(1)
+    return ((1 - label_smoothing) * nll - label_smoothing * logp.mean(1)).mean()
+
+
+def no_sync(model):
+    """DistributedDataParallel's no_sync() (also under torch.compile's wrapper): backward passes inside it
+    accumulate gradients without the all-reduce. A plain model: nothing to skip."""
+    while model is not None:
+        if hasattr(model, "no_sync"):
+            return model.no_sync()
+        model = getattr(model, "_orig_mod", None)
+    return contextlib.nullcontext()
+
+
+def lerp_(targets, sources, weight):
+    """targets += (sources - targets) * weight, for lists of same-shaped tensors (torch._foreach_lerp_ where it
+    exists: one kernel launch for all of them, else tensor by tensor)."""
+    if not targets:
+        return
+    lerp = getattr(torch, "_foreach_lerp_", None)
+    if lerp is not None:
+        lerp(targets, sources, weight)
+    else:
+        for t, s in zip(targets, sources):
+            t.lerp_(s, weight)

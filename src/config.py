@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import yaml
 
-from . import data, models, tasks
+from . import augment, data, models, tasks
 from .errors import UsageError
 from .paths import ROOT
 
@@ -42,6 +42,17 @@ def _shape(text):
     if len(dims) != 3 or min(dims) < 1:
         raise argparse.ArgumentTypeError("expected three positive sizes C,H,W, got %r" % text)
     return ",".join(str(d) for d in dims)
+
+
+def _steps(text):
+    """--lr-milestones: ascending step numbers, given as 32000,48000 (or a YAML list)."""
+    try:
+        steps = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected step numbers such as 32000,48000, got %r" % text)
+    if any(s < 1 for s in steps) or steps != sorted(set(steps)):
+        raise argparse.ArgumentTypeError("expected ascending positive step numbers such as 32000,48000, got %r" % text)
+    return ",".join(str(s) for s in steps)
 
 
 def _env_float(name, default):
@@ -103,22 +114,42 @@ def build_parser():
     g.add_argument("--width", type=int, default=0, metavar="N", help="hidden units / base channels (0: model's own)")
     g.add_argument("--depth", type=int, default=0, metavar="N", help="layers (0: model's own)")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
-    g.add_argument("--init-from", metavar="PATH", help="start from the weights of this checkpoint (fine-tuning)")
+    g.add_argument("--init-from", metavar="PATH", help="start from the weights of this checkpoint (fine-tuning; its "
+                   "evaluated weights: the EMA where it has one)")
 
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=15, help="passes over the training set")
     g.add_argument("--max-steps", type=int, default=0, metavar="N", help="stop after N steps in all (0: no limit)")
-    g.add_argument("--batch-size", type=int, default=64, metavar="N", help="samples per step")
+    g.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="samples per optimizer step, over all processes and micro-batches")
+    g.add_argument("--accum-steps", type=int, default=1, metavar="N",
+                   help="gradient accumulation: each step's batch runs as N micro-batches of 1/N (memory of one)")
     g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
     g.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"), help="optimizer")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, or Adam's beta1")
     g.add_argument("--weight-decay", type=float, default=5e-4, help="L2 penalty (decoupled for adamw)")
-    g.add_argument("--scheduler", default="cosine", choices=("constant", "cosine", "linear", "step"),
+    g.add_argument("--scheduler", default="cosine", choices=("constant", "cosine", "linear", "step", "multistep"),
                    help="learning-rate schedule after warmup")
     g.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="linear warmup from 0")
     g.add_argument("--lr-step-size", type=int, default=1000, metavar="N", help="step schedule: decay every N steps")
-    g.add_argument("--lr-gamma", type=float, default=0.1, help="step schedule: decay factor")
+    g.add_argument("--lr-milestones", type=_steps, default="", metavar="S1,S2",
+                   help="multistep schedule: multiply the lr by --lr-gamma at these steps")
+    g.add_argument("--lr-gamma", type=float, default=0.1, help="step and multistep schedules: decay factor")
     g.add_argument("--grad-clip", type=float, default=0.0, metavar="NORM", help="clip gradient norm (0: off)")
+
+    g = p.add_argument_group("recipe (regularization)")
+    g.add_argument("--augment", default="auto", metavar="auto|none|NAME[:ARG],...",
+                   help="training-batch augmentation on the device, e.g. crop:4,flip (auto: the dataset's standard "
+                   "recipe; see README)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
+                   help="classification: cross-entropy against targets smoothed by EPS (0: off)")
+    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                   help="evaluate, pick the best and test an exponential moving average of the weights (say 0.999; "
+                   "0: off)")
+    g.add_argument("--early-stop", type=int, default=0, metavar="PATIENCE",
+                   help="end the run after PATIENCE evaluations without --monitor improving (0: off)")
+    g.add_argument("--early-stop-delta", type=float, default=0.0, metavar="DELTA",
+                   help="early stopping: an improvement must exceed DELTA to count")
 
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -183,14 +214,17 @@ def _coerce(action, key, value, where):
         if action.default is None:
             return None
         raise UsageError(bad)
+    kind = action.type
+    if kind is _steps and isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                         for v in value):
+        value = ",".join(str(v) for v in value)
     if isinstance(value, bool) or isinstance(value, (list, dict)):
         raise UsageError(bad)
-    kind = action.type
     if kind is int and not isinstance(value, int):
         raise UsageError(bad + " (expected an integer)")
     if kind is float and not isinstance(value, (int, float)):
         raise UsageError(bad + " (expected a number)")
-    if kind is None and not isinstance(value, str):
+    if kind in (None, _steps) and not isinstance(value, str):
         raise UsageError(bad + " (expected a string)")
     try:
         value = kind(value) if kind is not None else value
@@ -314,11 +348,14 @@ def validate(cfg):
         cfg.run_name = "%s-%s" % (cfg.dataset, cfg.model)
     check_run_name(cfg.run_name)
     need(0 <= cfg.seed < 2 ** 32, "--seed must be in 0 .. 2**32-1, got %s" % _short(cfg.seed))
-    for name in ("lr", "momentum", "weight_decay", "lr_gamma", "grad_clip", "dropout", "stop_grace"):
+    for name in ("lr", "momentum", "weight_decay", "lr_gamma", "grad_clip", "dropout", "stop_grace", "label_smoothing",
+                 "ema", "early_stop_delta"):
         need(_finite(getattr(cfg, name)), "--%s must be a finite number within float32 range, got %s"
              % (name.replace("_", "-"), _short(getattr(cfg, name))))
     need(cfg.lr > 0, "--lr must be > 0, got %g" % cfg.lr)
     need(cfg.batch_size >= 1, "--batch-size must be >= 1, got %d" % cfg.batch_size)
+    need(1 <= cfg.accum_steps <= cfg.batch_size, "--accum-steps must be in 1 .. --batch-size (%d), got %d"
+         % (cfg.batch_size, cfg.accum_steps))
     need(cfg.epochs >= 1, "--epochs must be >= 1, got %d" % cfg.epochs)
     need(cfg.max_steps >= 0, "--max-steps must be >= 0, got %d" % cfg.max_steps)
     need(0 <= cfg.momentum < 1, "--momentum must be in [0, 1), got %g" % cfg.momentum)
@@ -328,6 +365,12 @@ def validate(cfg):
     need(0 < cfg.lr_gamma <= 1, "--lr-gamma must be in (0, 1], got %g" % cfg.lr_gamma)
     need(cfg.grad_clip >= 0, "--grad-clip must be >= 0, got %g" % cfg.grad_clip)
     need(0 <= cfg.dropout < 1, "--dropout must be in [0, 1), got %g" % cfg.dropout)
+    need(0 <= cfg.label_smoothing < 1, "--label-smoothing must be in [0, 1), got %g" % cfg.label_smoothing)
+    need(0 <= cfg.ema < 1, "--ema must be a decay in [0, 1) such as 0.999 (0: off), got %g" % cfg.ema)
+    need(cfg.early_stop >= 0, "--early-stop must be >= 0 evaluations (0: off), got %d" % cfg.early_stop)
+    need(cfg.early_stop_delta >= 0, "--early-stop-delta must be >= 0, got %g" % cfg.early_stop_delta)
+    need(cfg.scheduler != "multistep" or bool(cfg.lr_milestones),
+         "--scheduler multistep needs --lr-milestones S1,S2 (the steps where the lr is multiplied by --lr-gamma)")
     need(0 <= cfg.width <= 65536 and 0 <= cfg.depth <= 1000, "--width must be in 0 .. 65536 and --depth in 0 .. 1000")
     need(-1 <= cfg.num_workers <= 256, "--num-workers must be in 0 .. 256 (or -1: automatic), got %d" % cfg.num_workers)
     need(cfg.prefetch_factor >= 0, "--prefetch-factor must be >= 0, got %d" % cfg.prefetch_factor)
@@ -361,6 +404,11 @@ def validate(cfg):
          "(the metrics of --task %s)" % (cfg.monitor, ", ".join(known), cfg.task))
     need(cfg.loss == "auto" or cfg.task == "regression", "--loss %s applies to --task regression, not %s"
          % (cfg.loss, cfg.task))
+    need(not cfg.label_smoothing or cfg.task == "classification", "--label-smoothing applies to --task "
+         "classification, not %s" % cfg.task)
+    if cfg.augment == "auto":
+        cfg.augment = meta["augment"]
+    augment.parse(cfg.augment)  # unknown names fail here; arguments against the data once it is built
 
 
 def monitor(cfg):

@@ -3,15 +3,18 @@ checkpoint on the test split. The loop decides when; the task (src/tasks/) says 
 are, precision.py how the step runs in mixed precision, checkpoint_manager.py what a checkpoint holds and how
 it is written, evaluation.py how a split is evaluated, data/loading.py in which order batches come.
 
-Order inside each step (what makes resume exact): train -> log window (every --log-every) -> evaluate
-(every --eval-every, or at each epoch's end) -> best checkpoint -> periodic checkpoint -> stop if asked.
-The data order is a pure function of (seed, epoch) and the checkpoint records the samples consumed in
-the epoch, so a resumed run sees the same batches in the same order.
+Order inside each step (what makes resume exact): train (augment the batch, forward and backward over
+--accum-steps micro-batches, clip, optimizer step, schedule, EMA) -> log window (every --log-every) ->
+evaluate (every --eval-every, or at each epoch's end; early stopping counts here) -> best checkpoint ->
+periodic checkpoint -> stop if asked. The data order is a pure function of (seed, epoch), augmentation of
+(seed, epoch, sample), and the checkpoint records the samples consumed in the epoch, so a resumed run sees the
+same batches in the same order, augmented alike; a stop always falls between optimizer steps.
 
 Under several processes (distributed.py) every rank runs this same loop in lockstep: the collectives (log
 window sums, evaluation sums, the stop flag, checkpoint state) happen at the same points on all ranks, and
 only rank 0 writes files. Metrics stay on the device between logging steps (no host sync per step).
 """
+import contextlib
 import json
 import logging
 import math
@@ -23,7 +26,9 @@ import torch
 from . import atomic, checkpoint, compat, metrics
 from .checkpoint_manager import CheckpointManager
 from .config import PER_INVOCATION, monitor
+from .augment import Augment
 from .data.loading import EpochBatches, make_loader
+from .ema import EMA
 from .errors import TrainingError
 from .evaluation import evaluate, loader_for
 
@@ -31,10 +36,17 @@ log = logging.getLogger("train")
 
 
 def finished(cfg, progress):
-    """Whether a run at this progress has nothing left to do (all --epochs, or --max-steps, done)."""
+    """Whether a run at this progress has nothing left to do (all --epochs, or --max-steps, done, or stopped early)."""
     if progress.get("eval_pending"):
         return False
-    return progress["epoch"] >= cfg.epochs or bool(cfg.max_steps and progress["step"] >= cfg.max_steps)
+    return (progress["epoch"] >= cfg.epochs or bool(cfg.max_steps and progress["step"] >= cfg.max_steps)
+            or stopped_early(cfg, progress))
+
+
+def stopped_early(cfg, progress):
+    """Whether --early-stop ended the run: PATIENCE evaluations in a row without improvement (a resume with a
+    larger patience, or 0, trains on)."""
+    return bool(cfg.early_stop and progress.get("stale_evals", 0) >= cfg.early_stop)
 
 
 class Trainer(object):
@@ -48,7 +60,11 @@ class Trainer(object):
         self.total_steps = parts.total_steps
         self.meter = metrics.TrainMeter(self.device)
         self.metric, self.mode = monitor(cfg)
-        self.progress_state = {"epoch": 0, "sample_in_epoch": 0, "step": 0, "eval_pending": False}
+        self.augment = Augment(cfg.augment, cfg.seed)
+        self.ema = EMA(parts.model, cfg.ema) if cfg.ema else None  # of the weights as built or restored
+        # stale_evals: evaluations since --monitor last improved by more than --early-stop-delta (on stale_ref)
+        self.progress_state = {"epoch": 0, "sample_in_epoch": 0, "step": 0, "eval_pending": False,
+                               "stale_evals": 0, "stale_ref": None}
         self.best = {"metric": self.metric, "mode": self.mode, "value": None, "step": None}
         self.last_eval = {}
         self.checkpoints = CheckpointManager(cfg, paths, board, dist)
@@ -74,43 +90,68 @@ class Trainer(object):
                 "(%s). Lower --lr or set --grad-clip, then --resume" % (self.step, self.paths.latest))
 
     # ----- evaluation ----------------------------------------------------------------------------------------
+    def _evaluate(self, model):
+        return evaluate(model, self.eval_loader, self.task, self.precision, self.device, self.dist,
+                        self.cfg.channels_last, self.stop)
+
     def run_eval(self):
-        """Evaluate on val, log, judge best. False when interrupted (the eval is then redone after a resume)."""
+        """Evaluate on val (the EMA weights with --ema, the raw ones as val_raw/* beside them), log, judge best and
+        early stopping. False when interrupted (the eval is then redone after a resume)."""
         if self.eval_loader is None:
             self.eval_loader = loader_for(self.splits.val, self.cfg, self.device, self.dist)
-        result = evaluate(self.eval_model, self.eval_loader, self.task, self.precision, self.device, self.dist,
-                          self.cfg.channels_last, self.stop)
-        if result is None:
+        result = self._evaluate(self.ema.module if self.ema else self.eval_model)
+        raw = self._evaluate(self.eval_model) if self.ema and result is not None else None
+        if result is None or (self.ema and raw is None):
             self.progress_state["eval_pending"] = True
             return False
         self._begin_once()
         values, pictures = result
         self.progress_state["eval_pending"] = False
-        if not all(math.isfinite(v) for v in values.values()):
+        if not all(math.isfinite(v) for v in list(values.values()) + list((raw or ({},))[0].values())):
             raise TrainingError("non-finite validation loss at step %d; stopped. The last good checkpoint is "
                                 "kept (%s). Lower --lr or set --grad-clip" % (self.step, self.paths.latest))
         values = {"val/" + k: v for k, v in values.items()}
         self.last_eval = values
         self.board.scalars(values, self.step)
+        if raw is not None:
+            raw = {"val_raw/" + k: v for k, v in raw[0].items()}
+            self.board.scalars(raw, self.step)
         for tag, image in pictures.items():
             self.board.image("val/" + tag, image, self.step)
         value, best = values[self.metric], self.best["value"]
         improved = best is None or (value > best if self.mode == "max" else value < best)
         if improved:
             self.best.update(value=value, step=self.step)
-        log.info("eval step %d: %s (best %s %.4f at step %d)", self.step, describe(values), self.metric,
-                 self.best["value"], self.best["step"])
+        log.info("eval step %d: %s%s (best %s %.4f at step %d)", self.step, describe(values),
+                 "; raw weights %s" % describe(raw) if raw is not None else "", self.metric, self.best["value"],
+                 self.best["step"])
+        if self.cfg.early_stop:
+            self._count_stale(value)
         if improved:
             self.checkpoints.save_best(self)
         return True
+
+    def _count_stale(self, value):
+        """Early stopping's counter: evaluations since --monitor last beat its reference by more than the delta."""
+        p, delta = self.progress_state, self.cfg.early_stop_delta
+        ref = p.get("stale_ref")
+        if ref is None or (value > ref + delta if self.mode == "max" else value < ref - delta):
+            p["stale_ref"], p["stale_evals"] = value, 0
+        else:
+            p["stale_evals"] = p.get("stale_evals", 0) + 1
+        if stopped_early(self.cfg, p):
+            log.info("early stop at step %d: %s has not improved by more than %g in %d evaluations (best %.4f at "
+                     "step %d); the best checkpoint is tested next", self.step, self.metric,
+                     self.cfg.early_stop_delta, p["stale_evals"], self.best["value"], self.best["step"])
 
     def final_test(self):
         """The best checkpoint, evaluated once on the test split (the first time anything reads it): test/*
         scalars, the hparams panel and logs/<run>/metrics.json."""
         best = checkpoint.load(self.paths.best)
-        checkpoint.load_model_weights(self.eval_model, best, self.paths.best, "this run's model")
+        model = self.ema.module if self.ema else self.eval_model
+        checkpoint.load_model_weights(model, best, self.paths.best, "this run's model", evaluated=True)
         loader = loader_for(self.splits.test, self.cfg, self.device, self.dist)
-        values, _ = evaluate(self.eval_model, loader, self.task, self.precision, self.device, self.dist,
+        values, _ = evaluate(model, loader, self.task, self.precision, self.device, self.dist,
                              self.cfg.channels_last)
         test = {"test/" + k: v for k, v in values.items()}
         report = metrics_report(self.cfg, self.last_eval, test, best, self.paths.best, self.step)
@@ -122,17 +163,28 @@ class Trainer(object):
         return test
 
     # ----- training ------------------------------------------------------------------------------------------
-    def _train_step(self, batch, global_size, log_step):
-        inputs, target = self.task.to_device(batch, self.device, self.cfg.channels_last)
-        with self.precision.autocast():
-            pred = self.task.prediction(self.model(inputs))
-            loss = self.task.loss(pred, target)
-        # DDP averages gradients over ranks; when the shards differ in size, weigh each rank's mean by its
-        # share so that the result is the gradient of the global batch's mean loss
-        size = len(inputs)
-        weight = size * self.dist.world / float(global_size)
+    def _train_step(self, batch, indices, global_size, log_step):
+        """One optimizer step on this rank's part of a global batch (indices: its samples' dataset indices)."""
+        inputs, target = self.task.to_device(batch, self.device)
+        if self.augment:
+            inputs, target = self.augment(inputs, target, indices, self.progress_state["epoch"])
+        if self.cfg.channels_last:
+            inputs = compat.channels_last(inputs)
+        n = self.cfg.accum_steps
+        micro = list(zip(inputs.chunk(n), target.chunk(n) if target is not None else [None] * n))
         self.optimizer.zero_grad()
-        self.precision.backward(loss * weight if weight != 1 else loss, self.optimizer)
+        for k, (x, t) in enumerate(micro):
+            last = k == len(micro) - 1  # under DDP only the last backward all-reduces the summed gradients
+            with contextlib.nullcontext() if last else compat.no_sync(self.model):
+                with self.precision.autocast():
+                    pred = self.task.prediction(self.model(x))
+                    loss = self.task.loss(pred, t)
+                # DDP averages gradients over ranks; weigh each (micro-)batch's mean by its share of the global
+                # batch so that the sum is the gradient of the global batch's mean loss, whatever the sizes
+                weight = len(x) * self.dist.world / float(global_size)
+                self.precision.backward(loss * weight if weight != 1 else loss)
+            self.meter.add(loss, self.task.train_sums(pred, t), len(x), step=last)
+        self.precision.unscale(self.optimizer)
         grad_norm = None
         if self.cfg.grad_clip:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -141,7 +193,8 @@ class Trainer(object):
         self.precision.step(self.optimizer)
         self.lr_used = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        self.meter.add(loss, self.task.train_sums(pred, target), size)
+        if self.ema is not None:
+            self.ema.update()
         if log_step:
             self.meter.set_grad_norm(grad_norm, must_be_finite=not self.precision.scaling)
 
@@ -208,14 +261,15 @@ class Trainer(object):
             batches = self.train_batches
             batches.set_epoch(p["epoch"], p["sample_in_epoch"])
             batch_iter = iter(self.train_loader)
-            for size in batches.sizes:
+            for i, size in enumerate(batches.sizes):
                 if self.finished():
                     break
                 t0 = time.perf_counter()
                 batch = next(batch_iter)
                 window["data_wait"] += time.perf_counter() - t0
                 step = p["step"] + 1
-                self._train_step(batch, size, step % cfg.log_every == 0 or step >= self.total_steps)
+                self._train_step(batch, batches.tensors[i], size,
+                                 step % cfg.log_every == 0 or step >= self.total_steps)
                 self._begin_once()
                 p["step"] += 1
                 p["sample_in_epoch"] += size
@@ -247,7 +301,8 @@ class Trainer(object):
         test = self.final_test()
         self.board_hparams(test)
         self.checkpoints.report_stalls()
-        log.info("done: %d steps, %d epochs. Best %s %.4f at step %s -> %s", p["step"], p["epoch"], self.metric,
+        log.info("done%s: %d steps, %d epochs. Best %s %.4f at step %s -> %s",
+                 " (stopped early)" if stopped_early(cfg, p) else "", p["step"], p["epoch"], self.metric,
                  self.best["value"] if self.best["value"] is not None else float("nan"), self.best["step"],
                  self.paths.best)
         return 0

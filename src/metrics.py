@@ -34,11 +34,12 @@ class TrainMeter(object):
         self.counts = {}
         self.samples, self.steps = 0, 0
 
-    def add(self, loss, counts, samples):
+    def add(self, loss, counts, samples, step=True):
+        """A (micro-)batch's mean loss and sums; step: it ends an optimizer step (the last micro-batch)."""
         self.loss_sum += loss.detach().double() * samples
         add_sums(self.counts, counts)
         self.samples += samples
-        self.steps += 1
+        self.steps += 1 if step else 0
 
     def set_grad_norm(self, norm, must_be_finite=True):
         """The gradient norm of this (logging) step; a non-finite one is an error unless loss scaling skips it."""

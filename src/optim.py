@@ -18,8 +18,10 @@ def total_steps(cfg, steps_per_epoch):
 
 
 def lr_factor(cfg, total):
-    """Multiplier of --lr at a given step: linear warmup, then the chosen schedule."""
+    """Multiplier of --lr at a given step: linear warmup, then the chosen schedule. Steps are optimizer steps
+    (with --accum-steps, one per accumulated batch); multistep milestones count from the run's first step."""
     warmup = cfg.warmup_steps
+    milestones = [int(s) for s in cfg.lr_milestones.split(",") if s] if getattr(cfg, "lr_milestones", "") else []
 
     def factor(step):
         if step < warmup:
@@ -31,6 +33,8 @@ def lr_factor(cfg, total):
             return 1.0 - progress
         if cfg.scheduler == "step":
             return cfg.lr_gamma ** ((step - warmup) // cfg.lr_step_size)
+        if cfg.scheduler == "multistep":
+            return cfg.lr_gamma ** sum(1 for m in milestones if step >= m)
         return 1.0
     return factor
 

@@ -15,13 +15,17 @@ class Precision(object):
     def autocast(self):
         return compat.autocast(self.device_type, self.dtype)
 
-    def backward(self, loss, optimizer):
-        """Gradients of loss, unscaled (so that clipping and the gradient norm see their true size)."""
+    def backward(self, loss):
+        """Add the gradients of loss (scaled under fp16; once per micro-batch with gradient accumulation)."""
         if self.scaling:
             self.scaler.scale(loss).backward()
-            self.scaler.unscale_(optimizer)
         else:
             loss.backward()
+
+    def unscale(self, optimizer):
+        """Once per optimizer step, after the last backward: clipping and the gradient norm see their true size."""
+        if self.scaling:
+            self.scaler.unscale_(optimizer)
 
     def step(self, optimizer):
         if self.scaling:

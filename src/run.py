@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from . import atomic, checkpoint, compat, config, console, data, models, optim, seeding, tasks
+from . import atomic, augment, checkpoint, compat, config, console, data, models, optim, seeding, tasks
 from .checkpoint_manager import (describe_model, find_resume_state, fingerprint, load_or_usage_error, restore_loop,
                                  restore_parts)
 from .data.loading import steps_per_epoch
 from .distributed import Dist
-from .engine import Trainer, finished
+from .engine import Trainer, finished, stopped_early
 from .precision import Precision
 from .errors import TrainingError, UsageError
 from .lock import RunLock
@@ -86,6 +86,7 @@ def build_parts(cfg, splits, device, dist):
                          "processes" % (cfg.batch_size, dist.world))
     if cfg.compile and not compat.has_compile():
         raise UsageError("--compile needs torch >= 2.0 (this is %s)" % torch.__version__)
+    augment.check(cfg.augment, splits.input_shape)
     try:
         model = models.build(cfg, splits.input_shape, splits.num_classes).to(device)
     except (MemoryError, RuntimeError) as err:
@@ -125,12 +126,35 @@ def build_all(cfg, dist, stop):
 def finished_hint(cfg, progress):
     """Which limit a finished run reached, and the flag that lets it train longer (as it would work)."""
     step, epoch = progress["step"], progress["epoch"]
+    if stopped_early(cfg, progress):
+        return ("it stopped early at step %d: %s did not improve by more than %g in %d evaluations. To train on, "
+                "resume with a larger --early-stop (or --early-stop 0: off)" % (step, cfg.monitor.split(":")[0],
+                                                                             cfg.early_stop_delta, cfg.early_stop))
     if cfg.max_steps and step >= cfg.max_steps and epoch < cfg.epochs:
         return ("it reached --max-steps %d (in epoch %d of --epochs %d). To train longer, resume with a higher "
                 "--max-steps, or with --epochs N alone (that drops the step limit)" % (cfg.max_steps, epoch + 1,
                                                                                    cfg.epochs))
     return ("its --epochs %d are done (step %d). To train longer, resume with a higher --epochs"
             % (cfg.epochs, step))
+
+
+def describe_recipe(cfg, dist):
+    """The training recipe's flags that are on, in one line."""
+    parts = []
+    if cfg.augment != "none":
+        parts.append("augment %s (training batches only)" % cfg.augment)
+    if cfg.accum_steps > 1:
+        parts.append("%d micro-batches of ~%d per step (global batch %d)" % (
+            cfg.accum_steps, cfg.batch_size // (cfg.accum_steps * dist.world), cfg.batch_size))
+    if cfg.label_smoothing:
+        parts.append("label smoothing %g" % cfg.label_smoothing)
+    if cfg.ema:
+        parts.append("EMA of the weights, decay %g (val/*, best and test use it; val_raw/*: the raw weights)"
+                     % cfg.ema)
+    if cfg.early_stop:
+        parts.append("early stop after %d evaluations without %s improving by more than %g" % (
+            cfg.early_stop, cfg.monitor.split(":")[0], cfg.early_stop_delta))
+    return "; ".join(parts)
 
 
 def build_data(cfg, stop):
@@ -206,7 +230,7 @@ def run(cfg, user, stop):
     if state is not None:
         restore_parts(parts, state, source, cfg)
     elif cfg.init_from:
-        checkpoint.load_model_weights(parts.model, init, cfg.init_from, describe_model(cfg))
+        checkpoint.load_model_weights(parts.model, init, cfg.init_from, describe_model(cfg), evaluated=True)
     if stop.requested:
         raise Stopped(stop.name)
 
@@ -269,6 +293,9 @@ def _train(cfg, parts, state, source, changes, paths, bar, stop, dist, step0):
     log.info("learning rate of the next step (%d): %.4g (--lr %g on the %s schedule%s, at step %d of %d)", step0 + 1,
              parts.optimizer.param_groups[0]["lr"], cfg.lr, cfg.scheduler,
              " after %d warmup steps" % cfg.warmup_steps if cfg.warmup_steps else "", step0, parts.total_steps)
+    recipe = describe_recipe(cfg, dist)
+    if recipe:
+        log.info("recipe: %s", recipe)
     text = config.to_yaml(cfg)
     log.info("config:\n%s", text.rstrip(), extra={"file_only": True})
     log.info("config: every value in %s (and train.log)", paths.config_file)
@@ -326,7 +353,7 @@ def evaluate_checkpoint(cfg, user, stop, dist):
     paths = RunPaths(cfg)
     check_folder(cfg.logs_dir, "--logs-dir")
     device, splits, parts = build_all(cfg, dist, stop)
-    checkpoint.load_model_weights(parts.model, state, path, describe_model(cfg))
+    checkpoint.load_model_weights(parts.model, state, path, describe_model(cfg), evaluated=True)
     seeding.set_deterministic(cfg.deterministic)
     model = torch.compile(parts.model) if cfg.compile else parts.model
     from .evaluation import evaluate, loader_for

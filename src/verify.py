@@ -47,6 +47,8 @@ def _outcome(folder):
     """(tensors by name, scalars by (tag, step)) at the end of a run."""
     state = checkpoint.load(folder / "models" / "latest" / "verify.pt")
     tensors = {"model." + k: v for k, v in state["model"].items()}
+    if state.get("ema"):
+        tensors.update({"ema." + k: v for k, v in state["ema"]["weights"].items()})
     for index, slots in state["optimizer"]["state"].items():
         for key, value in slots.items():
             if isinstance(value, torch.Tensor):
@@ -58,7 +60,7 @@ def _outcome(folder):
         acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
-            if tag.startswith(("train/", "val/")):
+            if tag.startswith(("train/", "val/", "val_raw/")):
                 values.update({(tag, e.step): e.value for e in acc.Scalars(tag)})
     return tensors, values
 

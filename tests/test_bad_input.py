@@ -54,6 +54,18 @@ CASES = [
     (["--resume", "--run-name", "digits-mlp", "--max-steps", "8", "--lr", "1e308"], 2, "--lr must be a finite number"),
     (["--resume", "--run-name", "digits-mlp", "--max-steps", "8", "--width", "32"], 2, "does not fit model 'mlp'"),
     (["--run-name", "digits-mlp"], 2, "already has checkpoints"),
+    (["--accum-steps", "0"], 2, "--accum-steps must be in 1 .. --batch-size"),
+    (["--accum-steps", "33"], 2, "--accum-steps must be in 1 .. --batch-size (32)"),
+    (["--ema", "1"], 2, "--ema must be a decay in [0, 1)"),
+    (["--label-smoothing", "1"], 2, "--label-smoothing must be in [0, 1)"),
+    (["--dataset", "diabetes", "--label-smoothing", "0.1"], 2, "--label-smoothing applies to --task classification"),
+    (["--early-stop", "-1"], 2, "--early-stop must be >= 0"),
+    (["--augment", "crop,spin"], 2, "unknown augmentation 'spin'"),
+    (["--augment", "crop:x"], 2, "takes numbers after ':'"),
+    (["--augment", "crop:20"], 2, "the padding must be 1 .. the image size"),
+    (["--dataset", "diabetes", "--augment", "flip"], 2, "--augment flip works on images"),
+    (["--scheduler", "multistep"], 2, "--scheduler multistep needs --lr-milestones"),
+    (["--lr-milestones", "50,20"], 2, "expected ascending positive step numbers"),
 ]
 
 

@@ -2,7 +2,7 @@
 
     from . import register, ArrayDataset, Splits
 
-    @register("mydata", task="classification", model="cnn")      # its default --task and --model
+    @register("mydata", task="classification", model="cnn")      # its default --task, --model (and --augment)
     def build(cfg):
         ...                                        # read files under cfg.data_dir
         return Splits(train=ArrayDataset(x, y), test=ArrayDataset(xt, yt), input_shape=(1, 28, 28),
@@ -30,8 +30,8 @@ VAL_SEED = 20240601  # the validation split is the same for every --seed: changi
 
 
 def defaults(name):
-    """A dataset's registered defaults: task, model, val_split."""
-    meta = dict(task="classification", model="cnn", val_split=0.1)
+    """A dataset's registered defaults: task, model, val_split, augment (the --augment of `auto`)."""
+    meta = dict(task="classification", model="cnn", val_split=0.1, augment="none")
     meta.update(_REGISTRY.meta.get(name, {}))
     return meta
 

@@ -54,7 +54,7 @@ def read_batches(path, names):
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
-@register("cifar10", task="classification", model="cnn")
+@register("cifar10", task="classification", model="cnn", augment="crop:4,flip")
 def build(cfg):
     """The five training batches give train and val; the official test batch is the test split."""
     path = fetch_all(cfg, "cifar10", BASE, [(FILE, MD5, SIZE)]) / FILE

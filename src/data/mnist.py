@@ -59,11 +59,11 @@ def _build(cfg, name):
     return Splits(train=train, test=split("t10k"), input_shape=tuple(train.x.shape[1:]), num_classes=10)
 
 
-@register("mnist", task="classification", model="cnn")
+@register("mnist", task="classification", model="cnn", augment="crop:2")
 def build_mnist(cfg):
     return _build(cfg, "mnist")
 
 
-@register("fashion-mnist", task="classification", model="cnn")
+@register("fashion-mnist", task="classification", model="cnn", augment="crop:2,flip")
 def build_fashion(cfg):
     return _build(cfg, "fashion-mnist")

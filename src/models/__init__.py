@@ -42,15 +42,16 @@ def from_checkpoint(path, device="cpu"):
         from src.models import from_checkpoint
         model = from_checkpoint("models/best/digits-cnn.pt")
 
-    The checkpoint is verified and loaded without running code (checkpoint.load). A regression model comes
-    wrapped so that its outputs are in the target's units."""
+    The checkpoint is verified and loaded without running code (checkpoint.load). The weights are those its
+    evaluations used (the moving average of a run with --ema). A regression model comes wrapped so that its
+    outputs are in the target's units."""
     from .. import checkpoint, compat
     state = checkpoint.load(path, full=False)
     spec = state.get("model_spec")
     if not isinstance(spec, dict):
         raise checkpoint.CorruptCheckpoint("%s has no model_spec (written before this project stored one)" % path)
     model = _REGISTRY[spec["model"]](tuple(spec["input_shape"]), spec["outputs"], SimpleNamespace(**state["config"]))
-    model.load_state_dict(compat.clean_state_dict(state["model"]))
+    model.load_state_dict(compat.clean_state_dict(checkpoint.evaluated_weights(state)))
     scale = state.get("task") or {}
     if "target_std" in scale:
         model = TargetScale(model, scale["target_mean"], scale["target_std"])

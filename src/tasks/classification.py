@@ -1,7 +1,9 @@
-"""Classification: integer class labels, cross-entropy, accuracy, and a confusion matrix at each evaluation."""
+"""Classification: integer class labels, cross-entropy (label-smoothed in training with --label-smoothing; the
+val and test loss are plain), accuracy, and a confusion matrix at each evaluation."""
 import torch.nn.functional as F
 
 from . import Task, register
+from ..compat import cross_entropy
 from ..metrics import confusion_counts, confusion_image
 
 
@@ -11,7 +13,7 @@ class Classification(Task):
     MONITOR = "val/acc:max"
 
     def loss(self, pred, target):
-        return F.cross_entropy(pred.float(), target)
+        return cross_entropy(pred.float(), target, self.cfg.label_smoothing)
 
     def train_sums(self, pred, target):
         return {"correct": (pred.argmax(1) == target).sum()}
