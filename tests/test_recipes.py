@@ -311,3 +311,13 @@ def test_the_he2016_config_is_the_papers_recipe(project):
     assert "recipe: augment crop:4,flip" in res.stderr
     lrs = [v for _, v in scalars(project.run_dir("he"))["train/lr"]]
     assert lrs == pytest.approx([0.1, 0.1, 0.01, 0.001])
+
+
+def test_readme_augmentation_example_works_as_written(project):
+    from test_training import _readme_snippet
+    path = "src/augment/brightness.py"
+    (project.root / path).write_text(_readme_snippet("# " + path))
+    res = project.ok(*(FAST + ["--augment", "crop:1,brightness:0.3", "--max-steps", "20", "--run-name", "bright"]))
+    assert "recipe: augment crop:1,brightness:0.3 (training batches only)" in res.stderr
+    project.ok(*(FAST + ["--max-steps", "20", "--run-name", "plain"]))
+    assert not same_weights(load(project.latest("bright"))["model"], load(project.latest("plain"))["model"])
