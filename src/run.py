@@ -144,8 +144,9 @@ def describe_recipe(cfg, dist):
     if cfg.augment != "none":
         parts.append("augment %s (training batches only)" % cfg.augment)
     if cfg.accum_steps > 1:
-        parts.append("%d micro-batches of ~%d per step (global batch %d)" % (
-            cfg.accum_steps, cfg.batch_size // (cfg.accum_steps * dist.world), cfg.batch_size))
+        parts.append("%d micro-batches of ~%d%s per step (global batch %d)" % (
+            cfg.accum_steps, cfg.batch_size // (cfg.accum_steps * dist.world),
+            " in each process" if dist.enabled else "", cfg.batch_size))
     if cfg.label_smoothing:
         parts.append("label smoothing %g" % cfg.label_smoothing)
     if cfg.ema:

@@ -9,12 +9,12 @@ import torch
 
 from conftest import FAST, Project, load, same_weights, scalars, step_of, stop_at, summary_steps, wait_for_line
 
-# 6 epochs of 45 steps; early stopping ends the run at step 108 (three evaluations without a gain of 0.5 %).
+# 6 epochs of 45 steps; early stopping ends the run after three evaluations without a gain of 0.5 % (step 108 on
+# torch 2.13; float rounding differs between torch versions, so the tests read the step from the baseline).
 RECIPE = ["--augment", "crop:1,flip", "--accum-steps", "2", "--early-stop", "3", "--early-stop-delta", "0.005",
           "--ema", "0.9", "--label-smoothing", "0.1"]
 ARGS = FAST + RECIPE + ["--epochs", "6", "--dropout", "0.1", "--log-every", "4", "--eval-every", "9",
                         "--ckpt-every", "10", "--run-name", "recipes"]
-STOPPED_AT = 108
 COMPARED = ("train/loss", "train/acc", "train/lr", "train/grad_norm", "val/loss", "val/acc", "val_raw/loss",
             "val_raw/acc")
 
@@ -23,20 +23,22 @@ COMPARED = ("train/loss", "train/acc", "train/lr", "train/grad_norm", "val/loss"
 def baseline(tmp_path_factory):
     project = Project(tmp_path_factory.mktemp("recipes"))
     res = project.ok(*ARGS)
-    assert "early stop at step %d: val/acc has not improved by more than 0.005 in 3 evaluations" % STOPPED_AT \
-        in res.stderr
-    assert "done (stopped early): %d steps" % STOPPED_AT in res.stderr
-    return project, load(project.latest("recipes")), scalars(project.run_dir("recipes"), ("train/", "val"))
+    state = load(project.latest("recipes"))
+    at = state["progress"]["step"]
+    assert 100 < at < 270, "the stop points below need an early stop between steps 100 and 270, not at %d" % at
+    assert "early stop at step %d: val/acc has not improved by more than 0.005 in 3 evaluations" % at in res.stderr
+    assert "done (stopped early): %d steps" % at in res.stderr
+    return project, state, scalars(project.run_dir("recipes"), ("train/", "val"))
 
 
 def assert_same_as_baseline(project, baseline):
     _, want, want_scalars = baseline
     got = load(project.latest("recipes"))
-    assert got["progress"] == want["progress"] and got["progress"]["step"] == STOPPED_AT
+    assert got["progress"] == want["progress"]
     assert got["progress"]["stale_evals"] == 3
     assert same_weights(got["model"], want["model"]), "weights differ from the uninterrupted run"
     assert same_weights(got["ema"]["weights"], want["ema"]["weights"]), "EMA weights differ"
-    assert got["ema"]["updates"] == want["ema"]["updates"] == STOPPED_AT
+    assert got["ema"]["updates"] == want["ema"]["updates"] == want["progress"]["step"]
     assert same_weights(load(project.best("recipes"))["ema"]["weights"],
                         load(baseline[0].best("recipes"))["ema"]["weights"])
     got_scalars = scalars(project.run_dir("recipes"), ("train/", "val"))
@@ -56,24 +58,24 @@ def test_all_recipes_on_stop_anywhere_then_resume_is_bit_identical(project, base
     code, out, _ = stop_at(project.start(*ARGS), sig, prefix, at)
     assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0), out[-2000:]
     stopped = load(project.latest("recipes"))["progress"]
-    assert 0 < stopped["step"] < STOPPED_AT
+    assert 0 < stopped["step"] < baseline[1]["progress"]["step"]
     res = project.ok("--resume", "--run-name", "recipes")
     assert "at step %d" % stopped["step"] in res.stderr
-    assert "early stop at step %d" % STOPPED_AT in res.stderr
+    assert "early stop at step %d" % baseline[1]["progress"]["step"] in res.stderr
     assert_same_as_baseline(project, baseline)
 
 
 def test_an_early_stopped_run_counts_as_finished_and_a_larger_patience_trains_on(baseline):
-    project = baseline[0]
+    project, at = baseline[0], baseline[1]["progress"]["step"]
     res = project.ok("--resume", "--run-name", "recipes")
-    assert "already finished: it stopped early at step %d" % STOPPED_AT in res.stderr
+    assert "already finished: it stopped early at step %d" % at in res.stderr
     assert "resume with a larger --early-stop" in res.stderr
-    assert load(project.latest("recipes"))["progress"]["step"] == STOPPED_AT
+    assert load(project.latest("recipes"))["progress"]["step"] == at
     metrics = (project.run_dir("recipes") / "metrics.json").read_text()
-    res = project.ok("--resume", "--run-name", "recipes", "--early-stop", "0", "--max-steps", str(STOPPED_AT + 12))
+    res = project.ok("--resume", "--run-name", "recipes", "--early-stop", "0", "--max-steps", str(at + 12))
     assert "config change on resume: early_stop 3 -> 0" in res.stderr
     state = load(project.latest("recipes"))
-    assert state["progress"]["step"] == STOPPED_AT + 12 and state["ema"]["updates"] == STOPPED_AT + 12
+    assert state["progress"]["step"] == at + 12 and state["ema"]["updates"] == at + 12
     assert (project.run_dir("recipes") / "metrics.json").read_text() != metrics  # tested again at the new end
 
 
@@ -211,7 +213,7 @@ def test_augmentation_is_a_pure_function_of_seed_epoch_and_sample():
     img = torch.arange(16.0).view(1, 1, 1, 16).expand(40, 3, 16, 16).contiguous()
     out_x, out_y = shifted(img, img[:, 0].long(), index, epoch=0)
     assert torch.equal(out_x[:, 0].long(), out_y)
-    assert (out_x != img).any(dim=(1, 2, 3)).float().mean() > 0.5  # most samples moved
+    assert (out_x != img).flatten(1).any(1).float().mean() > 0.5  # most samples moved
 
 
 def test_random_numbers_are_uniform_and_device_independent():
