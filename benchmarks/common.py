@@ -59,3 +59,42 @@ def sync(device):
     """Wait for the device's queued work, so that a timestamp means what it says."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class GpuBusy(object):
+    """Mean GPU utilization (nvidia-smi, sampled every 100 ms) while the block runs; `percent` is None on a CPU or
+    without nvidia-smi.
+
+        with GpuBusy(device) as busy:
+            run()
+        busy.percent
+    """
+
+    def __init__(self, device):
+        import shutil
+        self.on = str(device).startswith("cuda") and shutil.which("nvidia-smi") is not None
+        self.percent, self.proc = None, None
+
+    def __enter__(self):
+        if self.on:
+            import subprocess
+            import tempfile
+            self.log = tempfile.TemporaryFile(mode="w+")
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                          "-i", "0", "-lms", "100"], stdout=self.log, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+            self.log.seek(0)
+            values = [float(v) for v in self.log.read().split() if v.replace(".", "", 1).isdigit()]
+            self.percent = sum(values) / len(values) if values else None
+        return False
+
+
+def percent(values):
+    """'61 %' of the median of some percentages, '-' when there are none."""
+    values = [v for v in values if v is not None]
+    return "%.0f %%" % median(values) if values else "-"

@@ -1,7 +1,9 @@
 """Training-loop throughput of train.py (TensorBoard logging every 10 steps and a checkpoint every 100 on)
-against a minimal hand-written PyTorch loop and against PyTorch Lightning's Trainer, on the same model,
-data, batch size, optimizer and step count. Runs alternate (ours, hand-written, Lightning, ours, ...) so
-that machine noise hits all alike; the table gives medians and the ratio to the hand-written loop.
+against a minimal hand-written PyTorch loop, PyTorch Lightning's Trainer and the speed of light (the training
+step alone on one batch already on the device, in a CUDA graph on a GPU: the limit for this model and batch),
+on the same model, data, batch size, optimizer and step count. Runs alternate (ours, hand-written, Lightning,
+speed of light, ours, ...) so that machine noise hits all alike; the table gives medians, the ratios to the
+hand-written loop and to the speed of light, and on a GPU the share of time it was busy (nvidia-smi).
 
     python benchmarks/loop_throughput.py                        # CNN on CIFAR-shaped synthetic data, CPU
     python benchmarks/loop_throughput.py --repeats 5 -- --model resnet --device cuda --amp bf16
@@ -19,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import machine, median, table
+from common import GpuBusy, machine, median, percent, table
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -55,8 +57,13 @@ def script(name):
         out = subprocess.run([sys.executable, str(HERE / name), "--steps", str(steps), "--warmup", str(WARMUP)]
                              + common, check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              text=True, cwd=str(folder), env=ENV).stdout
-        return json.loads(out.strip().splitlines()[-1])["samples_per_sec"]
+        result = json.loads(out.strip().splitlines()[-1])
+        HOW[name] = result.get("how")
+        return result["samples_per_sec"]
     return run
+
+
+HOW = {}  # how a script ran its step (the speed of light: "cuda graph" or "eager ...")
 
 
 def main():
@@ -79,21 +86,26 @@ def main():
     have_lightning = importlib.util.find_spec("lightning") is not None
     if have_lightning:
         loops.append(("PyTorch Lightning Trainer", script("lightning_loop.py")))
+    loops.append(("speed of light", script("speed_of_light.py")))
+    device = common[len(common) - 1 - common[::-1].index("--device") + 1]
     rates = {name: [] for name, _ in loops}
+    busy = {name: [] for name, _ in loops}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
             for name, run in loops:
                 folder = Path(tmp) / ("%s-%d" % (name.split()[0], i))
                 folder.mkdir()
-                rates[name].append(run(common, args.steps, folder))
-    base = median(rates["hand-written loop"])
-    device = common[len(common) - 1 - common[::-1].index("--device") + 1]
+                with GpuBusy(device) as gpu:
+                    rates[name].append(run(common, args.steps, folder))
+                busy[name].append(gpu.percent)
+    base, limit = median(rates["hand-written loop"]), median(rates["speed of light"])
     print("### %s\n" % args.title)
-    print("%s; %d CPU thread(s); %d steps x %d alternating repeats; `%s`\n" % (
-        machine(device), args.threads, args.steps, args.repeats, " ".join(common)))
-    rows = [(name, "%.0f" % median(v), ", ".join("%.0f" % x for x in v), "%.3f" % (median(v) / base))
-            for name, v in rates.items()]
-    print(table(("loop", "samples/s (median)", "runs", "ratio to hand-written"), rows))
+    print("%s; %d CPU thread(s); %d steps x %d alternating repeats; `%s`; speed of light: the step alone, %s\n" % (
+        machine(device), args.threads, args.steps, args.repeats, " ".join(common), HOW.get("speed_of_light.py")))
+    rows = [(name, "%.0f" % median(v), ", ".join("%.0f" % x for x in v), "%.3f" % (median(v) / base),
+             "%.3f" % (median(v) / limit), percent(busy[name])) for name, v in rates.items()]
+    print(table(("loop", "samples/s (median)", "runs", "ratio to hand-written", "ratio to speed of light",
+                 "GPU busy"), rows))
     if not have_lightning:
         print("\n(Lightning not installed: pip install -r benchmarks/requirements.txt)")
 

@@ -41,15 +41,9 @@ fi
 loop_args=(--device "$device")
 [[ "$device" == cuda* ]] && loop_args+=(--model resnet "${gpu_args[@]}")
 out="benchmarks/RESULTS.md"
-util_log="$(mktemp)"
-trap 'rm -f "$util_log"; [[ -z "${smi_pid:-}" ]] || kill "$smi_pid" 2>/dev/null || true' EXIT
 {
   echo "## Benchmarks ($(date -u +%Y-%m-%d), \`benchmarks/run.sh --device $device\`)"
   echo
-  if [[ "$device" == cuda* ]] && command -v nvidia-smi >/dev/null 2>&1; then
-    nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 500 >"$util_log" &
-    smi_pid=$!
-  fi
   "$python" benchmarks/loop_throughput.py --repeats "$repeats" --title "Loop throughput: CIFAR-shaped data" \
     -- "${loop_args[@]}" "${extra[@]}"
   echo
@@ -57,12 +51,8 @@ trap 'rm -f "$util_log"; [[ -z "${smi_pid:-}" ]] || kill "$smi_pid" 2>/dev/null 
   "$python" benchmarks/loop_throughput.py --repeats "$repeats" --steps 1000 --preset default \
     --title "Loop throughput: the default (digits, small CNN, batch 64)" \
     -- --device "$device" "${gpu_args[@]}" "${extra[@]}"
-  if [[ -n "${smi_pid:-}" ]]; then
-    kill "$smi_pid" 2>/dev/null || true
-    smi_pid=""
-    echo
-    awk '{ s += $1; n++ } END { if (n) printf "GPU utilization during the loop benchmark: %.0f%% mean over %d samples\n", s / n, n }' "$util_log"
-  fi
+  echo
+  "$python" benchmarks/whole_run.py --repeats "$(( repeats < 3 ? repeats : 3 ))" -- --device "$device" "${extra[@]}"
   echo
   "$python" benchmarks/checkpoint_stall.py --device "$device" --repeats "$repeats"
   echo

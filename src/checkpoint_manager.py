@@ -88,7 +88,7 @@ def restore_parts(parts, state, source, cfg):
         raise UsageError("checkpoint %s: optimizer state does not fit --optimizer %s (%s)" % (source, cfg.optimizer,
                                                                                             err))
     parts.scheduler.load_state_dict(state["scheduler"])
-    optim.apply_config(cfg, parts.optimizer, parts.scheduler)
+    optim.apply_config(cfg, parts.optimizer, parts.scheduler, parts.device)
     parts.precision.load_state_dict(state.get("scaler"))
 
 

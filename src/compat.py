@@ -125,6 +125,37 @@ def autocast(device_type, dtype):
     raise RuntimeError("this torch has no autocast for %s %s" % (device_type, dtype))
 
 
+def fused_optimizer_kwargs(device):
+    """{optimizer class name: {"fused": True}} for the optimizers whose constructor takes `fused` in this torch
+    (Adam/AdamW from 2.0, SGD from 2.3), on CUDA only: elsewhere torch's default (foreach) stays."""
+    if device is None or getattr(device, "type", "cpu") != "cuda":
+        return {}
+    return {cls.__name__: {"fused": True} for cls in (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+            if _accepts(cls.__init__, "fused")}
+
+
+@contextlib.contextmanager
+def no_host_sync(enabled):
+    """Inside: any CUDA operation that makes the host wait for the GPU raises (torch.cuda.set_sync_debug_mode, from
+    torch 1.10). For tests of the training loop; a no-op when not enabled."""
+    if not enabled:
+        yield
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def cuda_free_bytes(device):
+    """Free memory of a GPU (mem_get_info from torch 1.11; before, its total less what torch has reserved)."""
+    get = getattr(torch.cuda, "mem_get_info", None)
+    if get is not None:
+        return get(device)[0]
+    return torch.cuda.get_device_properties(device).total_memory - torch.cuda.memory_reserved(device)
+
+
 def grad_norm(parameters):
     """The total 2-norm of the gradients, without clipping (get_total_norm from torch 2.6, by hand before)."""
     grads = [p.grad for p in parameters if p.grad is not None]

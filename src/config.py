@@ -18,7 +18,7 @@ from .paths import ROOT
 
 # Keys that belong to one invocation: never inherited from a checkpoint, never in a config file.
 PER_INVOCATION = ("config", "resume", "init_from", "prepare_data", "doctor", "verify_resume", "stop_after_step",
-                  "evaluate", "split")
+                  "evaluate", "split", "sync_check")
 # Keys a resumed run cannot change: they define which samples are validation data and what the model predicts.
 FIXED_ON_RESUME = ("val_split", "task")
 # Keys that name places on this machine: a resumed run takes them from this invocation (its defaults are this
@@ -158,6 +158,9 @@ def build_parser():
                    "process's cores, at most 4)")
     g.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"), help="mixed precision on CUDA")
     _bool_flag(g, "compile", False, "torch.compile the model (torch >= 2.0)")
+    g.add_argument("--data-on-device", default="auto", choices=("auto", "on", "off"),
+                   help="hold an in-memory dataset on the GPU and make batches there (auto: when it takes under a "
+                   "quarter of the free GPU memory)")
     _bool_flag(g, "channels-last", False, "channels-last memory format for 4-d inputs (convolutions on GPUs)")
 
     g = p.add_argument_group("logging and checkpoints")
@@ -182,6 +185,7 @@ def build_parser():
                    help="seconds a stop signal leaves before a kill (docker stop: 10; env STOP_GRACE); the first "
                    "save says whether a checkpoint fits in them")
     g.add_argument("--stop-after-step", type=int, default=0, help=argparse.SUPPRESS)  # a stop, as by a signal
+    _bool_flag(g, "sync-check", False, argparse.SUPPRESS)  # tests: a host sync in a step between logging steps raises
     g.add_argument("--prepare-data", action="store_true", help="download/verify the dataset, then exit")
     g.add_argument("--evaluate", nargs="?", const="best", metavar="PATH",
                    help="evaluate a checkpoint without training (no value: this run's best), print and write the "

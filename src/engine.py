@@ -264,12 +264,14 @@ class Trainer(object):
             for i, size in enumerate(batches.sizes):
                 if self.finished():
                     break
-                t0 = time.perf_counter()
-                batch = next(batch_iter)
-                window["data_wait"] += time.perf_counter() - t0
                 step = p["step"] + 1
-                self._train_step(batch, batches.tensors[i], size,
-                                 step % cfg.log_every == 0 or step >= self.total_steps)
+                log_step = step % cfg.log_every == 0 or step >= self.total_steps
+                # a step between logging steps never waits for the GPU (--sync-check on CUDA: a wait raises)
+                with compat.no_host_sync(cfg.sync_check and not log_step and self.device.type == "cuda"):
+                    t0 = time.perf_counter()
+                    batch = next(batch_iter)
+                    window["data_wait"] += time.perf_counter() - t0
+                    self._train_step(batch, batches.tensors[i], size, log_step)
                 self._begin_once()
                 p["step"] += 1
                 p["sample_in_epoch"] += size

@@ -15,7 +15,7 @@ import torch
 from . import atomic, augment, checkpoint, compat, config, console, data, models, optim, seeding, tasks
 from .checkpoint_manager import (describe_model, find_resume_state, fingerprint, load_or_usage_error, restore_loop,
                                  restore_parts)
-from .data.loading import steps_per_epoch
+from .data.loading import place_splits, steps_per_epoch
 from .distributed import Dist
 from .engine import Trainer, finished, stopped_early
 from .precision import Precision
@@ -96,7 +96,7 @@ def build_parts(cfg, splits, device, dist):
                          % (cfg.model, cfg.width, cfg.depth, str(err).strip().splitlines()[0][:120]))
     if cfg.channels_last:
         model = compat.channels_last(model)
-    optimizer = optim.build_optimizer(cfg, model.parameters())
+    optimizer = optim.build_optimizer(cfg, model.parameters(), device)
     total = optim.total_steps(cfg, steps_per_epoch(len(splits.train), cfg.batch_size, dist.world))
     scheduler = optim.build_scheduler(cfg, optimizer, total)
     precision = Precision(device, pick_amp(cfg, device))
@@ -119,7 +119,9 @@ def build_all(cfg, dist, stop):
     seeding.seed_everything(cfg.seed)
     torch.set_num_threads(pick_threads(cfg))
     device = pick_device(cfg, dist)
-    splits = build_data(cfg, stop)
+    splits, where = place_splits(build_data(cfg, stop), cfg, device)
+    if device.type != "cpu":
+        log.info("data: %s", where)
     return device, splits, build_parts(cfg, splits, device, dist)
 
 

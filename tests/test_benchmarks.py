@@ -25,6 +25,8 @@ def test_loop_benchmark_compares_train_py_with_the_hand_written_loop():
     table = rows(out)
     assert float(table["hand-written loop"][2]) == 1.0
     assert float(table["train.py"][0]) > 0 and float(table["train.py"][2]) > 0
+    assert float(table["speed of light"][3]) == 1.0 and float(table["train.py"][3]) > 0
+    assert "speed of light: the step alone, eager" in out or "speed of light: the step alone, cuda graph" in out
 
 
 def test_checkpoint_stall_benchmark_reports_each_way_of_saving():
@@ -39,3 +41,10 @@ def test_data_benchmark_measures_loader_and_model_for_both_setups():
     out = bench("benchmarks/data_throughput.py", "--repeats", "1", "--batches", "5", "--steps", "2")
     table = rows(out)
     assert len([k for k in table if k.startswith(("default", "CIFAR"))]) == 2
+
+
+def test_whole_run_benchmark_times_a_run_from_start_to_exit():
+    out = bench("benchmarks/whole_run.py", "--repeats", "1", "--", "--max-steps", "30", "--epochs", "2")
+    table = rows(out)
+    assert table["train.py"][0].endswith(" s") and float(table["train.py"][0][:-2]) > 0
+    assert table["train.py"][2] == "30" and float(table["train.py"][3]) > 0

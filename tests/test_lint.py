@@ -8,7 +8,7 @@ from conftest import REPO
 
 BIN = os.path.dirname(sys.executable)
 SHELL_SCRIPTS = ["setup.sh", "run.sh", "purge.sh", "test.sh", "docker/lib.sh", ".ci/run", ".ci/install-docker.sh",
-                 ".ci/make-base-image.sh", ".ci/make-wheelhouse.sh", "benchmarks/run.sh"]
+                 ".ci/make-base-image.sh", ".ci/make-wheelhouse.sh", "benchmarks/run.sh", "benchmarks/gpu_check.sh"]
 
 
 def _check(cmd):

@@ -94,13 +94,27 @@ class ArrayDataset(object):
     def __len__(self):
         return len(self.y)
 
+    @property
+    def device(self):
+        return self.x.device
+
+    @property
+    def nbytes(self):
+        return self.x.numel() * self.x.element_size() + self.y.numel() * self.y.element_size()
+
     def __getitem__(self, index):
-        index = torch.as_tensor(index, dtype=torch.long)
+        index = torch.as_tensor(index, dtype=torch.long, device=self.x.device)
         x = self.x[index].float()
         return (x * self.scale - self.mean) / self.std, self.y[index]
 
     def subset(self, indices):
         return ArrayDataset(self.x[indices], self.y[indices], self.scale, self.mean, self.std)
+
+    def to(self, device):
+        """The same samples held on device (stored as they are, uint8 images included: converted per batch)."""
+        def move(v):
+            return v.to(device) if isinstance(v, torch.Tensor) else v
+        return ArrayDataset(move(self.x), move(self.y), self.scale, move(self.mean), move(self.std))
 
 
 _REGISTRY.discover()

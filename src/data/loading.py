@@ -8,6 +8,7 @@ import os
 import torch
 
 from .. import compat, seeding
+from ..errors import UsageError
 from ..signals import ignore_stop_signals
 
 
@@ -21,6 +22,7 @@ class EpochBatches(torch.utils.data.Sampler):
 
     def __init__(self, n, batch_size, seed=None, epoch=0, start=0, dist=None, drop_tiny=True):
         self.n, self.batch_size, self.seed, self.dist, self.drop_tiny = n, batch_size, seed, dist, drop_tiny
+        self.device = None  # where `tensors` live: the data's device for a dataset held there (one copy an epoch)
         self.set_epoch(epoch, start)
 
     def set_epoch(self, epoch, start=0):
@@ -28,19 +30,28 @@ class EpochBatches(torch.utils.data.Sampler):
         n, seed, dist = self.n, self.seed, self.dist
         order = torch.arange(n) if seed is None else torch.randperm(n, generator=seeding.epoch_generator(seed, epoch))
         world = dist.world if dist is not None else 1
+        if self.device is not None:
+            order = order.to(self.device)
         batches = list(order[start:].split(self.batch_size))
         if self.drop_tiny and batches and len(batches[-1]) < world:
             batches.pop()
         self.sizes = [len(b) for b in batches]
         self.tensors = [dist.shard(b) if dist is not None else b for b in batches]  # for direct indexing
-        self.batches = [b.tolist() for b in self.tensors]  # for a DataLoader (datasets expect int indices)
+        self.batches = None  # int lists for a DataLoader (datasets expect int indices), made when one asks
         self.epoch_samples = epoch_samples(n, self.batch_size, world)
 
+    def place(self, device):
+        """Keep the index batches on device (that of a dataset held there), from now on."""
+        self.device = device
+        self.tensors = [t.to(device) for t in self.tensors]
+
     def __iter__(self):
+        if self.batches is None:
+            self.batches = [b.tolist() for b in self.tensors]
         return iter(self.batches)
 
     def __len__(self):
-        return len(self.batches)
+        return len(self.tensors)
 
 
 def epoch_samples(n, batch_size, world=1):
@@ -54,9 +65,14 @@ def steps_per_epoch(n, batch_size, world=1):
 
 
 def make_loader(dataset, batches, cfg, device):
-    """Batches over precomputed index batches; never draws from the global RNG. An in-memory dataset that
-    indexes a whole batch at once, with no workers and no pinning, is read directly (a DataLoader would only
-    add its per-batch overhead); anything else goes through a DataLoader."""
+    """Batches over precomputed index batches; never draws from the global RNG. A dataset held on the training
+    device (--data-on-device) is indexed there, with index batches on the device too (no host work or copy per
+    step). An in-memory dataset that indexes a whole batch at once, with no workers and no pinning, is read
+    directly (a DataLoader would only add its per-batch overhead); anything else goes through a DataLoader."""
+    held = getattr(dataset, "device", None)
+    if held is not None and held.type != "cpu":
+        batches.place(held)
+        return DirectBatches(dataset, batches)
     settings = loader_settings(cfg, dataset, device)
     batched = getattr(dataset, "batched", False)
     if batched and settings["num_workers"] == 0 and not settings["pin_memory"]:
@@ -97,3 +113,29 @@ def loader_settings(cfg, dataset, device):
     pin = device.type == "cuda" if cfg.pin_memory == "auto" else cfg.pin_memory == "on"
     return {"num_workers": workers, "pin_memory": pin, "persistent_workers": workers > 0 and cfg.persistent_workers,
             "prefetch_factor": cfg.prefetch_factor if workers > 0 and cfg.prefetch_factor else None}
+
+
+def place_splits(splits, cfg, device):
+    """(splits, where): the splits moved to the training device once, when --data-on-device says so. auto: on a
+    GPU, when every split is an in-memory dataset that can move (`to`) and together they take under a quarter of
+    the GPU's free memory; then batches are indexed, converted and normalized there, with no per-step copy."""
+    parts = [getattr(splits, name) for name in ("train", "val", "test")]
+    movable = all(hasattr(p, "to") and hasattr(p, "nbytes") for p in parts)
+    mode = cfg.data_on_device
+    if mode == "off" or device.type == "cpu":
+        return splits, "host memory" if movable else "read by the loader"
+    size = sum(p.nbytes for p in parts) if movable else 0
+    if not movable:
+        if mode == "on":
+            raise UsageError("--data-on-device on: dataset %s is not an in-memory dataset that can move to the GPU "
+                             "(an ArrayDataset); use --data-on-device auto or off" % cfg.dataset)
+        return splits, "read by the loader"
+    free = compat.cuda_free_bytes(device)
+    if mode == "auto" and size > free // 4:
+        return splits, ("host memory (%.0f MB is over a quarter of the GPU's %.0f MB free; --data-on-device on "
+                        "forces it)" % (size / 1e6, free / 1e6))
+    if size > free:
+        raise UsageError("--data-on-device on: dataset %s takes %.0f MB, the GPU has %.0f MB free; use "
+                         "--data-on-device off" % (cfg.dataset, size / 1e6, free / 1e6))
+    moved = splits._replace(**{name: getattr(splits, name).to(device) for name in ("train", "val", "test")})
+    return moved, "%s (%.0f MB, moved once)" % (device, size / 1e6)
