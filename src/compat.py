@@ -114,11 +114,14 @@ def grad_scaler(enabled):
     return torch.cuda.amp.GradScaler(enabled=enabled)
 
 
-def autocast(device_type, dtype):
-    """Mixed precision context: torch.autocast from 1.10, torch.cuda.amp.autocast (fp16, CUDA) before."""
+def autocast(device_type, dtype, cache=True):
+    """Mixed precision context: torch.autocast from 1.10, torch.cuda.amp.autocast (fp16, CUDA) before. cache=False
+    for CUDA graphs (autocast's cast cache must not outlive a capture)."""
     if dtype is None:
         return contextlib.nullcontext()
     if hasattr(torch, "autocast"):
+        if not cache:
+            return torch.autocast(device_type=device_type, dtype=dtype, cache_enabled=False)
         return torch.autocast(device_type=device_type, dtype=dtype)
     if device_type == "cuda" and dtype == torch.float16:
         return torch.cuda.amp.autocast()

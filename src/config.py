@@ -158,6 +158,8 @@ def build_parser():
                    "process's cores, at most 4)")
     g.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"), help="mixed precision on CUDA")
     _bool_flag(g, "compile", False, "torch.compile the model (torch >= 2.0)")
+    _bool_flag(g, "cuda-graphs", False, "replay the model's training forward and backward from CUDA graphs (torch >= "
+               "1.10; a model that cannot be captured trains without them)")
     g.add_argument("--data-on-device", default="auto", choices=("auto", "on", "off"),
                    help="hold an in-memory dataset on the GPU and make batches there (auto: when it takes under a "
                    "quarter of the free GPU memory)")

@@ -70,6 +70,7 @@ class Trainer(object):
         self.checkpoints = CheckpointManager(cfg, paths, board, dist)
         self.train_batches = self.train_loader = self.eval_loader = None
         self.stalls_logged = 0  # how many checkpoint stalls TensorBoard has had
+        self.graphs_tried = False  # --cuda-graphs: the capture happens at the first step
 
     @property
     def step(self):
@@ -172,6 +173,11 @@ class Trainer(object):
             inputs = compat.channels_last(inputs)
         n = self.cfg.accum_steps
         micro = list(zip(inputs.chunk(n), target.chunk(n) if target is not None else [None] * n))
+        if self.cfg.cuda_graphs and not self.graphs_tried:  # once, on the first (micro-)batch of this session
+            from . import cuda_graphs
+            self.graphs_tried = True
+            with self.precision.autocast():
+                cuda_graphs.capture(compat.unwrap_model(self.model), micro[0][0])
         self.optimizer.zero_grad()
         for k, (x, t) in enumerate(micro):
             last = k == len(micro) - 1  # under DDP only the last backward all-reduces the summed gradients

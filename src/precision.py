@@ -7,13 +7,13 @@ from . import compat
 
 
 class Precision(object):
-    def __init__(self, device, dtype):
-        self.device_type, self.dtype = device.type, dtype
+    def __init__(self, device, dtype, cache=True):
+        self.device_type, self.dtype, self.cache = device.type, dtype, cache
         self.scaler = compat.grad_scaler(dtype == torch.float16)
         self.scaling = self.scaler.is_enabled()  # fp16: steps with inf gradients are skipped by the scaler
 
     def autocast(self):
-        return compat.autocast(self.device_type, self.dtype)
+        return compat.autocast(self.device_type, self.dtype, self.cache)
 
     def backward(self, loss):
         """Add the gradients of loss (scaled under fp16; once per micro-batch with gradient accumulation)."""

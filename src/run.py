@@ -86,6 +86,13 @@ def build_parts(cfg, splits, device, dist):
                          "processes" % (cfg.batch_size, dist.world))
     if cfg.compile and not compat.has_compile():
         raise UsageError("--compile needs torch >= 2.0 (this is %s)" % torch.__version__)
+    if cfg.cuda_graphs:
+        from . import cuda_graphs
+        if device.type != "cuda" or not cuda_graphs.available():
+            raise UsageError("--cuda-graphs needs a CUDA device and torch >= 1.10 (here: %s, torch %s); drop the flag"
+                             % (device, torch.__version__))
+        if cfg.compile:
+            raise UsageError("--cuda-graphs and --compile do not go together; pick one")
     augment.check(cfg.augment, splits.input_shape)
     try:
         model = models.build(cfg, splits.input_shape, splits.num_classes).to(device)
@@ -99,7 +106,7 @@ def build_parts(cfg, splits, device, dist):
     optimizer = optim.build_optimizer(cfg, model.parameters(), device)
     total = optim.total_steps(cfg, steps_per_epoch(len(splits.train), cfg.batch_size, dist.world))
     scheduler = optim.build_scheduler(cfg, optimizer, total)
-    precision = Precision(device, pick_amp(cfg, device))
+    precision = Precision(device, pick_amp(cfg, device), cache=not cfg.cuda_graphs)
     return Parts(model, model, optimizer, scheduler, precision, tasks.build(cfg, splits), splits, device, total)
 
 

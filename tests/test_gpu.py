@@ -47,3 +47,41 @@ def test_data_on_the_gpu_resumes_bit_identically_and_trains_like_host_data(tmp_p
     host.ok(*(args + ["--data-on-device", "off"]))
     for key, value in load(host.latest("dev"))["model"].items():
         assert torch.allclose(value, want["model"][key], rtol=1e-3, atol=1e-5), key
+
+
+def test_cuda_graphs_replay_the_step_without_host_syncs_and_resume_bit_identically(tmp_path_factory):
+    args = GPU + ["--cuda-graphs", "--deterministic", "--epochs", "2", "--ckpt-every", "20", "--eval-every", "15",
+                  "--accum-steps", "2", "--augment", "crop:1,flip", "--run-name", "graphs"]
+    whole = Project(tmp_path_factory.mktemp("graphs"))
+    res = whole.ok(*(args + ["--sync-check"]))
+    assert "--cuda-graphs: training forward and backward captured" in res.stderr
+    want = load(whole.latest("graphs"))
+    stopped = Project(tmp_path_factory.mktemp("graphs-stopped"))
+    code, out, _ = stop_at(stopped.start(*args), signal.SIGTERM, "step ", 30)
+    assert code == 0, out[-2000:]
+    stopped.ok("--resume", "--run-name", "graphs")
+    got = load(stopped.latest("graphs"))
+    assert got["progress"] == want["progress"] and same_weights(got["model"], want["model"])
+    eager = Project(tmp_path_factory.mktemp("eager"))
+    eager.ok(*(args + ["--no-cuda-graphs"]))
+    for key, value in load(eager.latest("graphs"))["model"].items():
+        assert torch.allclose(value, want["model"][key], rtol=1e-3, atol=1e-5), key
+
+
+def test_a_model_the_graph_cannot_hold_trains_eagerly_with_one_line(project):
+    (project.root / "src" / "models" / "branchy.py").write_text(
+        "import torch.nn as nn\n\nfrom . import register\n\n\n"
+        "class Branchy(nn.Module):\n"
+        "    def __init__(self, n, k):\n"
+        "        super().__init__()\n"
+        "        self.fc = nn.Linear(n, k)\n\n"
+        "    def forward(self, x):\n"
+        "        x = x.flatten(1)\n"
+        "        return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)  # a host sync: no graph can hold it\n\n\n"
+        "@register('branchy')\n"
+        "def build(input_shape, num_classes, cfg):\n"
+        "    return Branchy(input_shape[0] * input_shape[1] * input_shape[2], num_classes)\n")
+    res = project.ok(*(GPU + ["--model", "branchy", "--cuda-graphs", "--max-steps", "20", "--run-name", "branchy"]))
+    lines = [line for line in res.stderr.splitlines() if "cannot be captured" in line]
+    assert len(lines) == 1 and "training without graphs" in lines[0]
+    assert load(project.latest("branchy"))["progress"]["step"] == 20
