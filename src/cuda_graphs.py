@@ -28,6 +28,8 @@ def capture(module, sample):
     eager = module.forward
     buffers = {k: v.clone() for k, v in module.state_dict().items()}
     rng = (torch.get_rng_state(), torch.cuda.get_rng_state(sample.device))
+    checking = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)  # the one-time capture waits for the GPU by design (--sync-check aside)
     try:
         torch.cuda.synchronize(sample.device)
         graphed = torch.cuda.make_graphed_callables(module, (sample.detach(),))
@@ -43,6 +45,7 @@ def capture(module, sample):
                 value.copy_(buffers[key])
         torch.set_rng_state(rng[0])
         torch.cuda.set_rng_state(rng[1], sample.device)
+        torch.cuda.set_sync_debug_mode(checking)
     shape, layout = tuple(sample.shape), _layout(sample)
 
     def forward(x, *rest):
