@@ -25,11 +25,11 @@ def available():
 def capture(module, sample):
     """Replace module.forward with graphed training forward/backward for inputs shaped like sample (eager for
     other shapes and in eval mode). True when captured; False (module unchanged, one log line) when not."""
+    checking = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)  # the one-time capture waits for the GPU by design (--sync-check aside)
     eager = module.forward
     buffers = {k: v.clone() for k, v in module.state_dict().items()}
     rng = (torch.get_rng_state(), torch.cuda.get_rng_state(sample.device))
-    checking = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(0)  # the one-time capture waits for the GPU by design (--sync-check aside)
     try:
         torch.cuda.synchronize(sample.device)
         graphed = torch.cuda.make_graphed_callables(module, (sample.detach(),))
