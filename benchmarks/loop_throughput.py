@@ -88,6 +88,8 @@ def main():
         loops.append(("PyTorch Lightning Trainer", script("lightning_loop.py")))
     loops.append(("speed of light", script("speed_of_light.py")))
     device = common[len(common) - 1 - common[::-1].index("--device") + 1]
+    if device.startswith("cuda") and "--cuda-graphs" not in common:
+        loops.insert(1, ("train.py --cuda-graphs", lambda c, steps, folder: ours(c + ["--cuda-graphs"], steps, folder)))
     rates = {name: [] for name, _ in loops}
     busy = {name: [] for name, _ in loops}
     with tempfile.TemporaryDirectory() as tmp:
