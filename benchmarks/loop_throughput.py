@@ -94,8 +94,8 @@ def main():
     busy = {name: [] for name, _ in loops}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats):
-            for name, run in loops:
-                folder = Path(tmp) / ("%s-%d" % (name.split()[0], i))
+            for k, (name, run) in enumerate(loops):
+                folder = Path(tmp) / ("%d-%d" % (k, i))
                 folder.mkdir()
                 with GpuBusy(device) as gpu:
                     rates[name].append(run(common, args.steps, folder))
