@@ -114,6 +114,11 @@ def _verified_bytes(blob):
     return blob
 
 
+def _tensor_dict(value):
+    """Whether value is a state dict: names to tensors."""
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
 def _check_layout(state, full):
     """Raise CorruptCheckpoint unless state has the parts (and types) this project's code reads."""
     if not isinstance(state, dict):
@@ -122,11 +127,10 @@ def _check_layout(state, full):
     for key, kind in wanted.items():
         if not isinstance(state.get(key), kind):
             raise CorruptCheckpoint("missing or malformed '%s'" % key)
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state["model"].items()):
+    if not _tensor_dict(state["model"]):
         raise CorruptCheckpoint("'model' is not a state dict of tensors")
     ema = state.get("ema")
-    if ema is not None and not (isinstance(ema, dict) and isinstance(ema.get("weights"), dict) and all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ema["weights"].items())):
+    if ema is not None and not (isinstance(ema, dict) and _tensor_dict(ema.get("weights"))):
         raise CorruptCheckpoint("'ema' is not a state dict of tensors")
     if full:
         progress = state["progress"]

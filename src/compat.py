@@ -261,9 +261,12 @@ def cross_entropy(logits, target, label_smoothing=0.0):
     import torch.nn.functional as F
     if not label_smoothing:
         return F.cross_entropy(logits, target)
-    if _accepts(F.cross_entropy, "label_smoothing"):
+    if _CE_SMOOTHING:
         return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
     return smoothed_cross_entropy(logits, target, label_smoothing)
+
+
+_CE_SMOOTHING = _accepts(torch.nn.functional.cross_entropy, "label_smoothing")  # looked up once, not every step
 
 
 def smoothed_cross_entropy(logits, target, label_smoothing):

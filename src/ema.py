@@ -46,11 +46,11 @@ class EMA(object):
 
     def state_dict(self, dist):
         """The average (rank 0's weights, and every rank's buffers under several processes) and the update count."""
-        state = {"weights": compat.clean_state_dict(self.module.state_dict()), "updates": self.updates}
+        weights = self.module.state_dict()
+        state = {"weights": compat.clean_state_dict(weights), "updates": self.updates}
         if dist.enabled:
-            buffers = {k: v.cpu() for k, v in self.module.state_dict().items()
-                       if k not in dict(self.module.named_parameters())}
-            state["buffers_ranks"] = dist.gather(buffers)
+            params = {name for name, _ in self.module.named_parameters()}
+            state["buffers_ranks"] = dist.gather({k: v.cpu() for k, v in weights.items() if k not in params})
         return state
 
     def load_state_dict(self, state, dist):

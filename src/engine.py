@@ -43,6 +43,11 @@ def finished(cfg, progress):
             or stopped_early(cfg, progress))
 
 
+def beats(value, ref, mode, by=0.0):
+    """Whether value is better than ref (None: nothing to beat) by more than `by`, for --monitor's mode."""
+    return ref is None or (value > ref + by if mode == "max" else value < ref - by)
+
+
 def stopped_early(cfg, progress):
     """Whether --early-stop ended the run: PATIENCE evaluations in a row without improvement (a resume with a
     larger patience, or 0, trains on)."""
@@ -107,24 +112,25 @@ class Trainer(object):
             return False
         self._begin_once()
         values, pictures = result
+        raw = raw[0] if raw is not None else {}
         self.progress_state["eval_pending"] = False
-        if not all(math.isfinite(v) for v in list(values.values()) + list((raw or ({},))[0].values())):
+        if not all(math.isfinite(v) for v in list(values.values()) + list(raw.values())):
             raise TrainingError("non-finite validation loss at step %d; stopped. The last good checkpoint is "
                                 "kept (%s). Lower --lr or set --grad-clip" % (self.step, self.paths.latest))
         values = {"val/" + k: v for k, v in values.items()}
         self.last_eval = values
         self.board.scalars(values, self.step)
-        if raw is not None:
-            raw = {"val_raw/" + k: v for k, v in raw[0].items()}
+        if raw:
+            raw = {"val_raw/" + k: v for k, v in raw.items()}
             self.board.scalars(raw, self.step)
         for tag, image in pictures.items():
             self.board.image("val/" + tag, image, self.step)
-        value, best = values[self.metric], self.best["value"]
-        improved = best is None or (value > best if self.mode == "max" else value < best)
+        value = values[self.metric]
+        improved = beats(value, self.best["value"], self.mode)
         if improved:
             self.best.update(value=value, step=self.step)
         log.info("eval step %d: %s%s (best %s %.4f at step %d)", self.step, describe(values),
-                 "; raw weights %s" % describe(raw) if raw is not None else "", self.metric, self.best["value"],
+                 "; raw weights %s" % describe(raw) if raw else "", self.metric, self.best["value"],
                  self.best["step"])
         if self.cfg.early_stop:
             self._count_stale(value)
@@ -134,9 +140,8 @@ class Trainer(object):
 
     def _count_stale(self, value):
         """Early stopping's counter: evaluations since --monitor last beat its reference by more than the delta."""
-        p, delta = self.progress_state, self.cfg.early_stop_delta
-        ref = p.get("stale_ref")
-        if ref is None or (value > ref + delta if self.mode == "max" else value < ref - delta):
+        p = self.progress_state
+        if beats(value, p.get("stale_ref"), self.mode, self.cfg.early_stop_delta):
             p["stale_ref"], p["stale_evals"] = value, 0
         else:
             p["stale_evals"] = p.get("stale_evals", 0) + 1

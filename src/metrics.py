@@ -60,8 +60,8 @@ class TrainMeter(object):
         return total[0], total[1], total[2], dict(zip(keys, total[3:]))
 
     def is_finite(self, dist):
-        loss_sum, bad_grad, _, _ = self._global(dist)
-        return math.isfinite(float(loss_sum)) and float(bad_grad) == 0
+        loss_sum, bad_grad = torch.stack(self._global(dist)[:2]).tolist()  # one host sync
+        return math.isfinite(loss_sum) and bad_grad == 0
 
     def averages(self, dist, task):
         """One host sync (and one all-reduce): the window's mean loss, the task's values, the gradient norm."""

@@ -137,7 +137,7 @@ def finished_hint(cfg, progress):
     step, epoch = progress["step"], progress["epoch"]
     if stopped_early(cfg, progress):
         return ("it stopped early at step %d: %s did not improve by more than %g in %d evaluations. To train on, "
-                "resume with a larger --early-stop (or --early-stop 0: off)" % (step, cfg.monitor.split(":")[0],
+                "resume with a larger --early-stop (or --early-stop 0: off)" % (step, config.monitor(cfg)[0],
                                                                              cfg.early_stop_delta, cfg.early_stop))
     if cfg.max_steps and step >= cfg.max_steps and epoch < cfg.epochs:
         return ("it reached --max-steps %d (in epoch %d of --epochs %d). To train longer, resume with a higher "
@@ -163,7 +163,7 @@ def describe_recipe(cfg, dist):
                      % cfg.ema)
     if cfg.early_stop:
         parts.append("early stop after %d evaluations without %s improving by more than %g" % (
-            cfg.early_stop, cfg.monitor.split(":")[0], cfg.early_stop_delta))
+            cfg.early_stop, config.monitor(cfg)[0], cfg.early_stop_delta))
     return "; ".join(parts)
 
 

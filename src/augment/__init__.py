@@ -93,13 +93,6 @@ class Augment(object):
         return x, y
 
 
-class _Probe(SampleRandom):
-    """Random numbers for the start-up check of an augmentation's arguments."""
-
-    def __init__(self):
-        self.base, self.draws = torch.zeros(1, dtype=torch.long), 0
-
-
 def check(spec, input_shape):
     """UsageError unless spec works on samples of input_shape: each function is called once on a one-sample batch
     of zeros, before anything is written (bad arguments fail at the start, not at the first step)."""
@@ -108,7 +101,8 @@ def check(spec, input_shape):
             raise UsageError("--augment %s works on images (C,H,W), but this dataset's samples have shape %s; use "
                              "--augment none" % (name, "x".join(map(str, input_shape))))
         try:
-            _REGISTRY[name](torch.zeros((1,) + tuple(input_shape)), None, _Probe(), *args)
+            probe = SampleRandom(0, 0, torch.zeros(1, dtype=torch.long))
+            _REGISTRY[name](torch.zeros((1,) + tuple(input_shape)), None, probe, *args)
         except (TypeError, ValueError, RuntimeError, IndexError) as err:
             raise UsageError("--augment %s: bad arguments for this dataset (%s)" % (
                 spec, str(err).splitlines()[0][:120] if str(err) else type(err).__name__))
