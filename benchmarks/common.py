@@ -48,6 +48,23 @@ def baseline_setup():
     return args, cfg
 
 
+def baseline_parts():
+    """What a baseline loop given train.py's flags starts from: (args, cfg, device, splits, model, SGD optimizer,
+    memory format, autocast dtype or None), built by the same builders train.py uses."""
+    from src import data, models
+    args, cfg = baseline_setup()
+    device = device_of(cfg)
+    torch.manual_seed(cfg.seed)
+    torch.backends.cudnn.benchmark = True
+    splits = data.build(cfg)
+    model = models.build(cfg, splits.input_shape, splits.num_classes).to(device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.amp)
+    return args, cfg, device, splits, model, opt, fmt, dtype
+
+
 def device_of(cfg):
     """train.py's --device auto/cpu/cuda[:N] as a torch.device."""
     if cfg.device == "auto":

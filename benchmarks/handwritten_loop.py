@@ -3,30 +3,16 @@ train.py (and the same device, --amp and --channels-last), reporting samples/s b
 warm-up step and its last step. Run by loop_throughput.py; prints one JSON line."""
 import contextlib
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from src import data, models  # noqa: E402  (the same builders train.py uses)
-
-from common import baseline_setup, device_of, sync  # noqa: E402
+from common import baseline_parts, sync
 
 
 def main():
-    args, cfg = baseline_setup()
-    device = device_of(cfg)
-    torch.manual_seed(cfg.seed)
-    torch.backends.cudnn.benchmark = True
-    splits = data.build(cfg)
-    model = models.build(cfg, splits.input_shape, splits.num_classes).to(device)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.amp)
+    args, cfg, device, splits, model, opt, fmt, dtype = baseline_parts()
     scaler = torch.cuda.amp.GradScaler(enabled=dtype == torch.float16)
     n, step, start = len(splits.train), 0, None
     while step < args.steps:

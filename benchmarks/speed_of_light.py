@@ -5,32 +5,18 @@ not even kernel launches cost host time: no loop can beat it. Same model, batch,
 ran: "cuda graph", or "eager" with the reason)."""
 import contextlib
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from src import data, models  # noqa: E402  (the same builders train.py uses)
-
-from common import baseline_setup, device_of, sync  # noqa: E402
+from common import baseline_parts, sync
 
 
 def main():
-    args, cfg = baseline_setup()
-    device = device_of(cfg)
-    torch.manual_seed(cfg.seed)
-    torch.backends.cudnn.benchmark = True
-    splits = data.build(cfg)
-    model = models.build(cfg, splits.input_shape, splits.num_classes).to(device)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    args, cfg, device, splits, model, opt, fmt, dtype = baseline_parts()  # fp16 runs unscaled: a speed limit only
     x, y = splits.train[torch.arange(min(cfg.batch_size, len(splits.train)))]
     x, y = x.to(device).contiguous(memory_format=fmt), y.to(device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)  # fp16 runs unscaled: a speed limit only
 
     def step():
         amp = torch.autocast(device.type, dtype=dtype, cache_enabled=False) if dtype else contextlib.nullcontext()
