@@ -135,9 +135,19 @@ def summary_steps(run_dir, tag):
     return [e.step for e in raw_events(run_dir) for v in e.summary.value if v.tag == tag]
 
 
+def assert_same_scalars(run_dir, want, tags, prefixes=("train/", "val/")):
+    """Each tag logged as in `want` ({tag: [(step, value)]}, the uninterrupted run), once per step and in order
+    (a resume cuts the events it repeats)."""
+    got = scalars(run_dir, prefixes)
+    for tag in tags:
+        assert got[tag] == want[tag], "%s differs from the uninterrupted run" % tag
+        steps = summary_steps(run_dir, tag)
+        assert steps == sorted(set(steps)), "%s has duplicate or out-of-order steps: %s" % (tag, steps)
+
+
 def same_weights(a, b):
     return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-__all__ = ["FAST", "Project", "load", "scalars", "raw_events", "same_weights", "signal", "stop_at",
-           "summary_steps", "wait_for_line", "step_of"]
+__all__ = ["FAST", "Project", "assert_same_scalars", "load", "scalars", "raw_events", "same_weights", "signal",
+           "stop_at", "summary_steps", "wait_for_line", "step_of"]

@@ -29,18 +29,23 @@ def test_steps_between_logging_steps_never_wait_for_the_gpu(project, extra):
     assert load(project.latest("sync"))["progress"]["step"] == 60
 
 
+def whole_and_resumed(tmp_path_factory, args, run, at, whole_extra=()):
+    """(stderr of the run in one go, its final checkpoint, the final checkpoint of the same run stopped by SIGTERM
+    at step >= at and resumed)."""
+    whole = Project(tmp_path_factory.mktemp("whole"))
+    res = whole.ok(*(list(args) + list(whole_extra)))
+    stopped = Project(tmp_path_factory.mktemp("stopped"))
+    code, out, _ = stop_at(stopped.start(*args), signal.SIGTERM, "step ", at)
+    assert code == 0, out[-2000:]
+    stopped.ok("--resume", "--run-name", run)
+    return res.stderr, load(whole.latest(run)), load(stopped.latest(run))
+
+
 def test_data_on_the_gpu_resumes_bit_identically_and_trains_like_host_data(tmp_path_factory):
     args = GPU + RECIPE + ["--deterministic", "--epochs", "2", "--ckpt-every", "20", "--eval-every", "15",
                            "--run-name", "dev"]
-    whole = Project(tmp_path_factory.mktemp("whole"))
-    res = whole.ok(*args)
-    assert "data: cuda" in res.stderr
-    want = load(whole.latest("dev"))
-    stopped = Project(tmp_path_factory.mktemp("stopped"))
-    code, out, _ = stop_at(stopped.start(*args), signal.SIGTERM, "step ", 40)
-    assert code == 0, out[-2000:]
-    stopped.ok("--resume", "--run-name", "dev")
-    got = load(stopped.latest("dev"))
+    stderr, want, got = whole_and_resumed(tmp_path_factory, args, "dev", 40)
+    assert "data: cuda" in stderr
     assert got["progress"] == want["progress"]
     assert same_weights(got["model"], want["model"]) and same_weights(got["ema"]["weights"], want["ema"]["weights"])
     host = Project(tmp_path_factory.mktemp("host"))
@@ -52,15 +57,8 @@ def test_data_on_the_gpu_resumes_bit_identically_and_trains_like_host_data(tmp_p
 def test_cuda_graphs_replay_the_step_without_host_syncs_and_resume_bit_identically(tmp_path_factory):
     args = GPU + ["--cuda-graphs", "--deterministic", "--epochs", "2", "--ckpt-every", "20", "--eval-every", "15",
                   "--accum-steps", "2", "--augment", "crop:1,flip", "--run-name", "graphs"]
-    whole = Project(tmp_path_factory.mktemp("graphs"))
-    res = whole.ok(*(args + ["--sync-check"]))
-    assert "--cuda-graphs: training forward and backward captured" in res.stderr
-    want = load(whole.latest("graphs"))
-    stopped = Project(tmp_path_factory.mktemp("graphs-stopped"))
-    code, out, _ = stop_at(stopped.start(*args), signal.SIGTERM, "step ", 30)
-    assert code == 0, out[-2000:]
-    stopped.ok("--resume", "--run-name", "graphs")
-    got = load(stopped.latest("graphs"))
+    stderr, want, got = whole_and_resumed(tmp_path_factory, args, "graphs", 30, ["--sync-check"])
+    assert "--cuda-graphs: training forward and backward captured" in stderr
     assert got["progress"] == want["progress"] and same_weights(got["model"], want["model"])
     eager = Project(tmp_path_factory.mktemp("eager"))
     eager.ok(*(args + ["--no-cuda-graphs"]))

@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from conftest import FAST, Project, load, same_weights, scalars, step_of, stop_at, summary_steps, wait_for_line
+from conftest import FAST, Project, assert_same_scalars, load, same_weights, scalars, step_of, stop_at, wait_for_line
 
 # 6 epochs of 45 steps; early stopping ends the run after three evaluations without a gain of 0.5 % (step 108 on
 # torch 2.13; float rounding differs between torch versions, so the tests read the step from the baseline).
@@ -41,11 +41,7 @@ def assert_same_as_baseline(project, baseline):
     assert got["ema"]["updates"] == want["ema"]["updates"] == want["progress"]["step"]
     assert same_weights(load(project.best("recipes"))["ema"]["weights"],
                         load(baseline[0].best("recipes"))["ema"]["weights"])
-    got_scalars = scalars(project.run_dir("recipes"), ("train/", "val"))
-    for tag in COMPARED:
-        assert got_scalars[tag] == want_scalars[tag], "%s differs from the uninterrupted run" % tag
-        steps = summary_steps(project.run_dir("recipes"), tag)
-        assert steps == sorted(set(steps)), "%s has duplicate or out-of-order steps: %s" % (tag, steps)
+    assert_same_scalars(project.run_dir("recipes"), want_scalars, COMPARED, ("train/", "val"))
 
 
 @pytest.mark.parametrize("sig,prefix,at", [

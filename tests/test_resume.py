@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from conftest import FAST, Project, load, same_weights, scalars, stop_at, summary_steps
+from conftest import FAST, Project, assert_same_scalars, load, same_weights, scalars, stop_at
 
 # 3 epochs of 45 steps; dropout makes the result depend on the restored torch RNG state too.
 ARGS = FAST + ["--epochs", "3", "--dropout", "0.2", "--log-every", "4", "--eval-every", "7", "--ckpt-every", "10",
@@ -24,11 +24,7 @@ def assert_same_as_baseline(project, baseline):
     got = load(project.latest("exact"))
     assert got["progress"]["step"] == want_state["progress"]["step"] == 135
     assert same_weights(got["model"], want_state["model"]), "weights differ from the uninterrupted run"
-    got_scalars = scalars(project.run_dir("exact"))
-    for tag in COMPARED:
-        assert got_scalars[tag] == want_scalars[tag], "%s differs from the uninterrupted run" % tag
-        steps = summary_steps(project.run_dir("exact"), tag)
-        assert steps == sorted(set(steps)), "%s has duplicate or out-of-order steps: %s" % (tag, steps)
+    assert_same_scalars(project.run_dir("exact"), want_scalars, COMPARED)
 
 
 @pytest.mark.parametrize("sig,prefix,at", [
