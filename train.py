@@ -48,7 +48,17 @@ def main(argv=None):
         return 130
 
 
-if __name__ == "__main__":
-    code = main()
+def leave(code):
+    """Exit with code, whatever comes now: a stop signal is ignored (the work is saved or there was none), and
+    DataLoader workers still alive (they ignore stop signals; an error may have left them behind) are killed so
+    that shutdown cannot wait on them."""
+    STOP.after_exit()
+    import multiprocessing
+    for child in multiprocessing.active_children():
+        child.kill()
     from src import compat
     sys.exit(compat.exit_process(code))
+
+
+if __name__ == "__main__":
+    leave(main())

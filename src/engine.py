@@ -27,7 +27,7 @@ from . import atomic, checkpoint, compat, metrics
 from .checkpoint_manager import CheckpointManager
 from .config import PER_INVOCATION, monitor
 from .augment import Augment
-from .data.loading import EpochBatches, make_loader
+from .data.loading import EpochBatches, make_loader, worker_died
 from .ema import EMA
 from .errors import TrainingError
 from .evaluation import evaluate, loader_for
@@ -76,6 +76,7 @@ class Trainer(object):
         self.train_batches = self.train_loader = self.eval_loader = None
         self.stalls_logged = 0  # how many checkpoint stalls TensorBoard has had
         self.graphs_tried = False  # --cuda-graphs: the capture happens at the first step
+        self.between_steps = False  # True while fetching a batch or evaluating: the state is a whole step's
 
     @property
     def step(self):
@@ -105,10 +106,12 @@ class Trainer(object):
         early stopping. False when interrupted (the eval is then redone after a resume)."""
         if self.eval_loader is None:
             self.eval_loader = loader_for(self.splits.val, self.cfg, self.device, self.dist)
+        self.progress_state["eval_pending"] = True  # until it is done: a checkpoint saved meanwhile redoes it
+        self.between_steps = True
         result = self._evaluate(self.ema.module if self.ema else self.eval_model)
         raw = self._evaluate(self.eval_model) if self.ema and result is not None else None
+        self.between_steps = False
         if result is None or (self.ema and raw is None):
-            self.progress_state["eval_pending"] = True
             return False
         self._begin_once()
         values, pictures = result
@@ -249,7 +252,9 @@ class Trainer(object):
             return self._fit()
         except KeyboardInterrupt:
             raise  # a second Ctrl-C leaves at once; a half-written temporary file is removed at the next start
-        except BaseException:
+        except BaseException as err:
+            if worker_died(err):
+                raise self._after_worker_death(err)
             self.checkpoints.wait_quietly()  # an error: still let the last good checkpoint reach the disk
             if self.dist.main and self.begin is None:  # the old events were trimmed (hparams too): write them again
                 try:
@@ -257,6 +262,27 @@ class Trainer(object):
                 except Exception:
                     pass
             raise
+
+    def _after_worker_death(self, err):
+        """A DataLoader worker died (killed, out of memory): stop with one line, and when the loop stood between two
+        steps (a failed fetch changes nothing; an evaluation it cut is marked pending), save that state first."""
+        what = str(err).strip().splitlines()[0][:200]
+        # torch reports the death from its SIGCHLD handler, wherever the loop is: mid-step the state is half made;
+        # under several processes the other ranks would wait forever in the save's collectives
+        if self.dist.enabled or not self.between_steps:
+            kept = self.checkpoints.saved_step
+            return TrainingError("%s at step %d; %s. Run again with --resume (add --num-workers 0 if it happens "
+                                 "again)" % (what, self.step, "the last checkpoint (step %d) is kept" % kept
+                                             if kept >= 0 else "no checkpoint was saved yet"))
+        try:
+            self.checkpoints.save(self, "a data loader worker died")
+            self.checkpoints.flush()
+            saved = "saved step %d to %s" % (self.step, self.paths.latest)
+        except Exception as failed:
+            self.checkpoints.wait_quietly()
+            saved = "could not save (%s); the last good checkpoint is kept" % str(failed).splitlines()[0][:120]
+        return TrainingError("%s; %s. Run again with --resume (add --num-workers 0 if it happens again)"
+                             % (what, saved))
 
     def _fit(self):
         cfg, p = self.cfg, self.progress_state
@@ -280,7 +306,9 @@ class Trainer(object):
                 # a step between logging steps never waits for the GPU (--sync-check on CUDA: a wait raises)
                 with compat.no_host_sync(cfg.sync_check and not log_step and self.device.type == "cuda"):
                     t0 = time.perf_counter()
+                    self.between_steps = True  # a worker's death reported here finds the state of a whole step
                     batch = next(batch_iter)
+                    self.between_steps = False
                     window["data_wait"] += time.perf_counter() - t0
                     self._train_step(batch, batches.tensors[i], size, log_step)
                 self._begin_once()

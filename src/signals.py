@@ -4,8 +4,13 @@ Ctrl-C aborts at once.
 train.py installs the handler as its first statement, before torch is imported, and it stays until the
 process exits, so no stop is ever lost to a default handler (exit 143, nothing saved). While data is being
 downloaded or prepared (`interrupting()`), a stop raises Stopped at once, so a blocking network read ends
-within a second and its partial file is removed. DataLoader workers ignore stop signals
-(`ignore_stop_signals`): the main process stops them after saving.
+within a second and its partial file is removed.
+
+DataLoader workers ignore stop signals from their first instruction: the main process starts them with the
+signals blocked (`blocked`), so a `docker stop` sent to the whole process group while a worker is starting stays
+pending, and the worker's init function (`ignore_stop_signals`) ignores them, which discards what is pending,
+before it unblocks them. The main process stops them after saving. Once the work is done (`after_exit`), a stop
+changes nothing: the process exits with its own code, also while workers are being joined at shutdown.
 """
 import contextlib
 import logging
@@ -59,11 +64,36 @@ class StopFlag(object):
             self._raise = False
 
 
+    def after_exit(self):
+        """The run is over (saved, or nothing to save): from now on a stop signal is ignored, so that one arriving
+        while the interpreter shuts down (DataLoader workers joined, files closed) cannot turn the exit code into
+        a death by that signal."""
+        for sig in SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 STOP = StopFlag()  # the process's one flag (train.py installs it)
+
+
+@contextlib.contextmanager
+def blocked():
+    """Stop signals held pending (not lost) inside: processes forked here start with them blocked."""
+    if not hasattr(signal, "pthread_sigmask"):  # not on this platform: no fork-time window to close
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a signal that came meanwhile is handled now
 
 
 def ignore_stop_signals(worker_id=None):
     """worker_init_fn of DataLoader workers: a `docker stop` or a Ctrl-C sent to the whole process group must not
-    kill them mid-batch (the main process would fail with 'DataLoader worker ... killed' and save nothing)."""
+    kill them mid-batch (the main process would fail with 'DataLoader worker ... killed' and save nothing). They
+    start with the signals blocked (`blocked`); ignoring them discards any that came meanwhile, then they are
+    unblocked."""
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)

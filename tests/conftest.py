@@ -90,6 +90,37 @@ def wait_for_line(proc, predicate, timeout=120):
     raise AssertionError("line never came; output:\n" + "".join(seen[-40:]))
 
 
+def handler_installed(proc, sig=signal.SIGTERM, timeout=120):
+    """Wait until train.py (exec'd, not the forked test process) catches sig, as the kernel reports it in
+    /proc/PID/status: the moment its own signal handler exists. False if it exited first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with open("/proc/%d/cmdline" % proc.pid, "rb") as f:
+                started = b"train.py" in f.read()
+            with open("/proc/%d/status" % proc.pid) as f:
+                caught = [int(line.split()[1], 16) for line in f if line.startswith("SigCgt:")][0]
+        except (OSError, IndexError):
+            return False
+        if proc.poll() is not None:
+            return False
+        if started and caught & (1 << (sig - 1)):
+            return True
+        time.sleep(0.002)
+    raise AssertionError("train.py never installed its %s handler" % signal.Signals(sig).name)
+
+
+def children(pid):
+    """The pids of a process's children (DataLoader workers of a trainer), from /proc."""
+    found = []
+    for task in Path("/proc/%d/task" % pid).glob("*"):
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
 def step_of(line, prefix):
     """N from 'step N/...' or 'saved checkpoint step N', when line starts with prefix."""
     if not line.startswith(prefix):
@@ -149,5 +180,5 @@ def same_weights(a, b):
     return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-__all__ = ["FAST", "Project", "assert_same_scalars", "load", "scalars", "raw_events", "same_weights", "signal",
+__all__ = ["FAST", "Project", "assert_same_scalars", "children", "handler_installed", "load", "scalars", "raw_events", "same_weights", "signal",
            "stop_at", "summary_steps", "wait_for_line", "step_of"]

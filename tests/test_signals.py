@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import FAST, load, scalars, stop_at, wait_for_line
+from conftest import FAST, children, handler_installed, load, scalars, stop_at, wait_for_line
 
 SLOW = FAST + ["--epochs", "50", "--log-every", "1", "--ckpt-every", "1000"]
 
@@ -75,14 +75,100 @@ def test_stop_of_the_whole_process_group_with_dataloader_workers_saves(project):
     assert load(project.latest("digits-mlp"))["progress"]["step"] >= 20
 
 
-@pytest.mark.parametrize("delay", [0.05, 0.3, 0.8, 1.5])
-def test_sigterm_at_any_moment_of_start_up_exits_cleanly(project, delay):
+def _written(project):
+    """Every file a run made in logs/ and models/ (the checkout's empty folders are not counted)."""
+    return sorted(str(p.relative_to(project.root)) for p in list(project.root.glob("logs/**/*"))
+                  + list(project.root.glob("models/**/*")) if p.is_file())
+
+
+def test_a_sigterm_before_the_handler_exists_writes_nothing_and_the_next_start_works(project):
+    """A signal sent as the process starts may come before the interpreter runs a line of train.py: then it dies
+    of it (as any program would), having written nothing; a later start, or --resume, works."""
+    for _ in range(3):
+        proc = project.start(*SLOW)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode in (0, -signal.SIGTERM), out
+        if proc.returncode == 0:
+            assert "stopped by SIGTERM before training started" in out, out
+        assert _written(project) == []
+    code, out, _ = stop_at(project.start(*(SLOW + ["--resume", "auto"])), signal.SIGTERM, "step ", 3)
+    assert code == 0 and "fresh start" in out and "saved checkpoint step" in out, out
+
+
+@pytest.mark.parametrize("delay", [0, 0.05, 0.3, 0.8, 1.5])
+def test_sigterm_at_any_moment_once_the_handler_is_installed_exits_0(project, delay):
     proc = project.start(*SLOW)
-    time.sleep(delay)
+    assert handler_installed(proc), proc.communicate()[0]
+    time.sleep(delay)  # aims the signal at a moment of start-up; the assertions hold at any moment
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert "stopped by SIGTERM before training started" in out or "saved checkpoint step" in out, out
+    if "saved checkpoint step" not in out:
+        assert "stopped by SIGTERM before training started" in out, out
+        assert _written(project) == [], "a stop before training wrote files"
+    if any(line.startswith("step ") for line in out.splitlines()):
+        assert "saved checkpoint step" in out, "a step was done but no stop checkpoint saved:\n" + out
+
+
+WORKERS = FAST + ["--epochs", "2", "--num-workers", "2", "--eval-every", "10", "--log-every", "10"]
+
+
+def _group_stop(proc, sig=signal.SIGTERM):
+    os.killpg(proc.pid, sig)  # the test started it in its own session: pgid == pid, as docker stop (tini -g)
+    out, _ = proc.communicate(timeout=60)
+    return proc.returncode, out
+
+
+@pytest.mark.parametrize("after,offset", [("first worker", 0), ("fresh start", 0.02), ("fresh start", 0.1),
+                                          ("step 10/", 0), ("step 10/", 0.02), ("step 10/", 0.05),
+                                          ("step 10/", 0.1), ("step 10/", 0.3)])
+def test_docker_stop_while_dataloader_workers_start_saves_and_exits_0(project, after, offset):
+    """Workers start with stop signals blocked and ignore them from their first instruction (the training
+    loader's workers at the start, the validation loader's at step 10)."""
+    proc = project.start(*WORKERS)
+    if after == "first worker":  # the moment a worker is forked
+        deadline = time.time() + 120
+        while not children(proc.pid) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.001)
+    else:
+        wait_for_line(proc, lambda line: after in line)
+        time.sleep(offset)
+    code, out = _group_stop(proc)
+    assert code == 0, out
+    assert "killed by signal" not in out and "Traceback" not in out, out
+    assert "saved checkpoint step" in out or "stopped by SIGTERM before training started" in out, out
+
+
+@pytest.mark.parametrize("sig,offset", [(signal.SIGTERM, 0), (signal.SIGTERM, 0.01), (signal.SIGTERM, 0.05),
+                                        (signal.SIGTERM, 0.2), (signal.SIGHUP, 0), (signal.SIGINT, 0.01)])
+def test_a_stop_during_shutdown_changes_nothing(project, sig, offset):
+    """After `done:` the work is saved: a stop while workers are joined and files closed keeps exit 0."""
+    proc = project.start(*(FAST + ["--epochs", "1", "--num-workers", "2"]))
+    wait_for_line(proc, lambda line: line.startswith("done"))
+    time.sleep(offset)
+    code, out = _group_stop(proc, sig)
+    assert code == 0, out
+    assert "Traceback" not in out, out
+    assert (project.run_dir("digits-mlp") / "metrics.json").is_file()
+
+
+def test_a_dataloader_worker_that_dies_saves_the_last_whole_step_says_so_and_does_not_hang(project):
+    proc = project.start(*(SLOW + ["--num-workers", "2"]))
+    wait_for_line(proc, lambda line: line.startswith("step 20/"))
+    workers = children(proc.pid)
+    assert workers, "no DataLoader worker found"
+    os.kill(workers[0], signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    errors = [line for line in out.splitlines() if line.startswith("train.py: error:")]
+    assert len(errors) == 1 and "DataLoader worker" in errors[0] and "--resume" in errors[0], out
+    assert "Traceback" not in out, out
+    assert "saved step" in errors[0] or "is kept" in errors[0], errors[0]
+    step = load(project.latest("digits-mlp"))["progress"]["step"]
+    assert step >= 20
+    code, out, _ = stop_at(project.start(*(SLOW + ["--resume"])), signal.SIGTERM, "step ", step + 2)
+    assert code == 0 and "resuming from" in out, out
 
 
 def test_a_burst_of_sigterms_saves_once_and_exits_0(project):

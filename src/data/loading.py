@@ -9,7 +9,7 @@ import torch
 
 from .. import compat, seeding
 from ..errors import UsageError
-from ..signals import ignore_stop_signals
+from ..signals import blocked, ignore_stop_signals
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -81,8 +81,22 @@ def make_loader(dataset, batches, cfg, device):
     if settings["num_workers"] > 0:  # workers ignore stop signals sent to the whole group: the main process saves
         common["worker_init_fn"] = ignore_stop_signals
     if batched:
-        return torch.utils.data.DataLoader(dataset, sampler=batches, batch_size=None, **common)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, **common)
+        return Loader(dataset, sampler=batches, batch_size=None, **common)
+    return Loader(dataset, batch_sampler=batches, **common)
+
+
+class Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers start with stop signals blocked: none can die of a stop sent to the whole process
+    group before its init function ignores them (signals.blocked)."""
+
+    def __iter__(self):
+        with blocked():
+            return super(Loader, self).__iter__()
+
+
+def worker_died(err):
+    """Whether an error is a DataLoader's report that one of its workers died (killed, out of memory)."""
+    return isinstance(err, RuntimeError) and "DataLoader worker" in str(err)
 
 
 class DirectBatches(object):
