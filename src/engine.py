@@ -247,9 +247,10 @@ class Trainer(object):
             begin, self.begin = self.begin, None
             begin()
 
-    def fit(self):
+    def fit(self, test_only=False):
+        """Train to the end and test, or (test_only: a finished run resumed without its test results) test."""
         try:
-            return self._fit()
+            return self.finish() if test_only else self._fit()
         except KeyboardInterrupt:
             raise  # a second Ctrl-C leaves at once; a half-written temporary file is removed at the next start
         except BaseException as err:
@@ -338,10 +339,17 @@ class Trainer(object):
         if self.meter.steps > 0:  # the last, partial logging window
             self._log_window(window)
         self.checkpoints.save(self, "end of training")
+        return self.finish()
+
+    def finish(self):
+        """The end of a run: the saved end-of-training checkpoint's best is tested. Also all that a resumed run
+        does when training had ended but its test had not (a kill during the test)."""
         self.checkpoints.flush()
+        self._begin_once()
         test = self.final_test()
         self.board_hparams(test)
         self.checkpoints.report_stalls()
+        cfg, p = self.cfg, self.progress_state
         log.info("done%s: %d steps, %d epochs. Best %s %.4f at step %s -> %s",
                  " (stopped early)" if stopped_early(cfg, p) else "", p["step"], p["epoch"], self.metric,
                  self.best["value"] if self.best["value"] is not None else float("nan"), self.best["step"],

@@ -32,6 +32,10 @@ def evaluate(model, loader, task, precision, device, dist, channels_last=False, 
                     first = (inputs[:8].cpu(), target[:8].cpu(), pred[:8].detach().float().cpu())
     finally:
         model.train()
+    if dist.enabled and dist.any(not sums):  # a rank without samples (a split smaller than the processes)
+        for layout in dist.gather({k: tuple(v.shape) for k, v in sums.items()}):
+            for key, shape in layout.items():
+                sums.setdefault(key, torch.zeros(shape, dtype=torch.float64, device=device))  # adds nothing
     keys = sorted(sums)
     flat = dist.sum_(torch.cat([sums[k].double().reshape(-1) for k in keys])).cpu()
     reduced, at = {}, 0

@@ -202,6 +202,15 @@ def check_history(cfg, paths):
                          % (paths.run_dir, cfg.models_dir))
 
 
+def tested(paths, state):
+    """Whether a finished run's final test results are on disk (logs/<run>/metrics.json of its last step)."""
+    import json
+    try:
+        return json.loads((paths.run_dir / "metrics.json").read_text())["step"] == state["progress"]["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def run(cfg, user, stop):
     dist = Dist()
     bar = console.use_bar(cfg.progress) and dist.main
@@ -232,8 +241,11 @@ def run(cfg, user, stop):
     if state is not None:
         cfg, changes = config.merge_resumed(state["config"], cfg, user)
         if finished(cfg, state["progress"]):
-            log.info("run %s already finished: %s", cfg.run_name, finished_hint(cfg, state["progress"]))
-            return 0
+            if tested(paths, state):
+                log.info("run %s already finished: %s", cfg.run_name, finished_hint(cfg, state["progress"]))
+                return 0
+            log.info("run %s finished training at step %d, but its test did not complete (stopped or killed during "
+                     "it): testing the best checkpoint now", cfg.run_name, state["progress"]["step"])
     else:
         check_history(cfg, paths)
     device, splits, parts = build_all(cfg, dist, stop)
@@ -265,6 +277,8 @@ def _locked(cfg, parts, state, source, changes, paths, bar, stop, dist, device, 
             if fingerprint(paths) != seen:
                 raise TrainingError("run '%s' changed while this trainer was starting (another trainer wrote it); "
                                     "run the command again" % cfg.run_name)
+            if state is None:  # again under the lock: another run may have written there since the first look
+                check_history(cfg, paths)
             atomic.remove_stale_tmp(paths.latest.parent, paths.latest.name)
             atomic.remove_stale_tmp(paths.best.parent, paths.best.name)
             atomic.remove_stale_tmp(paths.tmp_dir)
@@ -337,7 +351,7 @@ def _train(cfg, parts, state, source, changes, paths, bar, stop, dist, step0):
             restore_loop(trainer, state, dist, cfg)  # random streams last: nothing after may draw before step 1
         elif dist.rank > 0:
             seeding.seed_everything(seeding.rank_seed(cfg.seed, dist.rank))  # own dropout masks, same weights
-        return trainer.fit()
+        return trainer.fit(test_only=state is not None and finished(cfg, state["progress"]))
     finally:
         progress.close()
         board.close()

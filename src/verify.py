@@ -85,21 +85,32 @@ def run(cfg):
     import os
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         raise UsageError("--verify-resume runs in one process; start it with python train.py, not torchrun")
+    work = Path(tempfile.mkdtemp(prefix="verify-resume-"))
+    try:
+        return _verify(cfg, work)
+    finally:
+        shutil.rmtree(str(work), ignore_errors=True)  # PASS, FAIL or error: no folder is left behind
+
+
+def _verify(cfg, work):
     k = cfg.verify_resume
     stop = k // 2
-    work = Path(tempfile.mkdtemp(prefix="verify-resume-"))
     cfg_file = _config_file(cfg, work)
-    log.info("verify-resume: %d steps of %s on %s in one go, and with a stop after step %d and a resume (in %s)",
-             k, cfg.model, cfg.dataset, stop, work)
+    log.info("verify-resume: %d steps of %s on %s in one go, and with a stop after step %d and a resume",
+             k, cfg.model, cfg.dataset, stop)
     _train(cfg_file, work / "straight", [], "the uninterrupted run")
     _train(cfg_file, work / "resumed", ["--stop-after-step", str(stop)], "the run stopped at step %d" % stop)
+    stopped_at = checkpoint.load(work / "resumed" / "models" / "latest" / "verify.pt")["progress"]["step"]
+    if stopped_at != stop:  # the run ended first (--epochs, --max-steps, --early-stop): no stop was tested
+        raise UsageError("--verify-resume %d: these flags end the run at step %d, before the stop after step %d, so "
+                         "no stop and resume would be tested; use --verify-resume %d or less (or more --epochs)"
+                         % (k, stopped_at, stop, max(2, 2 * stopped_at - 2)))
     _train(cfg_file, work / "resumed", ["--resume"], "the resumed run")
     straight = _outcome(work / "straight")
     found = differences(straight, _outcome(work / "resumed"))
     if not found:
         log.info("verify-resume: PASS: after a stop at step %d and a resume, all %d tensors and %d scalars match the "
                  "uninterrupted run bit for bit", stop, len(straight[0]), len(straight[1]))
-        shutil.rmtree(str(work), ignore_errors=True)
         return 0
     _train(cfg_file, work / "again", [], "a second uninterrupted run")
     if differences(straight, _outcome(work / "again")):
@@ -112,5 +123,5 @@ def run(cfg):
                   "epoch and sample index, or save it with the model")
     more = " (and %d more)" % (len(found) - SHOWN) if len(found) > SHOWN else ""
     log.info("verify-resume: FAIL: after a stop at step %d and a resume, these differ from the uninterrupted run: "
-             "%s%s. Likely reason: %s. The runs are kept in %s", stop, "; ".join(found[:SHOWN]), more, reason, work)
+             "%s%s. Likely reason: %s", stop, "; ".join(found[:SHOWN]), more, reason)
     return 1

@@ -94,3 +94,17 @@ def test_global_batch_smaller_than_the_processes_is_one_clear_error(project):
     errors = [line for line in (res.stdout + res.stderr).splitlines() if "train.py: error:" in line]
     assert len(errors) == 1 and "--batch-size 1 is the global batch" in errors[0], res.stderr[-2000:]
     assert not project.latest("digits-mlp").exists()
+
+
+@pytest.mark.parametrize("val_split", ["0.0007", "0.0013"])  # 1 and 2 validation samples for 2 processes
+def test_a_split_smaller_than_the_processes_evaluates_on_every_rank(project, val_split):
+    """A rank with no samples of a split adds nothing to its sums: the metrics are those of the samples there."""
+    res = ok(project.launch(2, *(FAST + ["--max-steps", "4", "--eval-every", "2", "--val-split", val_split])))
+    assert "Traceback" not in res.stderr
+    one = project.ok(*(FAST + ["--max-steps", "4", "--eval-every", "2", "--val-split", val_split,
+                                "--run-name", "one"]))
+    assert "Traceback" not in one.stderr
+    two, single = scalars(project.run_dir("digits-mlp")), scalars(project.run_dir("one"))
+    assert [s for s, _ in two["val/loss"]] == [2, 4]
+    for (_, a), (_, b) in zip(two["val/loss"], single["val/loss"]):
+        assert a == pytest.approx(b, rel=RTOL)

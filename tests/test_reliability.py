@@ -4,16 +4,19 @@ file names, resume settings that must not travel between checkouts, and a failed
 the run as it was."""
 import hashlib
 import io
+import json
 import os
 import shutil
 import struct
 import subprocess
+import sys
+import time
 import zipfile
 
 import pytest
 import torch
 
-from conftest import FAST, load
+from conftest import FAST, load, wait_for_line
 from src import checkpoint, compat
 
 MARKER = "/tmp/tpl-payload-ran-%d" % os.getpid()
@@ -343,3 +346,83 @@ def test_verify_resume_passes_on_exact_code_and_names_hidden_randomness(project)
     assert res.returncode == 1, res.stderr[-2000:]
     assert "verify-resume: FAIL" in res.stderr and "model.1.weight" in res.stderr
     assert "two uninterrupted runs differ too" in res.stderr
+
+
+RACE = """
+import os, sys, time
+import train
+from src import run
+
+real = run.build_all
+
+
+def paused(*args, **kw):  # after the checks that need no lock, before the lock: where the other run slipped in
+    open("b-checked", "w").close()
+    while not os.path.exists("b-go"):
+        time.sleep(0.01)
+    return real(*args, **kw)
+
+
+run.build_all = paused
+train.leave(train.main(sys.argv[1:]))
+"""
+
+
+def test_a_run_that_ends_while_another_starts_keeps_its_history(project):
+    """Run B (same --run-name, other --models-dir) passes the first history check before run A writes anything;
+    A trains to the end; then B locks the run folder: it checks again there, and refuses."""
+    b = subprocess.Popen([sys.executable, "-c", RACE] + FAST + ["--max-steps", "5", "--models-dir", "models-b"],
+                         cwd=str(project.root), env=project.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    while not (project.root / "b-checked").exists():
+        assert b.poll() is None, b.communicate()[0]
+        time.sleep(0.01)
+    project.ok(*(FAST + ["--max-steps", "12"]))  # run A, start to end
+    run_dir = project.run_dir("digits-mlp")
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != "run.lock"}
+    (project.root / "b-go").touch()
+    out, _ = b.communicate(timeout=300)
+    assert b.returncode == 2 and "already holds the TensorBoard history" in out, out
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.name != "run.lock"} == before
+    assert not (project.root / "models-b" / "latest" / "digits-mlp.pt").exists()
+
+
+def test_a_run_killed_during_its_final_test_runs_the_test_on_resume(project):
+    args = FAST + ["--max-steps", "20"]
+    project.ok(*args)
+    metrics = project.run_dir("digits-mlp") / "metrics.json"
+    want = json.loads(metrics.read_text())
+    # what a kill -9 during the final test leaves: latest saved as finished, best there, no metrics.json
+    metrics.unlink()
+    res = project.ok(*(args + ["--resume"]))
+    assert "its test did not complete" in res.stderr and "test of the best checkpoint" in res.stderr, res.stderr
+    assert json.loads(metrics.read_text()) == want
+    res = project.ok(*(args + ["--resume"]))
+    assert "already finished" in res.stderr
+    # a real kill -9 as the test starts: whatever it caught, --resume ends with the same results
+    proc = project.start(*(FAST + ["--max-steps", "20", "--run-name", "k"]))
+    wait_for_line(proc, lambda line: "(end of training)" in line)
+    proc.kill()
+    proc.wait()
+    project.ok(*(FAST + ["--max-steps", "20", "--run-name", "k", "--resume"]))
+    got = json.loads((project.run_dir("k") / "metrics.json").read_text())
+    assert got["test"] == want["test"] and got["step"] == 20
+
+
+def test_verify_resume_refuses_a_stop_past_the_end_of_the_run_and_leaves_no_folder(project, tmp_path):
+    env = dict(project.env, TMPDIR=str(tmp_path))
+    res = project.run("--model", "mlp", "--epochs", "1", "--batch-size", "128", "--verify-resume", "40", "--progress",
+                      "plain", env=env)  # 12 steps an epoch
+    one_line(res, 2, "end the run at step 12, before the stop after step 20")
+    assert "verify-resume: PASS" not in res.stderr
+    assert list(tmp_path.glob("verify-resume-*")) == []
+    res = project.run("--model", "mlp", "--dataset", "nope-not-a-dataset", "--verify-resume", "4", env=env)
+    assert res.returncode == 2
+    # a failing sub-run (its model raises at the first step) cleans up too
+    (project.root / "src" / "models" / "broken.py").write_text(
+        "import torch.nn as nn\nfrom . import register\n\n\nclass Broken(nn.Linear):\n"
+        "    def forward(self, x):\n        raise RuntimeError('broken model')\n\n\n"
+        "@register('broken')\ndef build(input_shape, num_classes, cfg):\n    return Broken(64, num_classes)\n")
+    res = project.run("--model", "broken", "--verify-resume", "4", "--progress", "plain", env=env)
+    assert res.returncode != 0
+    assert list(tmp_path.glob("verify-resume-*")) == []
