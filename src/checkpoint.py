@@ -141,6 +141,78 @@ def _check_layout(state, full):
             raise CorruptCheckpoint("missing or malformed 'config.run_name'")
         if not isinstance(state["best"].get("metric"), str) or state["best"].get("mode") not in ("min", "max"):
             raise CorruptCheckpoint("missing or malformed 'best'")
+        _check_values(state)
+
+
+MAX_COUNT = 1 << 62  # steps, epochs and samples beyond this are not a real run's
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _count(value, low=0):
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value < MAX_COUNT
+
+
+def _ints(value, length=None):
+    return isinstance(value, (list, tuple)) and all(_count(v, -MAX_COUNT) for v in value) and (
+        length is None or len(value) == length)
+
+
+def _tensor(value, dtype=None):
+    return isinstance(value, torch.Tensor) and (dtype is None or value.dtype == dtype)
+
+
+def _rng_ok(rng):
+    py, npy = rng.get("python"), rng.get("numpy")
+    return (isinstance(py, (list, tuple)) and len(py) == 3 and _count(py[0]) and _ints(py[1], 625)
+            and (py[2] is None or _number(py[2]))
+            and isinstance(npy, (list, tuple)) and len(npy) == 5 and npy[0] == "MT19937" and _ints(npy[1], 624)
+            and _count(npy[2]) and _count(npy[3]) and _number(npy[4])
+            and _tensor(rng.get("torch"), torch.uint8) and rng["torch"].shape == torch.get_rng_state().shape
+            and isinstance(rng.get("cuda", []), (list, tuple)) and all(_tensor(t, torch.uint8) for t in rng.get("cuda", [])))
+
+
+def _optimizer_ok(opt):
+    groups, slots = opt.get("param_groups"), opt.get("state")
+    return (isinstance(slots, dict) and isinstance(groups, list)
+            and all(_count(k) and isinstance(v, dict) and all(isinstance(n, str) and (_tensor(x) or _number(x))
+                                                              for n, x in v.items()) for k, v in slots.items())
+            and all(isinstance(g, dict) and _ints(g.get("params")) and _number(g.get("lr")) for g in groups))
+
+
+def _check_values(state):
+    """The values of a full checkpoint, each of the type and range this project writes: a forged or damaged file
+    that passed the digest fails here, before anything is built from it (not with a traceback at step one)."""
+    progress, best, meter, sched = state["progress"], state["best"], state["meter"], state["scheduler"]
+    checks = [
+        ("progress", all(_count(progress[k]) for k in ("epoch", "sample_in_epoch", "step"))
+         and _count(progress.get("stale_evals", 0)) and (progress.get("stale_ref") is None
+                                                         or _number(progress["stale_ref"]))),
+        ("best", (best.get("value") is None or _number(best["value"]))
+         and (best.get("step") is None or _count(best["step"]))
+         and (best.get("loss") is None or _number(best["loss"]))),
+        ("meter", _tensor(meter.get("loss_sum")) and _tensor(meter.get("grad_norm")) and _count(meter.get("steps"))
+         and isinstance(meter.get("counts", {}), dict) and all(isinstance(k, str) and _tensor(v)
+                                                               for k, v in meter.get("counts", {}).items())),
+        ("scheduler", _count(sched.get("last_epoch"), -1) and isinstance(sched.get("base_lrs"), list)
+         and all(_number(v) for v in sched["base_lrs"] + list(sched.get("_last_lr") or []))
+         and _count(sched.get("_step_count", 0))),
+        ("optimizer", _optimizer_ok(state["optimizer"])),
+        ("rng", _rng_ok(state["rng"])),
+        ("last_eval", isinstance(state.get("last_eval", {}), dict)
+         and all(isinstance(k, str) and _number(v) for k, v in (state.get("last_eval") or {}).items())),
+        ("task", isinstance(state.get("task", {}), dict)
+         and all(isinstance(k, str) for k in (state.get("task") or {}))),
+        ("rng_ranks", state.get("rng_ranks") is None or (isinstance(state["rng_ranks"], list)
+                                                         and all(isinstance(r, dict) and _rng_ok(r)
+                                                                 for r in state["rng_ranks"]))),
+        ("ema", state.get("ema") is None or _count(state["ema"].get("updates", 0))),
+    ]
+    for name, ok in checks:
+        if not ok:
+            raise CorruptCheckpoint("malformed '%s' (values of the wrong type or range)" % name)
 
 
 def versions():
@@ -196,6 +268,10 @@ def load(path, full=True):
     """A checkpoint verified against its digest before unpickling, unpickled without running code, and holding
     every part resuming needs (only the weights when not full); CorruptCheckpoint says why not."""
     with open(str(path), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > compat.memory_bytes() // 2:  # it would be read whole into memory: refused before a byte is read
+            raise CorruptCheckpoint("%.1f GB, more than half of this machine's %.1f GB of memory" % (
+                size / 1e9, compat.memory_bytes() / 1e9))
         blob = f.read()
     verified = _verified_bytes(blob)
     try:

@@ -28,7 +28,11 @@ def existing_runs(models_dir):
 
 def load_or_usage_error(path, flag, full=True):
     path = Path(path)
-    if not path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError as err:  # a name the system cannot hold (a part over 255 bytes)
+        raise UsageError("%s %s...: %s; check the path" % (flag, str(path)[:80], err.strerror or err))
+    if not is_file:
         raise UsageError("%s %s: no such checkpoint file" % (flag, path))
     try:
         return checkpoint.load(path, full=full)
@@ -81,6 +85,10 @@ def describe_model(cfg):
 def restore_parts(parts, state, source, cfg):
     """Weights, optimizer, scheduler and scaler from a checkpoint (before DDP wraps the model); the config's
     hyperparameters on top."""
+    if state["progress"]["sample_in_epoch"] >= len(parts.splits.train):  # the epoch would never end
+        raise UsageError("checkpoint %s: unusable progress (sample %d of an epoch of %d training samples); resume "
+                         "another checkpoint" % (source, state["progress"]["sample_in_epoch"],
+                                                 len(parts.splits.train)))
     checkpoint.load_model_weights(parts.model, state, source, describe_model(cfg))
     try:
         parts.optimizer.load_state_dict(state["optimizer"])

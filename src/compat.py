@@ -1,6 +1,7 @@
 """Every difference between torch 1.7 and torch 2.x, found by feature detection, in one place."""
 import contextlib
 import inspect
+import os
 import warnings
 
 import torch
@@ -239,6 +240,14 @@ def scheduler_state(scheduler):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return scheduler.state_dict()
+
+
+def memory_bytes():
+    """This machine's physical memory (1 TiB where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
 
 
 def exit_process(code):

@@ -8,13 +8,14 @@ import math
 import os
 import re
 import sys
+import urllib.parse
 from types import SimpleNamespace
 
 import yaml
 
 from . import augment, data, models, tasks
 from .errors import UsageError
-from .paths import ROOT
+from .paths import ROOT, read_bounded
 
 # Keys that belong to one invocation: never inherited from a checkpoint, never in a config file.
 PER_INVOCATION = ("config", "resume", "init_from", "prepare_data", "doctor", "verify_resume", "stop_after_step",
@@ -97,6 +98,10 @@ def build_parser():
     _bool_flag(g, "download", True, "download a missing dataset (--no-download: error instead)")
     g.add_argument("--data-mirror", default=os.environ.get("DATA_MIRROR", ""), metavar="URL",
                    help="fetch datasets from URL/<dataset>/<file> (env DATA_MIRROR)")
+    g.add_argument("--download-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="a download fails when no data came for this long")
+    g.add_argument("--download-deadline", type=float, default=3600.0, metavar="SECONDS",
+                   help="a download fails when one file took longer than this in all (a mirror that trickles)")
     g.add_argument("--data-checksums", default=os.environ.get("DATA_CHECKSUMS", ""), metavar="FILE",
                    help="YAML/JSON {'<dataset>/<file>': md5} for a mirror with re-packed files (env DATA_CHECKSUMS)")
     g.add_argument("--synthetic-size", type=int, default=10000, metavar="N", help="synthetic: training samples")
@@ -249,14 +254,9 @@ def _short(value, limit=60):
 
 def _read_yaml(path, parser):
     where = "config file %s" % path
+    blob = read_bounded(path, "--config", MAX_CONFIG_BYTES)  # a config holds flags only
     try:
-        with open(path, "rb") as f:
-            blob = f.read(MAX_CONFIG_BYTES + 1)
-        if len(blob) > MAX_CONFIG_BYTES:
-            raise UsageError("%s: larger than %d KiB; a config holds flags only" % (where, MAX_CONFIG_BYTES >> 10))
         raw = yaml.safe_load(blob.decode("utf-8"))
-    except OSError as err:
-        raise UsageError("%s: cannot read: %s" % (where, err.strerror or err))
     except UnicodeDecodeError:
         raise UsageError("%s: not UTF-8 text; save it as UTF-8" % where)
     except RecursionError:
@@ -298,19 +298,21 @@ def parse(argv=None):
     return cfg, user
 
 
-def merge_resumed(saved, cfg, user):
-    """The config of a resumed run: the checkpoint's, with what the user set now on top.
+def merge_resumed(saved, cfg, user, source="the checkpoint"):
+    """The config of a resumed run: the checkpoint's (at `source`), with what the user set now on top; every value
+    checked as a flag's would be.
 
     Returns (config, changes) where changes lists (key, old, new) for every value that moved.
     """
     merged = dict(vars(cfg))
+    actions = {a.dest: a for a in build_parser()._actions}
     for key, old in saved.items():
+        if key in actions and key not in PER_INVOCATION:
+            try:  # each value checked as a flag's value is (type, choices, format), also where the user overrides it
+                old = _coerce(actions[key], key, old, "%s: its config" % source)
+            except UsageError as err:
+                raise UsageError("%s; it was not written by this project: resume another checkpoint" % err)
         if key in merged and key not in user and key not in PER_INVOCATION and key not in LOCAL:
-            now = merged[key]
-            same_kind = type(old) is type(now) or (type(now) is float and type(old) is int)
-            if not same_kind and now is not None:
-                raise UsageError("the checkpoint's config has %s for %s, which takes a %s; it was not written by "
-                                 "this project: resume another checkpoint" % (_short(old), key, type(now).__name__))
             merged[key] = old
     for key in FIXED_ON_RESUME:
         if key in user and key in saved and saved[key] != merged[key]:
@@ -322,7 +324,10 @@ def merge_resumed(saved, cfg, user):
     changes = [(k, saved[k], merged[k]) for k in sorted(user)
                if k in saved and k not in PER_INVOCATION and k not in LOCAL and saved[k] != merged[k]]
     out = SimpleNamespace(**merged)
-    validate(out)
+    try:
+        validate(out)
+    except UsageError as err:
+        raise UsageError("%s (with the config of %s)" % (err, source))
     return out, changes
 
 
@@ -338,6 +343,18 @@ def check_run_name(name, what="--run-name"):
     return name
 
 
+def _url_ok(url):
+    """Whether --data-mirror is empty or a URL urllib can fetch (a bad port is caught here, not mid-download)."""
+    if not url:
+        return True
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number in range)
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname)) or (parts.scheme == "file" and bool(parts.path))
+
+
 def _finite(value, low=None):
     return math.isfinite(value) and abs(value) <= FLOAT32_MAX and (low is None or value >= low)
 
@@ -348,8 +365,14 @@ def validate(cfg):
         if not ok:
             raise UsageError(message)
 
+    need(cfg.dataset in data.names(), "--dataset %s: no such dataset (known: %s)" % (_short(cfg.dataset),
+                                                                                 ", ".join(data.names())))
     if cfg.model == "auto":
         cfg.model = data.defaults(cfg.dataset)["model"]
+    need(cfg.model in models.names(), "--model %s: no such model (known: %s)" % (_short(cfg.model),
+                                                                             ", ".join(models.names())))
+    need(cfg.task == "auto" or cfg.task in tasks.names(), "--task %s: no such task (known: %s)"
+         % (_short(cfg.task), ", ".join(tasks.names())))
     if cfg.run_name is None:
         cfg.run_name = "%s-%s" % (cfg.dataset, cfg.model)
     check_run_name(cfg.run_name)
@@ -392,6 +415,12 @@ def validate(cfg):
          "--verify-resume must be 2 steps or more (and at most 100000), got %d" % cfg.verify_resume)
     need(cfg.stop_after_step >= 0, "--stop-after-step must be >= 0")
     need(bool(_DEVICE.fullmatch(cfg.device)), "--device %s: use auto, cpu, cuda or cuda:N" % _short(cfg.device))
+    need(_url_ok(cfg.data_mirror), "--data-mirror %s: not a URL such as http://host:8000/datasets (scheme http, "
+         "https or file, a host, a numeric port)" % _short(cfg.data_mirror))
+    need(cfg.download_timeout > 0 and _finite(cfg.download_timeout), "--download-timeout must be > 0 seconds")
+    need(cfg.download_deadline > 0 and _finite(cfg.download_deadline), "--download-deadline must be > 0 seconds")
+    need(not (cfg.resume and cfg.evaluate), "--resume and --evaluate do not go together: --evaluate [PATH] tests a "
+         "checkpoint without training, --resume trains on; drop one")
     meta = data.defaults(cfg.dataset)
     if cfg.task == "auto":
         cfg.task = meta["task"]

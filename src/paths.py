@@ -83,6 +83,10 @@ def ensure_dir(path):
 def check_folder(path, what):
     """UsageError unless path is a folder this process can write in, or one it can make (creates nothing)."""
     path = Path(path)
+    too_long = [part for part in path.parts if len(os.fsencode(part)) > 255]
+    if too_long:
+        raise UsageError("%s %s...: a folder name of %d bytes, over the 255 a file system allows; use a shorter name"
+                         % (what, str(path)[:60], len(os.fsencode(too_long[0]))))
     probe = path
     while not (probe.exists() or probe.is_symlink()):
         if probe.parent == probe:
@@ -95,6 +99,29 @@ def check_folder(path, what):
     if not os.access(str(probe), os.W_OK | os.X_OK):
         raise UsageError("%s %s: no permission to write in %s (it may belong to another user); fix its permissions "
                          "or point %s to a folder of yours" % (what, path, probe, what))
+
+
+def read_bounded(path, what, limit):
+    """The bytes of a regular file of at most `limit` bytes; UsageError for anything else (a FIFO or device would
+    block or never end, a name too long, a folder)."""
+    try:
+        info = os.stat(str(path))
+        if not stat.S_ISREG(info.st_mode):
+            raise UsageError("%s %s: not a regular file; give a file" % (what, path))
+        if info.st_size > limit:
+            raise UsageError("%s %s: larger than %d KiB; give the right file" % (what, path, limit >> 10))
+        with open(str(path), "rb") as f:
+            return f.read(limit + 1)[:limit]
+    except OSError as err:
+        raise UsageError("%s %s: cannot read it (%s); check the path" % (what, str(path)[:200], err.strerror or err))
+
+
+def exists(path):
+    """Path.exists that says False, not OSError, for a name the system cannot hold (a part over 255 bytes)."""
+    try:
+        return Path(path).exists()
+    except OSError:
+        return False
 
 
 class RunPaths:

@@ -9,6 +9,7 @@ import sys
 import threading
 from collections import namedtuple
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -94,20 +95,62 @@ def build_parts(cfg, splits, device, dist):
         if cfg.compile:
             raise UsageError("--cuda-graphs and --compile do not go together; pick one")
     augment.check(cfg.augment, splits.input_shape)
-    try:
-        model = models.build(cfg, splits.input_shape, splits.num_classes).to(device)
-    except (MemoryError, RuntimeError) as err:
-        if not isinstance(err, MemoryError) and "alloc" not in str(err).lower():
-            raise
-        raise UsageError("model '%s' does not fit in memory with --width %d --depth %d (%s); make it smaller"
-                         % (cfg.model, cfg.width, cfg.depth, str(err).strip().splitlines()[0][:120]))
+    model, task = build_model_and_task(cfg, splits, device)
     if cfg.channels_last:
         model = compat.channels_last(model)
     optimizer = optim.build_optimizer(cfg, model.parameters(), device)
     total = optim.total_steps(cfg, steps_per_epoch(len(splits.train), cfg.batch_size, dist.world))
     scheduler = optim.build_scheduler(cfg, optimizer, total)
     precision = Precision(device, pick_amp(cfg, device), cache=not cfg.cuda_graphs)
-    return Parts(model, model, optimizer, scheduler, precision, tasks.build(cfg, splits), splits, device, total)
+    return Parts(model, model, optimizer, scheduler, precision, task, splits, device, total)
+
+
+def _probe(cfg, model, task, batch, device):
+    """The model's prediction and the task's loss on a batch, in eval mode without gradients: nothing changes."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            inputs, target = task.to_device(batch, device)
+            task.loss(task.prediction(model(inputs)), target)
+    finally:
+        model.train()
+
+
+def _build_model(cfg, splits, device):
+    try:
+        return models.build(cfg, splits.input_shape, splits.num_classes).to(device)
+    except (MemoryError, RuntimeError) as err:
+        if not isinstance(err, MemoryError) and "alloc" not in str(err).lower():
+            raise
+        raise UsageError("model '%s' does not fit in memory with --width %d --depth %d (%s); make it smaller"
+                         % (cfg.model, cfg.width, cfg.depth, str(err).strip().splitlines()[0][:120]))
+
+
+def build_model_and_task(cfg, splits, device):
+    """The model and the task, once the model has run on two training samples: a model that does not fit the
+    dataset or the task (an image model on a table, a segmentation model on labels) is one line before any file
+    is written, naming the models that fit."""
+    batch = data.sample_batch(splits.train, 2)
+    task = None
+    try:
+        task = tasks.build(cfg, splits)
+        model = _build_model(cfg, splits, device)
+        _probe(cfg, model, task, batch, device)
+        return model, task
+    except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
+        error = " ".join(str(err).split())[:160] or type(err).__name__
+    fits = []
+    for name in models.names() if task is not None else ():
+        try:
+            _probe(cfg, _build_model(SimpleNamespace(**dict(vars(cfg), model=name)), splits, device), task, batch,
+                   device)
+            fits.append(name)
+        except Exception:
+            pass
+    raise UsageError("--model %s does not fit dataset %s with --task %s (%s); %s" % (
+        cfg.model, cfg.dataset, cfg.task, error, "models that fit: %s" % ", ".join(fits) if fits else
+        "no built-in model fits this dataset and task: pick another --task (or --model), or add a model in "
+        "src/models/"))
 
 
 def wrap_model(parts, cfg, dist):
@@ -239,9 +282,9 @@ def run(cfg, user, stop):
     state, source = find_resume_state(cfg, paths, explicit)
     changes = []
     if state is not None:
-        cfg, changes = config.merge_resumed(state["config"], cfg, user)
+        cfg, changes = config.merge_resumed(state["config"], cfg, user, source)
         if finished(cfg, state["progress"]):
-            if tested(paths, state):
+            if tested(paths, state) or not paths.best.is_file():  # tested, or nothing to test
                 log.info("run %s already finished: %s", cfg.run_name, finished_hint(cfg, state["progress"]))
                 return 0
             log.info("run %s finished training at step %d, but its test did not complete (stopped or killed during "
@@ -373,7 +416,7 @@ def evaluate_checkpoint(cfg, user, stop, dist):
     if "run_name" not in user:
         user = set(user) | {"run_name"}
         cfg.run_name = config.check_run_name(state["config"]["run_name"], "the checkpoint's run name")
-    cfg, _ = config.merge_resumed(state["config"], cfg, user)
+    cfg, _ = config.merge_resumed(state["config"], cfg, user, path)
     paths = RunPaths(cfg)
     check_folder(cfg.logs_dir, "--logs-dir")
     device, splits, parts = build_all(cfg, dist, stop)

@@ -1,12 +1,16 @@
 """Bad input of every kind: one line that names the problem and the next step, exit 2 for usage errors
 (1 for a run that cannot go on), and nothing saved before is changed: the test hashes models/ and logs/
 before and after each case, and no lock or folder of a run that never started is left behind."""
+import copy
+import io
 import os
 import subprocess
 
 import pytest
+import torch
 
-from conftest import FAST
+from conftest import FAST, load
+from src import checkpoint
 from test_reliability import tree_digest
 
 RUN = ["--max-steps", "3", "--run-name", "fresh"]  # a run that must never appear
@@ -25,7 +29,48 @@ def trained(tmp_path_factory):
     (project.root / "nested.yaml").write_text("lr: " + "[" * 5000 + "]" * 5000 + "\n")
     (project.root / "latin1.yaml").write_bytes(b"run_name: caf\xe9\n")
     (project.root / "bomb.yaml").write_text(ALIAS_BOMB)
+    os.mkfifo(str(project.root / "fifo"))  # opening it to read would wait for a writer forever
+    (project.root / "sums-latin1.yaml").write_bytes(b"mnist/caf\xe9: 0\n")
+    with open(str(project.root / "huge.pt"), "wb") as f:  # 40 GB, sparse: no disk used
+        f.truncate(40 << 30)
+    state = load(project.latest("digits-mlp"))
+    for name, change in FORGED.items():
+        forged = copy.deepcopy(state)
+        change(forged)
+        buf = io.BytesIO()
+        torch.save(forged, buf)
+        (project.root / ("forged-%s.pt" % name)).write_bytes(checkpoint.sign(buf.getvalue()))
     return project
+
+
+def _set(path, value):
+    def change(state):
+        *keys, last = path.split(".")
+        for key in keys:
+            state = state[key]
+        state[last] = value
+    return change
+
+
+# signed (the digest is no secret) but with contents this project never writes
+FORGED = {
+    "dataset": _set("config.dataset", "no-such-dataset"),
+    "model": _set("config.model", "no-such-model"),
+    "task": _set("config.task", "no-such-task"),
+    "augment": _set("config.augment", "crop:zz"),
+    "shape": _set("config.synthetic_shape", "3,x,32"),
+    "lr-type": _set("config.lr", "fast"),
+    "rng": _set("rng.python", "not a state"),
+    "rng-torch": _set("rng.torch", torch.zeros(3, dtype=torch.uint8)),
+    "scheduler": _set("scheduler.last_epoch", "x"),
+    "meter": _set("meter.steps", -5),
+    "best": _set("best.value", "high"),
+    "optimizer": _set("optimizer.state", 5),
+    "optimizer-lr": _set("optimizer.param_groups", [{"params": [0], "lr": "x"}]),
+    "sample": _set("progress.sample_in_epoch", 10 ** 9),
+    "sample-huge": _set("progress.step", 10 ** 30),
+}
+LONG = "x" * 300
 
 
 CASES = [
@@ -66,7 +111,24 @@ CASES = [
     (["--dataset", "diabetes", "--augment", "flip"], 2, "--augment flip works on images"),
     (["--scheduler", "multistep"], 2, "--scheduler multistep needs --lr-milestones"),
     (["--lr-milestones", "50,20"], 2, "expected ascending positive step numbers"),
-]
+    (["--dataset", "diabetes", "--model", "cnn"], 2, "--model cnn does not fit dataset diabetes"),
+    (["--dataset", "digits", "--model", "fcn"], 2, "models that fit: cnn, mlp, resnet"),
+    (["--dataset", "shapes", "--task", "regression", "--model", "fcn"], 2, "pick another --task"),
+    (["--logs-dir", LONG], 2, "over the 255 a file system allows"),
+    (["--models-dir", "models/" + LONG], 2, "over the 255 a file system allows"),
+    (["--data-dir", LONG + "/d"], 2, "over the 255 a file system allows"),
+    (["--config", LONG + ".yaml"], 2, "--config"),
+    (["--resume", LONG + ".pt"], 2, "--resume"),
+    (["--init-from", LONG + ".pt"], 2, "--init-from"),
+    (["--config", "fifo"], 2, "not a regular file"),
+    (["--dataset", "mnist", "--data-checksums", "fifo"], 2, "not a regular file"),
+    (["--dataset", "mnist", "--data-checksums", "sums-latin1.yaml"], 2, "not UTF-8"),
+    (["--dataset", "mnist", "--data-mirror", "http://host:abc"], 2, "--data-mirror 'http://host:abc': not a URL"),
+    (["--data-mirror", "ftp//nowhere"], 2, "not a URL"),
+    (["--resume", "--evaluate"], 2, "--resume and --evaluate do not go together"),
+    (["--resume", "huge.pt"], 2, "more than half of this machine's"),
+    (["--dataset", "mnist", "--no-download"], 1, "missing"),
+] + [(["--resume", "forged-%s.pt" % name, "--max-steps", "8"], 2, "forged-%s.pt" % name) for name in FORGED]
 
 
 @pytest.mark.parametrize("args,code,text", CASES, ids=[" ".join(c[0])[:40] for c in CASES])
@@ -85,6 +147,7 @@ def test_bad_input_is_one_line_with_a_next_step_and_changes_nothing(trained, arg
     assert len(lines[0]) < 600, "an error line of %d characters" % len(lines[0])
     assert tree_digest(root / "models", root / "logs") == before
     assert sorted(os.listdir(str(root / "logs"))) == runs_before, "a run folder (lock) was left behind"
+    assert not (root / "data" / "mnist").exists(), "a failed data step left data/mnist/ behind"
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to mount a read-only folder")

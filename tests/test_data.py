@@ -8,9 +8,11 @@ import http.server
 import io
 import json
 import pickle
+import socketserver
 import struct
 import tarfile
 import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -105,7 +107,7 @@ def test_checksum_mismatch_saves_nothing(project, mirror):
     res = project.run("--dataset", "mnist", "--data-mirror", url, "--prepare-data")  # the real MD5s
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1 and "checksum mismatch for %s/mnist/" % url in res.stderr
-    assert list((project.root / "data" / "mnist").iterdir()) == []
+    assert not (project.root / "data" / "mnist").exists(), "the failed first download left data/mnist/"
 
 
 def test_unreachable_mirror_is_a_clear_error(project):
@@ -188,3 +190,66 @@ def test_a_mirror_file_with_an_accepted_checksum_but_bad_contents_is_one_line(pr
                 "fewer-labels": "differ in length"}[damage]
     assert expected in lines[0], lines[0]
     assert not project.latest("mnist-cnn").exists()
+
+
+class _Hostile(socketserver.BaseRequestHandler):
+    """A mirror that answers wrongly: a broken chunked body, a garbage status line, too many headers, a body that
+    trickles in a byte at a time, or headers and then silence. Each answer ends by itself within 30 s."""
+
+    def handle(self):
+        self.request.recv(65536)
+        mode, send = self.server.mode, self.request.sendall
+        ok = b"HTTP/1.1 200 OK\r\nContent-Length: 1648877\r\n\r\n"
+        try:
+            if mode == "chunked":
+                send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz-not-a-size\r\nabc\r\n")
+            elif mode == "status":
+                send(b"HELLO I AM NOT HTTP\r\n\r\n")
+            elif mode == "headers":
+                send(b"HTTP/1.1 200 OK\r\n" + b"".join(b"X-H%d: y\r\n" % i for i in range(150)) + b"\r\n")
+            elif mode == "trickle":
+                send(ok)
+                for _ in range(150):  # a byte every 0.2 s: no read ever waits a second
+                    send(b"\0")
+                    time.sleep(0.2)
+            elif mode == "silent":
+                send(ok + b"\0" * 100)
+                self.server.release.wait(30)
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def hostile():
+    servers = []
+
+    def serve(mode):
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Hostile)
+        server.daemon_threads, server.mode, server.release = True, mode, threading.Event()
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return "http://127.0.0.1:%d" % server.server_address[1]
+
+    yield serve
+    for server in servers:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("mode,text", [("chunked", "not a valid HTTP response"),
+                                       ("status", "not a valid HTTP response"),
+                                       ("headers", "not a valid HTTP response"),
+                                       ("trickle", "the deadline passed"),
+                                       ("silent", "timed out")])
+def test_a_hostile_mirror_is_one_line_within_the_limits_and_leaves_nothing(project, hostile, mode, text):
+    started = time.time()
+    res = project.run("--dataset", "mnist", "--data-mirror", hostile(mode), "--prepare-data", "--progress", "plain",
+                      "--download-timeout", "1", "--download-deadline", "3", timeout=120)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: could not download") and text in lines[0], lines
+    if mode in ("trickle", "silent"):
+        assert "--download-timeout 1 s" in lines[0] and "--download-deadline 3 s" in lines[0], lines[0]
+    assert time.time() - started < 60  # the limits hold (3 s), whatever the mirror does
+    assert not (project.root / "data" / "mnist").exists(), "a failed download left data/mnist/ behind"

@@ -76,6 +76,15 @@ def build(cfg):
     return splits
 
 
+def sample_batch(dataset, n):
+    """The first n samples of a split as one batch (as the loader would give them)."""
+    n = min(n, len(dataset))
+    if getattr(dataset, "batched", False):
+        return dataset[list(range(n))]
+    collate = getattr(torch.utils.data, "default_collate", None) or torch.utils.data.dataloader.default_collate
+    return collate([dataset[i] for i in range(n)])
+
+
 class ArrayDataset(object):
     """Samples held in one tensor (uint8 or float); indexing with a list of indices returns a whole batch.
 

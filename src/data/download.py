@@ -1,6 +1,9 @@
 """Fetch dataset files into data/ with MD5 verification and atomic writes (no half file is ever visible)."""
 import hashlib
+import http.client
 import os
+import socket
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -9,7 +12,7 @@ import yaml
 
 from ..atomic import fsync_dir
 from ..errors import TrainingError, UsageError
-from ..paths import ensure_dir
+from ..paths import ensure_dir, read_bounded
 
 
 def md5_of(path, chunk=1 << 20):
@@ -23,11 +26,13 @@ def md5_of(path, chunk=1 << 20):
 def _overrides(cfg):
     if not cfg.data_checksums:
         return {}
+    blob = read_bounded(cfg.data_checksums, "--data-checksums", 1 << 20)
     try:
-        with open(cfg.data_checksums) as f:
-            table = yaml.safe_load(f)  # JSON is YAML too
-    except (OSError, yaml.YAMLError) as err:
-        raise UsageError("--data-checksums %s: cannot read: %s" % (cfg.data_checksums, err))
+        table = yaml.safe_load(blob.decode("utf-8"))  # JSON is YAML too
+    except UnicodeDecodeError:
+        raise UsageError("--data-checksums %s: not UTF-8 text; save it as UTF-8" % cfg.data_checksums)
+    except (yaml.YAMLError, RecursionError) as err:
+        raise UsageError("--data-checksums %s: cannot read: %s" % (cfg.data_checksums, str(err).splitlines()[0]))
     if not isinstance(table, dict):
         raise UsageError("--data-checksums %s: expected a mapping '<dataset>/<file>': md5" % cfg.data_checksums)
     return {str(k): str(v) for k, v in table.items()}
@@ -38,8 +43,20 @@ def fetch_all(cfg, dataset, base_url, files):
 
     A download stops at `size` bytes (twice that for a mirror file whose checksum --data-checksums overrides:
     it may be packed differently), so an endless or wrong response cannot fill the disk."""
-    folder = ensure_dir(Path(cfg.data_dir) / dataset)
     overrides = _overrides(cfg)
+    folder = Path(cfg.data_dir) / dataset
+    made = not folder.exists()
+    ensure_dir(folder)
+    try:
+        _fetch_files(cfg, dataset, base_url, files, folder, overrides)
+    except BaseException:
+        if made and not any(folder.iterdir()):  # a failed first download leaves no empty data/<dataset>/
+            folder.rmdir()
+        raise
+    return folder
+
+
+def _fetch_files(cfg, dataset, base_url, files, folder, overrides):
     for name, md5, size in files:
         key = "%s/%s" % (dataset, name)
         limit = 2 * size if key in overrides else size
@@ -54,8 +71,7 @@ def fetch_all(cfg, dataset, base_url, files):
         if not cfg.download:
             raise TrainingError("missing %s (run without --no-download, or place the file there)" % dest)
         base = cfg.data_mirror.rstrip("/") + "/" + dataset if cfg.data_mirror else base_url.rstrip("/")
-        fetch(base + "/" + name, dest, md5, limit)
-    return folder
+        fetch(base + "/" + name, dest, md5, limit, cfg.download_timeout, cfg.download_deadline)
 
 
 def _part_name(dest, pid):
@@ -77,20 +93,33 @@ def remove_stale_parts(dest):
             pass
 
 
-def fetch(url, dest, md5, limit):
+def fetch(url, dest, md5, limit, timeout=60.0, deadline=3600.0):
     """Download url to dest through a temporary file in the same folder; keep it only if the MD5 matches. At most
-    `limit` bytes are read. A stop signal raises out of the read (signals.Stopped) and the partial file goes."""
+    `limit` bytes are read; it fails when no byte came for `timeout` seconds or the whole took over `deadline`. A
+    stop signal raises out of the read (signals.Stopped) and the partial file goes."""
     dest = Path(dest)
     part = dest.with_name(_part_name(dest, os.getpid()))
     h = hashlib.md5()
     got = 0
+    end = time.monotonic() + deadline
+    limits = "--download-timeout %g s without data, --download-deadline %g s in all" % (timeout, deadline)
     try:
         try:
-            with urllib.request.urlopen(url, timeout=60) as resp, open(str(part), "wb") as out:
+            with urllib.request.urlopen(url, timeout=min(timeout, deadline)) as resp, open(str(part), "wb") as out:
                 announced = resp.headers.get("Content-Length")
                 if announced and announced.isdigit() and int(announced) > limit:
                     raise _TooLarge(int(announced))
-                for block in iter(lambda: resp.read(1 << 20), b""):
+                read = getattr(resp, "read1", resp.read)  # what has come, not a whole megabyte: the deadline counts
+                while True:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        raise socket.timeout()
+                    sock = getattr(getattr(getattr(resp, "fp", None), "raw", None), "_sock", None)
+                    if sock is not None:  # the last read may wait only until the deadline
+                        sock.settimeout(min(timeout, left))
+                    block = read(1 << 20)
+                    if not block:
+                        break
                     got += len(block)
                     if got > limit:
                         raise _TooLarge(got)
@@ -101,10 +130,17 @@ def fetch(url, dest, md5, limit):
         except _TooLarge as big:
             raise TrainingError("%s sends more than the %d bytes expected (%d so far); it is not this dataset's file: "
                                 "check --data-mirror, or place the file at %s" % (url, limit, big.size, dest))
-        except (urllib.error.URLError, OSError, ValueError) as err:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
             reason = getattr(err, "reason", None) or err
+            if isinstance(reason, socket.timeout) or isinstance(err, socket.timeout):
+                reason = "%s after %d bytes (limits: %s)" % (
+                    "the deadline passed" if time.monotonic() >= end - 0.1 else "timed out: no data came",
+                    got, limits)
+            elif isinstance(err, http.client.HTTPException):
+                reason = "not a valid HTTP response (%s: %s)" % (type(err).__name__, str(err).strip()[:100])
             raise TrainingError("could not download %s: %s (use --data-mirror URL, or place the file at %s)"
-                                % (url, reason, dest))
+                                % (url, str(reason).splitlines()[0][:300] if str(reason) else type(err).__name__,
+                                   dest))
         if h.hexdigest() != md5:
             raise TrainingError("checksum mismatch for %s: expected md5 %s, got %s; nothing was saved"
                                 % (url, md5, h.hexdigest()))

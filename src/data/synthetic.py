@@ -3,11 +3,10 @@
 Made from a fixed seed, held as uint8 in memory; --synthetic-size training samples (val is carved from them),
 a tenth as many for test.
 """
-import os
-
 import torch
 
 from . import ArrayDataset, Splits, register
+from .. import compat
 from ..errors import UsageError
 
 
@@ -20,23 +19,16 @@ def make(n, shape, classes, seed):
     return x, y
 
 
-def memory_bytes():
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 40
-
-
 @register("synthetic", task="classification", model="cnn")
 def build(cfg):
     shape = tuple(int(d) for d in cfg.synthetic_shape.split(","))
     k = cfg.synthetic_classes
     n = cfg.synthetic_size + max(cfg.synthetic_size // 10, k)
     need = 3 * n * shape[0] * shape[1] * shape[2]
-    if need > memory_bytes() // 2:  # making it holds about three bytes a pixel at once
+    if need > compat.memory_bytes() // 2:  # making it holds about three bytes a pixel at once
         raise UsageError("--synthetic-size %d of --synthetic-shape %s needs about %.1f GB to make, more than half of "
                          "this machine's %.1f GB; make them smaller" % (cfg.synthetic_size, cfg.synthetic_shape,
-                                                                       need / 1e9, memory_bytes() / 1e9))
+                                                                       need / 1e9, compat.memory_bytes() / 1e9))
     norm = dict(scale=1 / 255.0, mean=0.5, std=0.25)
     train = ArrayDataset(*make(cfg.synthetic_size, shape, k, 1234), **norm)
     test = ArrayDataset(*make(max(cfg.synthetic_size // 10, k), shape, k, 4321), **norm)
