@@ -72,9 +72,9 @@ if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
 fi
 native_pids=()
 for pid_file in "$ROOT/logs/.train-native.pid" "$ROOT/logs/.tensorboard-native.pid"; do
-  if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null && our_process "$(cat "$pid_file")"; then
-    native_pids+=("$(cat "$pid_file")")
-    plan+=("native process $(cat "$pid_file") ($(basename "$pid_file" .pid | tr -d .))")
+  if pid="$(live_pid "$pid_file")" && our_process "$pid"; then  # the process started, not one that got its pid
+    native_pids+=("$pid")
+    plan+=("native process $pid ($(basename "$pid_file" .pid | tr -d .))")
   fi
 done
 conda_env=0

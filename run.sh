@@ -144,42 +144,44 @@ trainer_state() {  # the compose trainer: running, or exited CODE (a restart aft
 native_output() { tail -c "+$((since + 1))" "$ROOT/logs/train-native.out"; }
 
 native_state() {  # the native trainer (pid in logs/.train-native.pid): running, or exited 0 / 1 from its output
-  if kill -0 "$(cat "$ROOT/logs/.train-native.pid")" 2>/dev/null; then echo running
+  if live_pid "$ROOT/logs/.train-native.pid" >/dev/null; then echo running
   elif tail -n 1 "$ROOT/logs/train-native.out" | grep -q "train.py: error"; then echo "exited 1"
   else echo "exited 0"; fi
 }
 
 run_native() {
-  local python pid_file="$ROOT/logs/.train-native.pid" tb_pid_file="$ROOT/logs/.tensorboard-native.pid"
+  local python pid tb_pid pid_file="$ROOT/logs/.train-native.pid" tb_pid_file="$ROOT/logs/.tensorboard-native.pid"
   python="$(native_env_python)"
-  if [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null; then
-    die "training is already running (pid $(cat "$pid_file")); follow it with: tail -f logs/train-native.out; stop it with: kill $(cat "$pid_file")"
+  if pid="$(live_pid "$pid_file")"; then
+    die "training is already running (pid $pid); follow it with: tail -f logs/train-native.out; stop it with: kill $pid"
   fi
   cd "$ROOT"
   checked "$python" train.py --resume auto "${args[@]}" --prepare-data --progress plain
   since="$(stat -c %s logs/train-native.out 2>/dev/null || echo 0)"
   detach "$python" logs/train-native.out "$python" -m src.launch "$nproc" --resume auto "${args[@]}" --progress plain \
     >"$pid_file"
-  if ! { [[ -f "$tb_pid_file" ]] && kill -0 "$(cat "$tb_pid_file")" 2>/dev/null; }; then
+  if ! live_pid "$tb_pid_file" >/dev/null; then
     if port_busy "$TB_PORT"; then die "$tb_busy_message"; fi
     detach "$python" logs/tensorboard-native.out "$(dirname "$python")/tensorboard" --logdir logs --host "$TB_BIND" \
       --port "$TB_PORT" >"$tb_pid_file"
   fi
   local state
+  read -r pid _ <"$pid_file"
+  read -r tb_pid _ <"$tb_pid_file"
   state="$(settle native_state native_output)"
   wait_for_tensorboard "logs/tensorboard-native.out"
   if [[ "$state" != running ]]; then
     report_exit "$state" "$(native_output | grep -v '^$' | tail -n 3)"
-    echo "  TensorBoard:  $url      (stop it: kill $(cat "$tb_pid_file"))"
+    echo "  TensorBoard:  $url      (stop it: kill $tb_pid)"
     return 0
   fi
   cat <<EOF
-$(basename "$0"): training in the background (pid $(cat "$pid_file")).
+$(basename "$0"): training in the background (pid $pid).
   TensorBoard:  $url
   follow:       tail -f logs/train-native.out
-  stop:         kill $(cat "$pid_file")                  (saves a checkpoint first)
+  stop:         kill $pid                  (saves a checkpoint first)
   resume:       ./run.sh --native ${args[*]}
-  TensorBoard:  stop it with kill $(cat "$tb_pid_file") (./purge.sh stops it too)
+  TensorBoard:  stop it with kill $tb_pid (./purge.sh stops it too)
 EOF
 }
 

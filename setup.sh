@@ -81,6 +81,7 @@ write_env() {
 # Written by setup.sh; edit values here or set them in the environment before ./setup.sh.
 COMPOSE_PROJECT_NAME=$COMPOSE_NAME
 PROJECT=$PROJECT
+CHECKOUT=$ROOT
 HOST_UID=$(id -u)
 HOST_GID=$(id -g)
 COMPOSE_FILE=$compose_file

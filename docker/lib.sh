@@ -65,14 +65,36 @@ require_docker() {
 }
 
 # Start CMD... fully detached (new session, no inherited descriptors, output appended to LOG) with PYTHON;
-# prints its pid. It survives the terminal closing, and `./run.sh | tee x` does not wait for it.
+# prints "PID START" for a pid file (START: see proc_start). It survives the terminal closing, and
+# `./run.sh | tee x` does not wait for it.
 detach() {
   local python="$1" log="$2"
   shift 2
   "$python" -c 'import subprocess, sys
 with open(sys.argv[1], "ab") as out:
-    print(subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                           start_new_session=True, close_fds=True).pid)' "$log" "$@"
+    pid = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                           start_new_session=True, close_fds=True).pid
+with open("/proc/%d/stat" % pid) as f:
+    print(pid, f.read().rsplit(")", 1)[1].split()[19])' "$log" "$@"
+}
+
+# The start time of process PID (clock ticks after boot, /proc/PID/stat field 22); fails when none runs.
+proc_start() {
+  local stat rest fields
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  rest="${stat##*) }"
+  read -r -a fields <<<"$rest"
+  echo "${fields[19]}"
+}
+
+# The pid in pid file FILE ("PID START", from detach) while that very process runs; fails otherwise. A pid file
+# left by an exited process names nothing, even once its pid belongs to another process.
+live_pid() {
+  local pid="" start=""
+  [[ -f "$1" ]] || return 1
+  read -r pid start _ <"$1" || true
+  [[ "$pid" =~ ^[0-9]+$ && -n "$start" && "$(proc_start "$pid")" == "$start" ]] || return 1
+  echo "$pid"
 }
 
 # NAME DEFAULT: the environment's value of NAME, else .env's, else DEFAULT.
@@ -109,7 +131,7 @@ tmp_dir_problem() {
     echo "$TMP_DIR belongs to another user (uid $owner); $next"; return 0
   fi
   if (((8#$mode & 8#022) != 0)); then
-    echo "$TMP_DIR can be written by other users (mode $mode), so anyone could plant checkpoints there; if it is yours, chmod 700 $TMP_DIR and run again, else $next"
+    echo "$TMP_DIR can be written by other users (mode $mode), so anyone may have planted checkpoints there (a chmod would keep them); $next"
     return 0
   fi
   marker="$(cat "$TMP_DIR/.checkout" 2>/dev/null || true)"

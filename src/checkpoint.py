@@ -171,7 +171,8 @@ def _rng_ok(rng):
             and isinstance(npy, (list, tuple)) and len(npy) == 5 and npy[0] == "MT19937" and _ints(npy[1], 624)
             and _count(npy[2]) and _count(npy[3]) and _number(npy[4])
             and _tensor(rng.get("torch"), torch.uint8) and rng["torch"].shape == torch.get_rng_state().shape
-            and isinstance(rng.get("cuda", []), (list, tuple)) and all(_tensor(t, torch.uint8) for t in rng.get("cuda", [])))
+            and isinstance(rng.get("cuda", []), (list, tuple))
+            and all(_tensor(t, torch.uint8) for t in rng.get("cuda", [])))
 
 
 def _optimizer_ok(opt):

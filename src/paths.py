@@ -34,8 +34,14 @@ def _shared_parent(path):
     return None, None
 
 
-def _problem(top):
-    """Why an entry of a shared folder is not this user's alone, or None."""
+def checkout():
+    """The checkout a /tmp/<project> marker must name: this one (in a container: the host's, from compose)."""
+    return os.environ.get("CHECKOUT") or str(ROOT)
+
+
+def _problem(top, folder):
+    """Why an entry of a shared folder (or what lies below it, down to folder) is not this user's alone, or
+    None. A marker naming another checkout means another checkout made it."""
     try:
         info = top.lstat()
     except OSError:
@@ -44,19 +50,41 @@ def _problem(top):
         return "belongs to another user (uid %d)" % info.st_uid
     if not stat.S_ISLNK(info.st_mode) and info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return "can be written by other users (mode %o)" % stat.S_IMODE(info.st_mode)
+    try:
+        marker = (top / MARKER).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        marker = None
+    if marker is not None and marker != checkout():
+        return "was made by another checkout (%s)" % marker[:200]
+    for path in _below(top, folder):  # a file planted while it was open to others stays after a chmod
+        owner = path.lstat().st_uid
+        if owner != os.getuid():
+            return "holds %s, which belongs to another user (uid %d)" % (path, owner)
     return None
+
+
+def _below(top, folder):
+    """top's entries on the way to folder, and folder's own entries (its checkpoints, events), that exist."""
+    folder = Path(folder)
+    found = []
+    for part in [folder] + [p for p in folder.parents if top in p.parents]:
+        if os.path.lexists(str(part)):
+            found.append(part)
+    if folder.is_dir():
+        found += sorted(folder.iterdir())[:10000]
+    return found
 
 
 def check_private(folder, what):
     """UsageError unless the parts of `folder` (as written, and with links resolved) that lie in a shared folder
-    like /tmp belong to this user alone."""
+    like /tmp belong to this user and this checkout alone, with nothing of another user's inside."""
     for path in (os.path.abspath(str(folder)), os.path.realpath(str(folder))):
         _, top = _shared_parent(path)
-        problem = _problem(top) if top is not None else None
+        problem = _problem(top, path) if top is not None else None
         if problem:
-            raise UsageError("%s %s %s: another user could plant checkpoints there. If it is yours, make it "
-                             "private (chmod 700 %s); else set PROJECT=another-name and run ./setup.sh (or point "
-                             "%s elsewhere)" % (what, top, problem, top, what))
+            raise UsageError("%s %s %s: another user could plant checkpoints there, so it is not used. Set "
+                             "PROJECT=another-name and run ./setup.sh (a fresh folder; or point %s elsewhere)"
+                             % (what, top, problem, what))
 
 
 def _make_private_top(target):
@@ -65,7 +93,7 @@ def _make_private_top(target):
     shared, top = _shared_parent(os.path.abspath(str(target)))
     if shared is not None and not top.exists():
         top.mkdir(mode=0o700)
-        (top / MARKER).write_text(str(ROOT) + "\n")
+        (top / MARKER).write_text(checkout() + "\n")
     target.mkdir(parents=True, exist_ok=True)
 
 

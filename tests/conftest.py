@@ -180,5 +180,6 @@ def same_weights(a, b):
     return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-__all__ = ["FAST", "Project", "assert_same_scalars", "children", "handler_installed", "load", "scalars", "raw_events", "same_weights", "signal",
+__all__ = ["FAST", "Project", "assert_same_scalars", "children", "handler_installed",
+           "load", "scalars", "raw_events", "same_weights", "signal",
            "stop_at", "summary_steps", "wait_for_line", "step_of"]

@@ -179,6 +179,39 @@ def test_a_models_tmp_owned_by_another_user_is_refused(project, tmp_path):
     one_line(project.run(*(FAST + ["--max-steps", "2"])), 2, "belongs to another user (uid 65534)")
 
 
+def test_a_tmp_folder_another_checkout_made_is_refused(project, tmp_path):
+    shared = _shared_folder(tmp_path)
+    other = shared / "proj"
+    (other / "model").mkdir(parents=True)
+    os.chmod(str(other), 0o700)
+    (other / ".checkout").write_text("/home/someone/other-checkout\n")
+    (project.root / "models").mkdir()
+    os.symlink(str(other / "model"), str(project.root / "models" / "tmp"))
+    res = project.run(*(FAST + ["--max-steps", "2"]))
+    one_line(res, 2, "was made by another checkout (/home/someone/other-checkout)")
+    assert "PROJECT=another-name" in res.stderr and "chmod" not in res.stderr
+    (other / ".checkout").write_text(str(project.root) + "\n")  # this checkout's own
+    project.ok(*(FAST + ["--max-steps", "2"]))
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to plant a file as another user")
+def test_a_checkpoint_planted_while_the_folder_was_open_is_refused_after_a_chmod(project, tmp_path):
+    shared = _shared_folder(tmp_path)
+    planted = shared / "proj"
+    (planted / "model" / "digits-mlp").mkdir(parents=True)
+    os.chmod(str(planted), 0o777)
+    project.ok(*(FAST + ["--max-steps", "2", "--models-dir", str(tmp_path / "m0")]))
+    evil = planted / "model" / "digits-mlp" / "step-999.pt"
+    shutil.copy(str(tmp_path / "m0" / "latest" / "digits-mlp.pt"), str(evil))
+    os.chown(str(evil), 65534, 65534)  # another local user's file
+    os.chmod(str(planted), 0o700)  # what the old advice said to do
+    (project.root / "models").mkdir()
+    os.symlink(str(planted / "model"), str(project.root / "models" / "tmp"))
+    res = project.run(*(FAST + ["--max-steps", "4", "--resume", "auto", "--run-name", "digits-mlp"]))
+    one_line(res, 2, "which belongs to another user (uid 65534)")
+    assert "PROJECT=another-name" in res.stderr and not project.latest("digits-mlp").exists()
+
+
 def test_a_dangling_tmp_link_is_made_again_private_with_a_marker(project, tmp_path):
     shared = _shared_folder(tmp_path)
     target = shared / "proj-after-reboot"
@@ -236,7 +269,8 @@ def test_a_failed_resume_leaves_config_and_tensorboard_history_as_they_were(proj
         "class Flaky(nn.Module):\n"
         "    def __init__(self, n, k):\n        super().__init__()\n        self.fc = nn.Linear(n, k)\n\n"
         "    def forward(self, x):\n"
-        "        if os.environ.get('FLAKY'):\n            raise RuntimeError('flaky model')\n"
+        "        if os.environ.get('FLAKY') and self.training:  # the start-up check runs it in eval mode\n"
+        "            raise RuntimeError('flaky model')\n"
         "        return self.fc(x.flatten(1))\n\n\n"
         "@register('flaky')\ndef build(input_shape, num_classes, cfg):\n"
         "    c, h, w = input_shape\n    return Flaky(c * h * w, num_classes)\n")

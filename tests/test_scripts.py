@@ -109,3 +109,39 @@ def test_purge_keeps_a_venv_made_by_hand_and_removes_the_one_setup_made(tmp_path
     (root / ".venv" / ".requirements.sha256").write_text("stamp of setup.sh --native\n")
     subprocess.run(["./purge.sh", "--yes"], cwd=str(root), env=env, stdout=subprocess.PIPE, check=True)
     assert not (root / ".venv").exists()
+
+
+def _start_time(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().rsplit(")", 1)[1].split()[19]
+
+
+def test_a_pid_file_names_only_the_process_it_was_written_for(tmp_path, names):
+    """A stale pid file whose pid now runs an unrelated command in the checkout (`tail -f train.py`) is not ours:
+    purge.sh leaves it alone and run.sh does not call it the running trainer; the process recorded is stopped."""
+    root = _project(tmp_path, "f")
+    env = dict(os.environ, PROJECT=names("pids"))
+    (root / "logs").mkdir(exist_ok=True)
+    stranger = subprocess.Popen(["tail", "-f", "train.py"], cwd=str(root), stdout=subprocess.DEVNULL)
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "train.py"], cwd=str(root))
+    try:
+        live = 'source docker/lib.sh; live_pid "$1" || echo none'
+        for content in ["%d" % stranger.pid, "%d 1" % stranger.pid]:  # an old pid file; one of an exited process
+            (root / "logs").mkdir(exist_ok=True)
+            (root / "logs" / ".train-native.pid").write_text(content + "\n")
+            res = subprocess.run(["bash", "-c", live, "x", "logs/.train-native.pid"], cwd=str(root),
+                                 stdout=subprocess.PIPE, text=True)
+            assert res.stdout.strip() == "none", res.stdout
+            subprocess.run(["./purge.sh", "--yes"], cwd=str(root), env=env, stdout=subprocess.PIPE, check=True)
+            assert stranger.poll() is None, "purge killed an unrelated process through a stale pid file"
+        (root / "logs").mkdir(exist_ok=True)
+        (root / "logs" / ".train-native.pid").write_text("%d %s\n" % (ours.pid, _start_time(ours.pid)))
+        res = subprocess.run(["bash", "-c", live, "x", "logs/.train-native.pid"], cwd=str(root),
+                             stdout=subprocess.PIPE, text=True)
+        assert res.stdout.strip() == str(ours.pid)
+        subprocess.run(["./purge.sh", "--yes"], cwd=str(root), env=env, stdout=subprocess.PIPE, check=True)
+        assert ours.wait(timeout=30) is not None and stranger.poll() is None
+    finally:
+        for proc in (stranger, ours):
+            proc.kill()
+            proc.wait()

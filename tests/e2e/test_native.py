@@ -20,7 +20,7 @@ def test_native_run_trains_in_the_background_with_tensorboard(native):
     assert "TensorBoard:  http://127.0.0.1:%d" % native.tb_port in res.stdout
     env_python = native.root / ".venv" / "bin" / "python"
     assert env_python.exists() or "conda" in res.stdout
-    pid = int((native.root / "logs" / ".train-native.pid").read_text())
+    pid = int((native.root / "logs" / ".train-native.pid").read_text().split()[0])
     refused = native.sh("./run.sh", "--native", "--run-name", "nat", check=False)
     if refused.returncode == 1:  # still training: a second one is refused
         assert "training is already running (pid %d)" % pid in refused.stdout
@@ -44,7 +44,7 @@ def test_native_run_on_a_finished_run_reports_why_nothing_trains(native):
 
 
 def test_purge_stops_the_native_tensorboard_and_removes_the_env(native):
-    tb_pid = int((native.root / "logs" / ".tensorboard-native.pid").read_text())
+    tb_pid = int((native.root / "logs" / ".tensorboard-native.pid").read_text().split()[0])
     native.sh("./purge.sh", "--yes")
     time.sleep(1)
     with pytest.raises(OSError):
