@@ -8,14 +8,15 @@ when files are written and pruned. Adding a piece of training state touches this
     best        {metric, mode, value, step};  last_eval  the latest val/* values
     rng         Python, NumPy, torch CPU and CUDA generator states (rng_ranks: every rank's, under DDP)
     task        what the task needs to use the model elsewhere (a regression's target scale)
-    model_spec  {model, input_shape, outputs, task}: enough to rebuild the model (src.models.from_checkpoint)
+    model_spec  {model, input_shape, outputs, task, input_transform}: enough to rebuild the model and feed it raw
+                inputs (src.models.from_checkpoint)
     config      the effective config;  versions, git_commit;  format
 The file format (digest record, safe loading) is checkpoint.py's; the background write checkpoint_writer.py's.
 """
 import logging
 from pathlib import Path
 
-from . import checkpoint, compat, optim, seeding
+from . import checkpoint, compat, data, optim, seeding
 from .checkpoint_writer import CheckpointWriter
 from .errors import TrainingError, UsageError
 
@@ -141,6 +142,7 @@ class CheckpointManager(object):
         self.saved_step = -1
         self.stalls = []  # seconds the loop stalled for each checkpoint of this session
         self.provenance = {"versions": checkpoint.versions(), "git_commit": checkpoint.git_commit()}
+        self.spec = None
 
     def state_dict(self, trainer):
         """The full training state; a collective under several processes (every rank calls it)."""
@@ -157,8 +159,7 @@ class CheckpointManager(object):
             "last_eval": dict(trainer.last_eval),
             "rng": rng,
             "task": parts.task.state_dict(),
-            "model_spec": {"model": self.cfg.model, "input_shape": list(parts.splits.input_shape),
-                           "outputs": parts.splits.num_classes, "task": self.cfg.task},
+            "model_spec": self._model_spec(parts),
             "config": dict(vars(self.cfg)),
             "versions": self.provenance["versions"],
             "git_commit": self.provenance["git_commit"],
@@ -168,6 +169,16 @@ class CheckpointManager(object):
         if self.dist.enabled:
             state["rng_ranks"] = self.dist.gather(rng)
         return state
+
+    def _model_spec(self, parts):
+        """What rebuilds the model and feeds it raw inputs elsewhere (src.models.from_checkpoint); made once."""
+        if self.spec is None:
+            self.spec = {"model": self.cfg.model, "input_shape": list(parts.splits.input_shape),
+                         "outputs": parts.splits.num_classes, "task": self.cfg.task}
+            transform = data.input_transform(parts.splits.train)
+            if transform is not None:
+                self.spec["input_transform"] = transform
+        return self.spec
 
     def _submit(self, trainer, targets, message, prune=False):
         trainer.ensure_finite(weights=True)

@@ -100,6 +100,8 @@ def test_download_verify_parse_and_train(project, mirror, dataset):
     project.ok("--dataset", dataset, "--model", "cnn", "--width", "8", "--max-steps", "3", "--data-checksums", sums,
                "--progress", "plain", "--no-download")
     assert load(project.latest("%s-cnn" % dataset))["progress"]["step"] == 3
+    from test_predictions import check_predictions  # the saved model takes raw uint8 images
+    check_predictions(project, "%s-cnn" % dataset)
 
 
 def test_checksum_mismatch_saves_nothing(project, mirror):

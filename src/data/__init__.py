@@ -76,6 +76,16 @@ def build(cfg):
     return splits
 
 
+def input_transform(dataset):
+    """What a split does to a raw input before the model sees it, as {scale, mean, std}: (x * scale - mean) / std,
+    kept in checkpoints so that models.from_checkpoint gives the model raw inputs exactly as training did. A
+    dataset of your own says it with an `input_transform()` method (ArrayDataset has one); None when it does not."""
+    while isinstance(dataset, torch.utils.data.Subset):
+        dataset = dataset.dataset
+    get = getattr(dataset, "input_transform", None)
+    return get() if callable(get) else None
+
+
 def sample_batch(dataset, n):
     """The first n samples of a split as one batch (as the loader would give them)."""
     n = min(n, len(dataset))
@@ -118,6 +128,11 @@ class ArrayDataset(object):
 
     def subset(self, indices):
         return ArrayDataset(self.x[indices], self.y[indices], self.scale, self.mean, self.std)
+
+    def input_transform(self):
+        def plain(v):
+            return v.detach().cpu().clone() if isinstance(v, torch.Tensor) else float(v)
+        return {"scale": plain(self.scale), "mean": plain(self.mean), "std": plain(self.std)}
 
     def to(self, device):
         """The same samples held on device (stored as they are, uint8 images included: converted per batch)."""

@@ -13,6 +13,7 @@ outputs (classes, or 1 for a regression target). `from_checkpoint(path)` rebuild
 """
 from types import SimpleNamespace
 
+import torch
 import torch.nn as nn
 
 from ..registry import Registry
@@ -36,6 +37,23 @@ class TargetScale(nn.Module):
         return self.model(x) * self.std + self.mean
 
 
+class InputScale(nn.Module):
+    """A model that takes raw inputs (uint8 images, unscaled features) and scales them as its training data was:
+    (x * scale - mean) / std, the same operations in the same order, so predictions match the evaluation's."""
+
+    def __init__(self, model, scale, mean, std):
+        super(InputScale, self).__init__()
+        self.model, self.scale = model, scale
+        for name, value in (("mean", mean), ("std", std)):
+            if isinstance(value, torch.Tensor):
+                self.register_buffer(name, value.float())
+            else:
+                setattr(self, name, value)
+
+    def forward(self, x):
+        return self.model((x.float() * self.scale - self.mean) / self.std)
+
+
 def from_checkpoint(path, device="cpu"):
     """The trained model of a checkpoint, rebuilt from the checkpoint's own config, on device, in eval mode:
 
@@ -43,8 +61,10 @@ def from_checkpoint(path, device="cpu"):
         model = from_checkpoint("models/best/digits-cnn.pt")
 
     The checkpoint is verified and loaded without running code (checkpoint.load). The weights are those its
-    evaluations used (the moving average of a run with --ema). A regression model comes wrapped so that its
-    outputs are in the target's units."""
+    evaluations used (the moving average of a run with --ema). It takes raw inputs, as the dataset stores them
+    (uint8 images, unscaled table columns): the dataset's input scaling is stored in the checkpoint and applied
+    first. A regression model comes wrapped so that its outputs are in the target's units. So model(raw inputs)
+    gives the predictions that --evaluate measured."""
     from .. import checkpoint, compat
     state = checkpoint.load(path, full=False)
     spec = state.get("model_spec")
@@ -52,6 +72,9 @@ def from_checkpoint(path, device="cpu"):
         raise checkpoint.CorruptCheckpoint("%s has no model_spec (written before this project stored one)" % path)
     model = _REGISTRY[spec["model"]](tuple(spec["input_shape"]), spec["outputs"], SimpleNamespace(**state["config"]))
     model.load_state_dict(compat.clean_state_dict(checkpoint.evaluated_weights(state)))
+    transform = spec.get("input_transform")
+    if transform:
+        model = InputScale(model, transform["scale"], transform["mean"], transform["std"])
     scale = state.get("task") or {}
     if "target_std" in scale:
         model = TargetScale(model, scale["target_mean"], scale["target_std"])
