@@ -189,8 +189,8 @@ def _check_values(state):
     progress, best, meter, sched = state["progress"], state["best"], state["meter"], state["scheduler"]
     checks = [
         ("progress", all(_count(progress[k]) for k in ("epoch", "sample_in_epoch", "step"))
-         and _count(progress.get("stale_evals", 0)) and (progress.get("stale_ref") is None
-                                                         or _number(progress["stale_ref"]))),
+         and _count(progress.get("stale_evals", 0))
+         and all(progress.get(k) is None or _number(progress[k]) for k in ("stale_ref", "stale_ref_loss"))),
         ("best", (best.get("value") is None or _number(best["value"]))
          and (best.get("step") is None or _count(best["step"]))
          and (best.get("loss") is None or _number(best["loss"]))),

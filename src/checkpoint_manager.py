@@ -3,9 +3,9 @@ when files are written and pruned. Adding a piece of training state touches this
 (what goes in) and `restore_parts` / `restore_loop` (what comes out).
 
     model, optimizer, scheduler, scaler (precision), meter     state dicts
-    progress    {epoch, sample_in_epoch, step, eval_pending, stale_evals, stale_ref (early stopping)}
+    progress    {epoch, sample_in_epoch, step, eval_pending, stale_evals, stale_ref, stale_ref_loss (early stop)}
     ema         {weights, updates, buffers_ranks}: the moving average of --ema (absent without it)
-    best        {metric, mode, value, step};  last_eval  the latest val/* values
+    best        {metric, mode, value, step, loss (val/loss: breaks ties)};  last_eval  the latest val/* values
     rng         Python, NumPy, torch CPU and CUDA generator states (rng_ranks: every rank's, under DDP)
     task        what the task needs to use the model elsewhere (a regression's target scale)
     model_spec  {model, input_shape, outputs, task, input_transform}: enough to rebuild the model and feed it raw
@@ -113,7 +113,7 @@ def restore_loop(trainer, state, dist, cfg):
     else:
         log.info("--monitor changed from %s:%s to %s:%s; best is judged afresh", best["metric"], best["mode"],
                  trainer.metric, trainer.mode)
-        trainer.progress_state.update(stale_evals=0, stale_ref=None)
+        trainer.progress_state.update(stale_evals=0, stale_ref=None, stale_ref_loss=None)
     if trainer.ema is not None:
         if state.get("ema"):
             trainer.ema.load_state_dict(state["ema"], dist)

@@ -43,9 +43,14 @@ def finished(cfg, progress):
             or stopped_early(cfg, progress))
 
 
-def beats(value, ref, mode, by=0.0):
-    """Whether value is better than ref (None: nothing to beat) by more than `by`, for --monitor's mode."""
-    return ref is None or (value > ref + by if mode == "max" else value < ref - by)
+def beats(value, ref, mode, by=0.0, loss=None, ref_loss=None):
+    """Whether value is better than ref (None: nothing to beat) by more than `by`, for --monitor's mode. A tie
+    (the same value: a metric saturated at 1.0 on a small split) goes to the lower val/loss, when both are known."""
+    if ref is None:
+        return True
+    if value == ref and loss is not None and ref_loss is not None:
+        return loss < ref_loss
+    return value > ref + by if mode == "max" else value < ref - by
 
 
 def stopped_early(cfg, progress):
@@ -69,8 +74,8 @@ class Trainer(object):
         self.ema = EMA(parts.model, cfg.ema) if cfg.ema else None  # of the weights as built or restored
         # stale_evals: evaluations since --monitor last improved by more than --early-stop-delta (on stale_ref)
         self.progress_state = {"epoch": 0, "sample_in_epoch": 0, "step": 0, "eval_pending": False,
-                               "stale_evals": 0, "stale_ref": None}
-        self.best = {"metric": self.metric, "mode": self.mode, "value": None, "step": None}
+                               "stale_evals": 0, "stale_ref": None, "stale_ref_loss": None}
+        self.best = {"metric": self.metric, "mode": self.mode, "value": None, "step": None, "loss": None}
         self.last_eval = {}
         self.checkpoints = CheckpointManager(cfg, paths, board, dist)
         self.train_batches = self.train_loader = self.eval_loader = None
@@ -128,24 +133,25 @@ class Trainer(object):
             self.board.scalars(raw, self.step)
         for tag, image in pictures.items():
             self.board.image("val/" + tag, image, self.step)
-        value = values[self.metric]
-        improved = beats(value, self.best["value"], self.mode)
+        value, loss = values[self.metric], values.get("val/loss")
+        improved = beats(value, self.best["value"], self.mode, loss=loss, ref_loss=self.best.get("loss"))
         if improved:
-            self.best.update(value=value, step=self.step)
+            self.best.update(value=value, step=self.step, loss=loss)
         log.info("eval step %d: %s%s (best %s %.4f at step %d)", self.step, describe(values),
                  "; raw weights %s" % describe(raw) if raw else "", self.metric, self.best["value"],
                  self.best["step"])
         if self.cfg.early_stop:
-            self._count_stale(value)
+            self._count_stale(value, loss)
         if improved:
             self.checkpoints.save_best(self)
         return True
 
-    def _count_stale(self, value):
-        """Early stopping's counter: evaluations since --monitor last beat its reference by more than the delta."""
+    def _count_stale(self, value, loss):
+        """Early stopping's counter: evaluations since --monitor last beat its reference by more than the delta
+        (a tie broken by val/loss, as for the best checkpoint)."""
         p = self.progress_state
-        if beats(value, p.get("stale_ref"), self.mode, self.cfg.early_stop_delta):
-            p["stale_ref"], p["stale_evals"] = value, 0
+        if beats(value, p.get("stale_ref"), self.mode, self.cfg.early_stop_delta, loss, p.get("stale_ref_loss")):
+            p["stale_ref"], p["stale_ref_loss"], p["stale_evals"] = value, loss, 0
         else:
             p["stale_evals"] = p.get("stale_evals", 0) + 1
         if stopped_early(self.cfg, p):

@@ -88,7 +88,7 @@ def test_ema_weights_are_what_is_evaluated_best_and_tested(baseline):
     import sys
     sys.path.insert(0, str(project.root))
     from src.models import from_checkpoint
-    model = from_checkpoint(project.best("recipes"))
+    model = from_checkpoint(project.best("recipes")).model  # inside the input scaling it applies to raw inputs
     for key, value in model.state_dict().items():
         assert torch.equal(value, best["ema"]["weights"][key]), key
     res = project.ok("--evaluate", "--run-name", "recipes", "--split", "test")
@@ -319,3 +319,30 @@ def test_readme_augmentation_example_works_as_written(project):
     assert "recipe: augment crop:1,brightness:0.3 (training batches only)" in res.stderr
     project.ok(*(FAST + ["--max-steps", "20", "--run-name", "plain"]))
     assert not same_weights(load(project.latest("bright"))["model"], load(project.latest("plain"))["model"])
+
+
+def test_ties_on_a_saturated_metric_go_to_the_lower_val_loss(project):
+    """On 9 validation samples val/acc reaches 1.0 early and stays: the best checkpoint and early stopping follow
+    val/loss among the evaluations at 1.0, not the first of them; the rule is recomputed here from the logged
+    values. The counter and the best loss live in the checkpoint, so a resume keeps judging the same way."""
+    args = FAST + ["--val-split", "0.006", "--max-steps", "150", "--eval-every", "5", "--early-stop", "4",
+                   "--run-name", "tie"]
+    project.ok(*args)
+    logged = scalars(project.run_dir("tie"))
+    acc, loss = dict(logged["val/acc"]), dict(logged["val/loss"])
+    best, ref, stale, stopped = None, None, 0, None
+    for step in sorted(acc):
+        if best is None or acc[step] > acc[best] or (acc[step] == acc[best] and loss[step] < loss[best]):
+            best = step
+        if ref is None or acc[step] > acc[ref] or (acc[step] == acc[ref] and loss[step] < loss[ref]):
+            ref, stale = step, 0
+        else:
+            stale += 1
+        if stale >= 4:
+            stopped = step
+            break
+    first_top = min(s for s in acc if acc[s] == max(acc.values()))
+    assert best > first_top, "the run never tied at its top accuracy: the test shows nothing (%s)" % acc
+    saved = load(project.best("tie"))
+    assert saved["progress"]["step"] == best and saved["best"]["loss"] == pytest.approx(loss[best], rel=1e-6)
+    assert load(project.latest("tie"))["progress"]["step"] == (stopped or 150)
