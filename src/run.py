@@ -105,7 +105,7 @@ def build_parts(cfg, splits, device, dist):
     return Parts(model, model, optimizer, scheduler, precision, task, splits, device, total)
 
 
-def _probe(cfg, model, task, batch, device):
+def _probe(model, task, batch, device):
     """The model's prediction and the task's loss on a batch, in eval mode without gradients: nothing changes."""
     model.eval()
     try:
@@ -135,15 +135,14 @@ def build_model_and_task(cfg, splits, device):
     try:
         task = tasks.build(cfg, splits)
         model = _build_model(cfg, splits, device)
-        _probe(cfg, model, task, batch, device)
+        _probe(model, task, batch, device)
         return model, task
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
         error = " ".join(str(err).split())[:160] or type(err).__name__
     fits = []
     for name in models.names() if task is not None else ():
         try:
-            _probe(cfg, _build_model(SimpleNamespace(**dict(vars(cfg), model=name)), splits, device), task, batch,
-                   device)
+            _probe(_build_model(SimpleNamespace(**dict(vars(cfg), model=name)), splits, device), task, batch, device)
             fits.append(name)
         except Exception:
             pass

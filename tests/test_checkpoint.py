@@ -19,7 +19,7 @@ def test_checkpoint_holds_the_full_state_and_loads_weights_only(project):
         assert key in state, key
     assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
     assert state["progress"] == {"epoch": 0, "sample_in_epoch": 7 * 32, "step": 7, "eval_pending": False,
-                                 "stale_evals": 0, "stale_ref": None}
+                                 "stale_evals": 0, "stale_ref": None, "stale_ref_loss": None}
     assert state["scheduler"]["last_epoch"] == 7
     assert state["optimizer"]["state"], "momentum buffers are saved"
     assert state["config"]["max_steps"] == 7 and state["versions"]["torch"] == torch.__version__
