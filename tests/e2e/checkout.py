@@ -99,6 +99,16 @@ class Checkout(object):
         logs = self.compose("logs", service).stdout
         raise AssertionError("%s did not finish in %d s:\n%s" % (service, timeout, logs))
 
+    def wait_for_text(self, path, text, timeout=600):
+        """Wait until the file at path holds text (a trainer's log line), however busy the machine."""
+        deadline, seen = time.time() + timeout, ""
+        while time.time() < deadline:
+            seen = path.read_text() if path.exists() else ""
+            if text in seen:
+                return seen
+            time.sleep(0.5)
+        raise AssertionError("%r never appeared in %s:\n%s" % (text, path, seen[-3000:]))
+
     def tb(self, path):
         with urllib.request.urlopen("http://127.0.0.1:%d%s" % (self.tb_port, path), timeout=10) as resp:
             return json.loads(resp.read().decode())

@@ -24,13 +24,10 @@ def test_native_run_trains_in_the_background_with_tensorboard(native):
     refused = native.sh("./run.sh", "--native", "--run-name", "nat", check=False)
     if refused.returncode == 1:  # still training: a second one is refused
         assert "training is already running (pid %d)" % pid in refused.stdout
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            break
-        time.sleep(0.5)
+    native.wait_for_text(native.root / "logs" / "train-native.out", "done: 46 steps")
+    deadline = time.time() + 600
+    while not _gone(pid) and time.time() < deadline:
+        time.sleep(0.1)
     assert native.tb_steps("nat", "val/acc", 46) == [23, 46]
     assert "done: 46 steps" in (native.root / "logs" / "train-native.out").read_text()
     assert os.readlink(str(native.root / "logs")) == "/tmp/%s/logs" % native.project
