@@ -144,14 +144,6 @@ def read_bounded(path, what, limit):
         raise UsageError("%s %s: cannot read it (%s); check the path" % (what, str(path)[:200], err.strerror or err))
 
 
-def exists(path):
-    """Path.exists that says False, not OSError, for a name the system cannot hold (a part over 255 bytes)."""
-    try:
-        return Path(path).exists()
-    except OSError:
-        return False
-
-
 class RunPaths:
     """The files of one named run."""
 
