@@ -1,8 +1,11 @@
 """Exact resume: a run stopped anywhere (SIGTERM, SIGINT, kill -9 after a checkpoint) and continued with
 --resume ends with bit-identical weights and the same logged scalars as the run done in one go."""
+import shutil
 import signal
+from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import FAST, Project, assert_same_scalars, load, same_weights, scalars, stop_at
 
@@ -94,3 +97,39 @@ def test_dataloader_workers_give_the_same_run_and_resume_exactly(project, baseli
     assert code == 0
     project.ok("--resume", "--run-name", "exact")
     assert_same_as_baseline(project, baseline)
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+OLD_FLAGS = ["--model", "mlp", "--width", "16", "--batch-size", "32", "--deterministic", "--progress", "plain",
+             "--max-steps", "8", "--ckpt-every", "4", "--eval-every", "4", "--log-every", "2", "--ema", "0.9",
+             "--seed", "3", "--run-name", "old", "--threads", "1"]
+
+
+def _same(a, b, where="checkpoint"):
+    """Every tensor bit-identical and every other value equal, key by key (names the first difference)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), "%s: keys %s vs %s" % (where, sorted(a), sorted(b))
+        for key in a:
+            _same(a[key], b[key], "%s/%s" % (where, key))
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, "%s[%d]" % (where, i))
+    elif isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    else:
+        assert a == b, "%s: %r vs %r" % (where, a, b)
+
+
+def test_a_checkpoint_of_the_previous_main_resumes_bit_identically(project):
+    """A stop checkpoint written by main before the renovation of src/ (tests/fixtures/README.md) resumes on
+    today's code to the very state the old code reached: weights, optimizer, EMA, meter, progress, best, RNG."""
+    project.latest("old").parent.mkdir(parents=True)
+    shutil.copy(str(FIXTURES / "old-main-step4.pt"), str(project.latest("old")))
+    res = project.ok(*OLD_FLAGS, "--resume")
+    assert "resuming from" in res.stdout + res.stderr and "at step 4" in res.stdout + res.stderr
+    got, want = load(project.latest("old")), load(FIXTURES / "old-main-step8.pt")
+    skip = {"config", "versions", "git_commit", "digest"}  # where and with which code it ran: not training state
+    _same({k: v for k, v in got.items() if k not in skip}, {k: v for k, v in want.items() if k not in skip})
+    assert {k: v for k, v in got["config"].items() if not k.endswith("_dir")} == \
+        {k: v for k, v in want["config"].items() if not k.endswith("_dir")}
