@@ -8,29 +8,29 @@
     tensorboard --logdir logs                        # then open http://127.0.0.1:6006
     torchrun --standalone --nproc_per_node 4 train.py --batch-size 256   # 4 processes (GPUs), global batch 256
 
-Everything lives in src/: config.py (flags), data/ and models/ (registries), engine.py (the loop),
+Everything lives in src/: flags.py (flags), data/ and models/ (registries), engine.py (the loop),
 checkpoint.py (+ checkpoint_writer.py: in the background), tensorboard_writer.py, distributed.py (torchrun),
 run.py (fresh start or resume). See README.md.
 """
-from src.signals import STOP, Stopped
+from src.runtime.signals import STOP, Stopped
 
 STOP.install()  # first, before torch loads: a stop signal from now on is honoured, never a default death
 
 import logging  # noqa: E402
 import sys  # noqa: E402
 
-from src.errors import TrainingError, UsageError  # noqa: E402
+from src.runtime.errors import TrainingError, UsageError  # noqa: E402
 
 
 def main(argv=None):
     log = logging.getLogger("train")
     try:
-        from src import config
-        from src.run import run
-        cfg, user = config.parse(argv)
+        from src.app import flags
+        from src.app.run import run
+        cfg, user = flags.parse(argv)
         return run(cfg, user, STOP)
     except (UsageError, TrainingError) as err:
-        from src.distributed import env_rank
+        from src.runtime.distributed import env_rank
         if isinstance(err, UsageError) and env_rank() > 0:
             return err.exit_code  # every process got the same flags: rank 0 says what is wrong
         message = "train.py: error: %s" % err
@@ -56,7 +56,7 @@ def leave(code):
     import multiprocessing
     for child in multiprocessing.active_children():
         child.kill()
-    from src import compat
+    from src.runtime import compat
     sys.exit(compat.exit_process(code))
 
 

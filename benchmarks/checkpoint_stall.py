@@ -1,6 +1,6 @@
 """How long the training loop stalls for a checkpoint of a ~100M-parameter model: a synchronous
 `torch.save(model + optimizer)` (what a hand-written loop does) against train.py's non-blocking writer
-(src/checkpoint_writer.py: copy into reused buffers, then serialize + digest + two atomic, fsynced files in a
+(src/state/writer.py: copy into reused buffers, then serialize + digest + two atomic, fsynced files in a
 background thread), and train.py's own synchronous mode (--no-async-ckpt) for reference.
 
 Saves alternate (torch.save, ours, ours in the loop, ...) with real training steps between them, so the
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from src import seeding  # noqa: E402
-from src.checkpoint_writer import CheckpointWriter  # noqa: E402
+from src.state.writer import CheckpointWriter  # noqa: E402
 
 from common import machine, median, table  # noqa: E402
 

@@ -39,12 +39,12 @@ def table(header, rows):
 
 def baseline_setup():
     """(--steps/--warmup, train.py's config) for a baseline loop given the same flags as train.py."""
-    from src import config
+    from src.app import flags
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--warmup", type=int, default=10)
     args, train_args = p.parse_known_args()
-    cfg, _ = config.parse(train_args)
+    cfg, _ = flags.parse(train_args)
     return args, cfg
 
 

@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 
-from . import compat
-from .paths import ROOT
+from .runtime import compat
+from .files.paths import ROOT
 
 
 def command(nproc, train_args, python=sys.executable):

@@ -139,7 +139,7 @@ def stop_at(proc, sig, prefix, at_least):
 
 def load(path):
     """A checkpoint read the way train.py reads it: weights-only unpickling where this torch has it."""
-    from src import compat
+    from src.runtime import compat
     return compat.load_file(str(path))
 
 

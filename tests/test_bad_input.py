@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import FAST, load
-from src import checkpoint
+from src.state import fileformat
 from test_reliability import tree_digest
 
 RUN = ["--max-steps", "3", "--run-name", "fresh"]  # a run that must never appear
@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
         change(forged)
         buf = io.BytesIO()
         torch.save(forged, buf)
-        (project.root / ("forged-%s.pt" % name)).write_bytes(checkpoint.sign(buf.getvalue()))
+        (project.root / ("forged-%s.pt" % name)).write_bytes(fileformat.sign(buf.getvalue()))
     return project
 
 
@@ -134,7 +134,7 @@ CASES = [
 @pytest.mark.parametrize("args,code,text", CASES, ids=[" ".join(c[0])[:40] for c in CASES])
 def test_bad_input_is_one_line_with_a_next_step_and_changes_nothing(trained, args, code, text):
     if "--device" in args and "cuda" in args:
-        from src import compat
+        from src.runtime import compat
         if compat.cuda_available():
             pytest.skip("this machine has CUDA")
     root = trained.root

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import FAST, load, same_weights, stop_at, wait_for_line
-from src import checkpoint
+from src.state import fileformat
 
 
 def test_checkpoint_holds_the_full_state_and_loads_weights_only(project):
@@ -110,7 +110,7 @@ def test_kill_9_during_checkpoint_writes_never_leaves_an_unreadable_checkpoint(p
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         hit_a_write += bool(_write_in_progress(folders))
-        assert checkpoint.load(latest)["progress"]["step"] >= 1  # readable and matching its digest
+        assert fileformat.load(latest)["progress"]["step"] >= 1  # readable and matching its digest
     assert hit_a_write >= 2, "kills never landed during a write"
     res = project.ok(*(args + ["--max-steps", str(load(latest)["progress"]["step"] + 1)]))
     assert "resuming from %s" % latest in res.stderr
@@ -121,7 +121,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(projec
     res = project.run(*(FAST + ["--lr", "1e6", "--ckpt-every", "1", "--log-every", "1"]))
     assert res.returncode == 1
     assert res.stderr.strip().splitlines()[-1].startswith("train.py: error: non-finite loss, gradient or weights")
-    state = checkpoint.load(project.latest("digits-mlp"))
+    state = fileformat.load(project.latest("digits-mlp"))
     assert state["progress"]["step"] >= 1
     assert all(torch.isfinite(t).all() for t in state["model"].values())
     assert "last good checkpoint is kept" in res.stderr

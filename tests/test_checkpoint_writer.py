@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from conftest import load
-from src import checkpoint
-from src.checkpoint_writer import CheckpointWriter
+from src.state import fileformat
+from src.state.writer import CheckpointWriter
 
 
 def state(weights, step):
@@ -23,7 +23,7 @@ def test_the_file_holds_the_state_of_the_save_not_later_changes(tmp_path):
     weights.mul_(-1)  # the next training step changes the weights in place while the write goes on
     writer.wait()
     for name in ("latest.pt", "step-1.pt"):
-        got = checkpoint.load(tmp_path / name, full=False)  # its digest record matches its bytes
+        got = fileformat.load(tmp_path / name, full=False)  # its digest record matches its bytes
         assert torch.equal(got["model"]["w"], expected), name
 
 
@@ -31,21 +31,21 @@ def test_one_write_at_a_time_and_each_complete(tmp_path):
     writer = CheckpointWriter(background=True)
     weights = torch.zeros(1_000_000)
     running = []
-    original = checkpoint.write
+    original = fileformat.write
 
     def watched(payload, *paths):
         running.append(threading.current_thread().name)
         assert len([t for t in threading.enumerate() if t.name == "checkpoint-writer"]) <= 1
         original(payload, *paths)
 
-    checkpoint.write = watched
+    fileformat.write = watched
     try:
         for step in range(1, 6):
             weights.fill_(step)
             writer.submit(state(weights, step), (tmp_path / "latest.pt", tmp_path / ("step-%d.pt" % step)))
         writer.wait()
     finally:
-        checkpoint.write = original
+        fileformat.write = original
     assert running == ["checkpoint-writer"] * 5  # off the training thread, all five
     for step in range(1, 6):
         got = load(tmp_path / ("step-%d.pt" % step))

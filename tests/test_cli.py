@@ -112,11 +112,11 @@ def test_init_from_takes_weights_only(project):
 
 
 def test_example_configs_are_valid():
-    from src import config
+    from src.app import flags
     for path in sorted((REPO / "configs").glob("*.yaml")):
-        cfg, user = config.parse(["--config", str(path)])
+        cfg, user = flags.parse(["--config", str(path)])
         assert "dataset" in user, path
-    cfg, _ = config.parse(["--config", str(REPO / "configs" / "default.yaml")])
-    defaults, _ = config.parse([])
+    cfg, _ = flags.parse(["--config", str(REPO / "configs" / "default.yaml")])
+    defaults, _ = flags.parse([])
     cfg.config = None
     assert vars(cfg) == vars(defaults), "configs/default.yaml drifted from the defaults"

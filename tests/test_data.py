@@ -20,7 +20,7 @@ import pytest
 
 from conftest import load
 from src.data import cifar10, digits, mnist, synthetic
-from src.errors import TrainingError
+from src.runtime.errors import TrainingError
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

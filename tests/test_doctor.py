@@ -1,7 +1,7 @@
 """`python train.py --doctor`: versions, GPUs and their support by this torch build, one training step."""
 import torch
 
-from src import doctor
+from src.app import doctor
 
 CU92_ARCHS = ["sm_37", "sm_50", "sm_60", "sm_61", "sm_70", "sm_75"]  # what torch 1.7.1+cu92 was built for
 

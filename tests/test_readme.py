@@ -23,8 +23,8 @@ def readme_block(heading):
 
 def test_every_readme_command_block_names_real_scripts_and_flags():
     """Each train.py flag the README's blocks use exists (python train.py --help lists it)."""
-    from src import config
-    known = {opt for action in config.build_parser()._actions for opt in action.option_strings}
+    from src.app import flags
+    known = {opt for action in flags.build_parser()._actions for opt in action.option_strings}
     text = (REPO / "README.md").read_text()
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.splitlines():
@@ -73,13 +73,13 @@ def test_the_plain_python_path_works_as_written(tmp_path):
 def test_the_flag_reference_lists_every_flag_with_when_to_use_it():
     """README "Flags and the config file": a table row for every flag of --help, each with a non-empty last cell."""
     import argparse
-    from src import config
+    from src.app import flags
     text = (REPO / "README.md").read_text()
     section = text[text.index("## Flags and the config file"):text.index("## Docker in detail")]
     rows = [line for line in section.splitlines() if line.startswith("| `--")]
     listed = {flag for row in rows for flag in re.findall(r"`(--[a-z][a-z0-9-]*)", row.split(" | ")[0])}
     for row in rows:
         assert len(row.rstrip(" |").split(" | ")[-1].strip()) > 10, "no 'when to use it' in: " + row
-    for action in config.build_parser()._actions:
+    for action in flags.build_parser()._actions:
         if action.help != argparse.SUPPRESS and action.dest != "help":
             assert action.option_strings[0] in listed, "README's flag reference lacks " + action.option_strings[0]

@@ -83,7 +83,7 @@ def test_ema_weights_are_what_is_evaluated_best_and_tested(baseline):
     assert [s for s, _ in values["val/acc"]] == [s for s, _ in values["val_raw/loss"]]
     assert [v for _, v in values["val/loss"]] != [v for _, v in values["val_raw/loss"]]
     # the decay warms up: after n updates it is min(0.9, (1 + n) / (10 + n))
-    from src.ema import EMA
+    from src.loop.ema import EMA
     assert EMA(torch.nn.Linear(1, 1), 0.9).decay_at(1) == pytest.approx(2 / 11.0)
     import sys
     sys.path.insert(0, str(project.root))
@@ -98,7 +98,7 @@ def test_ema_weights_are_what_is_evaluated_best_and_tested(baseline):
 
 
 def test_ema_is_an_average_of_the_weights_after_each_step():
-    from src.ema import EMA
+    from src.loop.ema import EMA
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     ema = EMA(model, 0.5)
@@ -266,7 +266,7 @@ def test_dataset_defaults_for_augment_auto():
     assert data.defaults("cifar10")["augment"] == "crop:4,flip"
     assert data.defaults("mnist")["augment"] == "crop:2"
     assert data.defaults("digits")["augment"] == "none"
-    from src.config import parse
+    from src.app.flags import parse
     cfg, _ = parse(["--dataset", "cifar10"])
     assert cfg.augment == "crop:4,flip"
     cfg, _ = parse(["--dataset", "cifar10", "--augment", "none"])
@@ -276,7 +276,7 @@ def test_dataset_defaults_for_augment_auto():
 # ----- label smoothing and the paper's recipe ----------------------------------------------------------------------
 def test_label_smoothing_matches_torch_and_the_torch_1_7_formula():
     import torch.nn.functional as F
-    from src import compat
+    from src.runtime import compat
     torch.manual_seed(0)
     logits, target = torch.randn(64, 10), torch.randint(0, 10, (64,))
     by_hand = compat.smoothed_cross_entropy(logits, target, 0.1)
@@ -290,10 +290,11 @@ def test_label_smoothing_matches_torch_and_the_torch_1_7_formula():
 
 
 def test_the_he2016_config_is_the_papers_recipe(project):
-    from src import config, optim
-    from src.paths import ROOT
+    from src.app import flags
+    from src.loop import optim
+    from src.files.paths import ROOT
     path = ROOT / "configs" / "cifar10-resnet20-he2016.yaml"
-    cfg, _ = config.parse(["--config", str(path)])
+    cfg, _ = flags.parse(["--config", str(path)])
     assert (cfg.dataset, cfg.model, cfg.depth, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (
         "cifar10", "resnet", 20, 128, 0.1, 0.9, 1e-4)
     assert (cfg.max_steps, cfg.augment, cfg.val_split, cfg.optimizer) == (64000, "crop:4,flip", 0.1, "sgd")

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from conftest import FAST, load, wait_for_line
-from src import checkpoint, compat
+from src.runtime import compat
+from src.state import fileformat
 
 MARKER = "/tmp/tpl-payload-ran-%d" % os.getpid()
 
@@ -43,7 +44,7 @@ def evil_checkpoint(path, base, signed=True):
     state = dict(base, model={"fc.weight": Payload()})
     buf = io.BytesIO()
     torch.save(state, buf)
-    path.write_bytes(checkpoint.sign(buf.getvalue()) if signed else buf.getvalue())
+    path.write_bytes(fileformat.sign(buf.getvalue()) if signed else buf.getvalue())
 
 
 @pytest.fixture(autouse=True)
@@ -110,8 +111,8 @@ def test_the_digest_covers_the_raw_bytes_before_unpickling(project, tmp_path):
     changed = bytearray(blob)
     changed[start + info.file_size // 2] ^= 0x01
     (tmp_path / "flipped.pt").write_bytes(bytes(changed))
-    with pytest.raises(checkpoint.CorruptCheckpoint, match="damaged archive"):
-        checkpoint.load(tmp_path / "flipped.pt")
+    with pytest.raises(fileformat.CorruptCheckpoint, match="damaged archive"):
+        fileformat.load(tmp_path / "flipped.pt")
     # a record rewritten with a valid CRC but without a new digest (weights edited): the digest catches it
     out = io.BytesIO()
     tensors = [n for n in archive.namelist() if "/data/" in n]
@@ -123,8 +124,8 @@ def test_the_digest_covers_the_raw_bytes_before_unpickling(project, tmp_path):
                 data = bytes(len(data))
             edited.writestr(name, data)
     (tmp_path / "edited.pt").write_bytes(out.getvalue())
-    with pytest.raises(checkpoint.CorruptCheckpoint, match="do not match the stored digest"):
-        checkpoint.load(tmp_path / "edited.pt")
+    with pytest.raises(fileformat.CorruptCheckpoint, match="do not match the stored digest"):
+        fileformat.load(tmp_path / "edited.pt")
 
 
 def test_a_signed_checkpoint_with_missing_parts_is_one_line(project):
@@ -135,12 +136,12 @@ def test_a_signed_checkpoint_with_missing_parts_is_one_line(project):
         buf = io.BytesIO()
         torch.save(crafted, buf)
         path = project.root / ("no-%s.pt" % drop)
-        path.write_bytes(checkpoint.sign(buf.getvalue()))
+        path.write_bytes(fileformat.sign(buf.getvalue()))
         one_line(project.run(*(FAST + ["--resume", str(path), "--run-name", "z"])), 2, "'%s'" % where)
     crafted = dict(state, config=dict(state["config"], run_name="../../.."))
     buf = io.BytesIO()
     torch.save(crafted, buf)
-    (project.root / "escape.pt").write_bytes(checkpoint.sign(buf.getvalue()))
+    (project.root / "escape.pt").write_bytes(fileformat.sign(buf.getvalue()))
     before = set(os.listdir(str(project.root.parent)))
     one_line(project.run("--resume", "escape.pt", "--progress", "plain"), 2, "the checkpoint's run name")
     assert set(os.listdir(str(project.root.parent))) == before, "something was made outside the project"
@@ -340,7 +341,7 @@ def test_a_full_disk_during_training_stops_with_one_line_and_keeps_the_last_chec
     last = out.strip().splitlines()[-1]
     assert last.startswith("train.py: error:") and "free space" in last and "--resume" in last, out[-3000:]
     assert "Traceback" not in out
-    assert checkpoint.load(project.latest("digits-mlp"))["progress"]["step"] >= 20
+    assert fileformat.load(project.latest("digits-mlp"))["progress"]["step"] >= 20
 
 
 def test_a_checkpoint_that_does_not_fit_is_refused_before_writing(project, small_disk):
@@ -385,7 +386,7 @@ def test_verify_resume_passes_on_exact_code_and_names_hidden_randomness(project)
 RACE = """
 import os, sys, time
 import train
-from src import run
+from src.app import run
 
 real = run.build_all
 

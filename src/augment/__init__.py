@@ -15,8 +15,8 @@ loader workers, on CPU and GPU alike. (torch's generators would tie it to the ba
 """
 import torch
 
-from ..errors import UsageError
-from ..registry import Registry
+from ..runtime.errors import UsageError
+from ..runtime.registry import Registry
 
 _REGISTRY = Registry(__name__, __path__)
 register, names = _REGISTRY.register, _REGISTRY.names

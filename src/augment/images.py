@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from . import register, spatial
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 
 
 def _per_sample(mask, like):

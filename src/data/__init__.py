@@ -18,8 +18,8 @@ from collections import namedtuple
 
 import torch
 
-from ..errors import TrainingError
-from ..registry import Registry
+from ..runtime.errors import TrainingError
+from ..runtime.registry import Registry
 
 _REGISTRY = Registry(__name__, __path__, skip=("download", "loading"))
 register, names = _REGISTRY.register, _REGISTRY.names

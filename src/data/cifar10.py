@@ -7,7 +7,7 @@ import torch
 
 from . import ArrayDataset, Splits, register
 from .download import fetch_all
-from ..errors import TrainingError
+from ..runtime.errors import TrainingError
 
 BASE = "https://www.cs.toronto.edu/~kriz"
 FILE, MD5, SIZE = "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", 170498071

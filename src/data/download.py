@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import fsync_dir
-from ..errors import TrainingError, UsageError
-from ..paths import ensure_dir, read_bounded
+from ..files.atomic import fsync_dir
+from ..runtime.errors import TrainingError, UsageError
+from ..files.paths import ensure_dir, read_bounded
 
 
 def md5_of(path, chunk=1 << 20):

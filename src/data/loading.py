@@ -7,9 +7,9 @@ import os
 
 import torch
 
-from .. import compat, seeding
-from ..errors import UsageError
-from ..signals import blocked, ignore_stop_signals
+from ..runtime import compat, seeding
+from ..runtime.errors import UsageError
+from ..runtime.signals import blocked, ignore_stop_signals
 
 
 class EpochBatches(torch.utils.data.Sampler):

@@ -9,7 +9,7 @@ import torch
 
 from . import ArrayDataset, Splits, register
 from .download import fetch_all
-from ..errors import TrainingError
+from ..runtime.errors import TrainingError
 
 SOURCES = {  # file: (md5, size in bytes)
     "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist", {

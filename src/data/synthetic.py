@@ -6,8 +6,8 @@ a tenth as many for test.
 import torch
 
 from . import ArrayDataset, Splits, register
-from .. import compat
-from ..errors import UsageError
+from ..runtime import compat
+from ..runtime.errors import UsageError
 
 
 def make(n, shape, classes, seed):

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
-from ..registry import Registry
+from ..runtime.registry import Registry
 
 _REGISTRY = Registry(__name__, __path__)
 register, names = _REGISTRY.register, _REGISTRY.names
@@ -60,18 +60,19 @@ def from_checkpoint(path, device="cpu"):
         from src.models import from_checkpoint
         model = from_checkpoint("models/best/digits-cnn.pt")
 
-    The checkpoint is verified and loaded without running code (checkpoint.load). The weights are those its
+    The checkpoint is verified and loaded without running code (fileformat.load). The weights are those its
     evaluations used (the moving average of a run with --ema). It takes raw inputs, as the dataset stores them
     (uint8 images, unscaled table columns): the dataset's input scaling is stored in the checkpoint and applied
     first. A regression model comes wrapped so that its outputs are in the target's units. So model(raw inputs)
     gives the predictions that --evaluate measured."""
-    from .. import checkpoint, compat
-    state = checkpoint.load(path, full=False)
+    from ..runtime import compat
+    from ..state import fileformat
+    state = fileformat.load(path, full=False)
     spec = state.get("model_spec")
     if not isinstance(spec, dict):
-        raise checkpoint.CorruptCheckpoint("%s has no model_spec (written before this project stored one)" % path)
+        raise fileformat.CorruptCheckpoint("%s has no model_spec (written before this project stored one)" % path)
     model = _REGISTRY[spec["model"]](tuple(spec["input_shape"]), spec["outputs"], SimpleNamespace(**state["config"]))
-    model.load_state_dict(compat.clean_state_dict(checkpoint.evaluated_weights(state)))
+    model.load_state_dict(compat.clean_state_dict(fileformat.evaluated_weights(state)))
     transform = spec.get("input_transform")
     if transform:
         model = InputScale(model, transform["scale"], transform["mean"], transform["std"])

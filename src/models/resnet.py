@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import register
-from ..errors import UsageError
+from ..runtime.errors import UsageError
 
 
 class BasicBlock(nn.Module):

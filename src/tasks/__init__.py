@@ -16,7 +16,7 @@ is imported, so adding a task is one file with a Task subclass:
 `--task NAME` picks one; each dataset names its default.
 """
 
-from ..registry import Registry
+from ..runtime.registry import Registry
 
 _REGISTRY = Registry(__name__, __path__)
 register, names = _REGISTRY.register, _REGISTRY.names
@@ -66,7 +66,7 @@ class Task(object):
     # ----- batches and outputs -------------------------------------------------------------------------------
     def to_device(self, batch, device, channels_last=False):
         """(inputs, target) on the device; inputs in channels-last when asked (4-d images)."""
-        from .. import compat
+        from ..runtime import compat
         inputs, target = split_batch(batch)
         inputs = inputs.to(device, non_blocking=True)
         if channels_last:

@@ -3,8 +3,8 @@ val and test loss are plain), accuracy, and a confusion matrix at each evaluatio
 import torch.nn.functional as F
 
 from . import Task, register
-from ..compat import cross_entropy
-from ..metrics import confusion_counts, confusion_image
+from ..runtime.compat import cross_entropy
+from ..loop.meter import confusion_counts, confusion_image
 
 
 @register("classification")

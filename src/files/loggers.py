@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 
 from . import atomic
-from .errors import TrainingError
+from ..runtime.errors import TrainingError
 
 _HEADER = struct.Struct("<Q")
 

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from . import compat
+from ..runtime import compat
 
 
 def gpu_support(capability, arch_list):

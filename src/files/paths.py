@@ -14,9 +14,9 @@ import os
 import stat
 from pathlib import Path
 
-from .errors import UsageError
+from ..runtime.errors import UsageError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: src/files/paths.py
 MARKER = ".checkout"  # in /tmp/<project>: the checkout that made it (setup.sh and purge.sh read it)
 
 

@@ -10,7 +10,7 @@ import copy
 
 import torch
 
-from . import compat
+from ..runtime import compat
 
 
 class EMA(object):

@@ -23,13 +23,16 @@ import time
 
 import torch
 
-from . import atomic, checkpoint, compat, metrics
-from .checkpoint_manager import CheckpointManager
-from .config import PER_INVOCATION, monitor
-from .augment import Augment
-from .data.loading import EpochBatches, make_loader, worker_died
+from ..files import atomic
+from . import meter
+from ..runtime import compat
+from ..state import fileformat
+from ..state.manager import CheckpointManager
+from ..app.flags import PER_INVOCATION, monitor
+from ..augment import Augment
+from ..data.loading import EpochBatches, make_loader, worker_died
 from .ema import EMA
-from .errors import TrainingError
+from ..runtime.errors import TrainingError
 from .evaluation import evaluate, loader_for
 
 log = logging.getLogger("train")
@@ -68,7 +71,7 @@ class Trainer(object):
             parts.model, parts.eval_model, parts.optimizer, parts.scheduler)
         self.precision, self.task, self.splits, self.device = parts.precision, parts.task, parts.splits, parts.device
         self.total_steps = parts.total_steps
-        self.meter = metrics.TrainMeter(self.device)
+        self.meter = meter.TrainMeter(self.device)
         self.metric, self.mode = monitor(cfg)
         self.augment = Augment(cfg.augment, cfg.seed)
         self.ema = EMA(parts.model, cfg.ema) if cfg.ema else None  # of the weights as built or restored
@@ -162,9 +165,9 @@ class Trainer(object):
     def final_test(self):
         """The best checkpoint, evaluated once on the test split (the first time anything reads it): test/*
         scalars, the hparams panel and logs/<run>/metrics.json."""
-        best = checkpoint.load(self.paths.best)
+        best = fileformat.load(self.paths.best)
         model = self.ema.module if self.ema else self.eval_model
-        checkpoint.load_model_weights(model, best, self.paths.best, "this run's model", evaluated=True)
+        fileformat.load_model_weights(model, best, self.paths.best, "this run's model", evaluated=True)
         loader = loader_for(self.splits.test, self.cfg, self.device, self.dist)
         values, _ = evaluate(model, loader, self.task, self.precision, self.device, self.dist,
                              self.cfg.channels_last)

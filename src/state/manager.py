@@ -11,14 +11,17 @@ when files are written and pruned. Adding a piece of training state touches this
     model_spec  {model, input_shape, outputs, task, input_transform}: enough to rebuild the model and feed it raw
                 inputs (src.models.from_checkpoint)
     config      the effective config;  versions, git_commit;  format
-The file format (digest record, safe loading) is checkpoint.py's; the background write checkpoint_writer.py's.
+The file format (digest record, safe loading) is fileformat.py's; the background write checkpoint_writer.py's.
 """
 import logging
 from pathlib import Path
 
-from . import checkpoint, compat, data, optim, seeding
-from .checkpoint_writer import CheckpointWriter
-from .errors import TrainingError, UsageError
+from .. import data
+from ..loop import optim
+from ..runtime import compat, seeding
+from . import fileformat
+from .writer import CheckpointWriter
+from ..runtime.errors import TrainingError, UsageError
 
 log = logging.getLogger("train")
 
@@ -36,8 +39,8 @@ def load_or_usage_error(path, flag, full=True):
     if not is_file:
         raise UsageError("%s %s: no such checkpoint file" % (flag, path))
     try:
-        return checkpoint.load(path, full=full)
-    except checkpoint.CorruptCheckpoint as err:
+        return fileformat.load(path, full=full)
+    except fileformat.CorruptCheckpoint as err:
         raise UsageError("%s %s: unreadable checkpoint (%s); give a checkpoint this project wrote" % (flag, path, err))
     except OSError as err:
         raise UsageError("%s %s: cannot read it (%s)" % (flag, path, err.strerror or err))
@@ -51,12 +54,12 @@ def fingerprint(paths):
         except OSError:
             return None
         return info.st_mtime_ns, info.st_size
-    return seen(paths.latest), tuple((step, seen(path)) for step, path in checkpoint.tmp_checkpoints(paths.tmp_dir))
+    return seen(paths.latest), tuple((step, seen(path)) for step, path in fileformat.tmp_checkpoints(paths.tmp_dir))
 
 
 def find_resume_state(cfg, paths, explicit_state):
     """(state, path) to continue from, or (None, None) for a fresh start; refuses to clobber a run."""
-    has_files = paths.latest.exists() or bool(checkpoint.tmp_checkpoints(paths.tmp_dir))
+    has_files = paths.latest.exists() or bool(fileformat.tmp_checkpoints(paths.tmp_dir))
     if cfg.resume is None:
         if has_files:
             raise UsageError("run '%s' already has checkpoints (%s); continue it with --resume, or start another "
@@ -64,7 +67,7 @@ def find_resume_state(cfg, paths, explicit_state):
         return None, None
     if cfg.resume not in ("latest", "auto"):
         return explicit_state, Path(cfg.resume)
-    state, path = checkpoint.newest_valid(paths)
+    state, path = fileformat.newest_valid(paths)
     if state is not None:
         return state, path
     if has_files:
@@ -90,7 +93,7 @@ def restore_parts(parts, state, source, cfg):
         raise UsageError("checkpoint %s: unusable progress (sample %d of an epoch of %d training samples); resume "
                          "another checkpoint" % (source, state["progress"]["sample_in_epoch"],
                                                  len(parts.splits.train)))
-    checkpoint.load_model_weights(parts.model, state, source, describe_model(cfg))
+    fileformat.load_model_weights(parts.model, state, source, describe_model(cfg))
     try:
         parts.optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as err:
@@ -141,7 +144,7 @@ class CheckpointManager(object):
         self.writer = CheckpointWriter(background=cfg.async_ckpt)
         self.saved_step = -1
         self.stalls = []  # seconds the loop stalled for each checkpoint of this session
-        self.provenance = {"versions": checkpoint.versions(), "git_commit": checkpoint.git_commit()}
+        self.provenance = {"versions": fileformat.versions(), "git_commit": fileformat.git_commit()}
         self.spec = None
 
     def state_dict(self, trainer):
@@ -191,7 +194,7 @@ class CheckpointManager(object):
 
             def done(seconds, size):  # in the writer, once the files are in place
                 if prune:
-                    checkpoint.prune(self.paths.tmp_dir, self.cfg.keep_last)
+                    fileformat.prune(self.paths.tmp_dir, self.cfg.keep_last)
                 log.info("%s", message)
                 if first:
                     self._report_first_save(seconds, size)
@@ -247,7 +250,7 @@ class CheckpointManager(object):
             log.info("a checkpoint (%.0f MB) takes %.1f s to write: a stop fits in its %g s grace period",
                      size / 1e6, seconds, grace)
         try:
-            free = checkpoint.free_bytes(self.paths.tmp_dir)
+            free = fileformat.free_bytes(self.paths.tmp_dir)
         except OSError:
             return
         if self.cfg.keep_last * size > free:

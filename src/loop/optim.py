@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from . import compat
+from ..runtime import compat
 
 
 def build_optimizer(cfg, params, device=None):

@@ -13,9 +13,9 @@ from types import SimpleNamespace
 
 import yaml
 
-from . import augment, data, models, tasks
-from .errors import UsageError
-from .paths import ROOT, read_bounded
+from .. import augment, data, models, tasks
+from ..runtime.errors import UsageError
+from ..files.paths import ROOT, read_bounded
 
 # Keys that belong to one invocation: never inherited from a checkpoint, never in a config file.
 PER_INVOCATION = ("config", "resume", "init_from", "prepare_data", "doctor", "verify_resume", "stop_after_step",

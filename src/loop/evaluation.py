@@ -3,8 +3,8 @@ sums over every batch and every rank's shard, reduced once, then its values and 
 by `train.py --evaluate`, so both give the same numbers."""
 import torch
 
-from .data.loading import EpochBatches, make_loader
-from .metrics import add_sums
+from ..data.loading import EpochBatches, make_loader
+from .meter import add_sums
 
 
 def loader_for(dataset, cfg, device, dist):

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic, compat
-from .errors import TrainingError, UsageError
-from .paths import ROOT
+from ..files import atomic
+from ..runtime import compat
+from ..runtime.errors import TrainingError, UsageError
+from ..files.paths import ROOT
 
 log = logging.getLogger("train")
 

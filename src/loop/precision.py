@@ -3,7 +3,7 @@ pass, unscaling before the gradient is clipped or measured, and the scaler's sta
 --amp off every call is plain (no GradScaler calls at all: they cost time per step)."""
 import torch
 
-from . import compat
+from ..runtime import compat
 
 
 class Precision(object):

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from . import checkpoint
+from . import fileformat
 
 log = logging.getLogger("train")
 
@@ -69,9 +69,9 @@ class CheckpointWriter(object):
             if before is not None:
                 before()
             began = time.perf_counter()
-            payload = checkpoint.serialize(snap)
-            checkpoint.check_space(len(payload), paths)
-            checkpoint.write(payload, *paths)
+            payload = fileformat.serialize(snap)
+            fileformat.check_space(len(payload), paths)
+            fileformat.write(payload, *paths)
             if done is not None:
                 done(time.perf_counter() - began, len(payload))
 

@@ -4,7 +4,7 @@ a lock when its process dies, so a leftover file from a killed trainer never blo
 import fcntl
 import os
 
-from .errors import TrainingError, UsageError
+from ..runtime.errors import TrainingError, UsageError
 
 
 class RunLock(object):

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import checkpoint, config
-from .errors import TrainingError, UsageError
-from .paths import ROOT
+from . import flags
+from ..state import fileformat
+from ..runtime.errors import TrainingError, UsageError
+from ..files.paths import ROOT
 
 log = logging.getLogger("train")
 SHOWN = 5  # differences listed by name
@@ -26,7 +27,7 @@ SHOWN = 5  # differences listed by name
 def _config_file(cfg, folder):
     """The effective config as a --config file, made deterministic, plain and K steps long."""
     values = {k: v for k, v in vars(cfg).items()
-              if k not in config.PER_INVOCATION and k not in ("logs_dir", "models_dir")}
+              if k not in flags.PER_INVOCATION and k not in ("logs_dir", "models_dir")}
     values.update(run_name="verify", deterministic=True, progress="plain", max_steps=cfg.verify_resume)
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(values, default_flow_style=False))
@@ -45,7 +46,7 @@ def _train(cfg_file, folder, extra, what):
 
 def _outcome(folder):
     """(tensors by name, scalars by (tag, step)) at the end of a run."""
-    state = checkpoint.load(folder / "models" / "latest" / "verify.pt")
+    state = fileformat.load(folder / "models" / "latest" / "verify.pt")
     tensors = {"model." + k: v for k, v in state["model"].items()}
     if state.get("ema"):
         tensors.update({"ema." + k: v for k, v in state["ema"]["weights"].items()})
@@ -100,7 +101,7 @@ def _verify(cfg, work):
              k, cfg.model, cfg.dataset, stop)
     _train(cfg_file, work / "straight", [], "the uninterrupted run")
     _train(cfg_file, work / "resumed", ["--stop-after-step", str(stop)], "the run stopped at step %d" % stop)
-    stopped_at = checkpoint.load(work / "resumed" / "models" / "latest" / "verify.pt")["progress"]["step"]
+    stopped_at = fileformat.load(work / "resumed" / "models" / "latest" / "verify.pt")["progress"]["step"]
     if stopped_at != stop:  # the run ended first (--epochs, --max-steps, --early-stop): no stop was tested
         raise UsageError("--verify-resume %d: these flags end the run at step %d, before the stop after step %d, so "
                          "no stop and resume would be tested; use --verify-resume %d or less (or more --epochs)"

@@ -13,18 +13,23 @@ from types import SimpleNamespace
 
 import torch
 
-from . import atomic, augment, checkpoint, compat, config, console, data, models, optim, seeding, tasks
-from .checkpoint_manager import (describe_model, find_resume_state, fingerprint, load_or_usage_error, restore_loop,
+from .. import augment, data, models, tasks
+from . import flags
+from ..files import atomic, console
+from ..loop import optim
+from ..runtime import compat, seeding
+from ..state import fileformat
+from ..state.manager import (describe_model, find_resume_state, fingerprint, load_or_usage_error, restore_loop,
                                  restore_parts)
-from .data.loading import place_splits, steps_per_epoch
-from .distributed import Dist
-from .engine import Trainer, finished, stopped_early
-from .precision import Precision
-from .errors import TrainingError, UsageError
-from .lock import RunLock
-from .paths import RunPaths, check_folder
-from .signals import Stopped
-from .tensorboard_writer import Board
+from ..data.loading import place_splits, steps_per_epoch
+from ..runtime.distributed import Dist
+from ..loop.trainer import Trainer, finished, stopped_early
+from ..loop.precision import Precision
+from ..runtime.errors import TrainingError, UsageError
+from ..files.lock import RunLock
+from ..files.paths import RunPaths, check_folder
+from ..runtime.signals import Stopped
+from ..files.loggers import Board
 
 log = logging.getLogger("train")
 
@@ -88,7 +93,7 @@ def build_parts(cfg, splits, device, dist):
     if cfg.compile and not compat.has_compile():
         raise UsageError("--compile needs torch >= 2.0 (this is %s)" % torch.__version__)
     if cfg.cuda_graphs:
-        from . import cuda_graphs
+        from ..loop import cuda_graphs
         if device.type != "cuda" or not cuda_graphs.available():
             raise UsageError("--cuda-graphs needs a CUDA device and torch >= 1.10 (here: %s, torch %s); drop the flag"
                              % (device, torch.__version__))
@@ -179,7 +184,7 @@ def finished_hint(cfg, progress):
     step, epoch = progress["step"], progress["epoch"]
     if stopped_early(cfg, progress):
         return ("it stopped early at step %d: %s did not improve by more than %g in %d evaluations. To train on, "
-                "resume with a larger --early-stop (or --early-stop 0: off)" % (step, config.monitor(cfg)[0],
+                "resume with a larger --early-stop (or --early-stop 0: off)" % (step, flags.monitor(cfg)[0],
                                                                              cfg.early_stop_delta, cfg.early_stop))
     if cfg.max_steps and step >= cfg.max_steps and epoch < cfg.epochs:
         return ("it reached --max-steps %d (in epoch %d of --epochs %d). To train longer, resume with a higher "
@@ -205,7 +210,7 @@ def describe_recipe(cfg, dist):
                      % cfg.ema)
     if cfg.early_stop:
         parts.append("early stop after %d evaluations without %s improving by more than %g" % (
-            cfg.early_stop, config.monitor(cfg)[0], cfg.early_stop_delta))
+            cfg.early_stop, flags.monitor(cfg)[0], cfg.early_stop_delta))
     return "; ".join(parts)
 
 
@@ -272,7 +277,7 @@ def run(cfg, user, stop):
     if cfg.resume not in (None, "latest", "auto"):
         explicit = load_or_usage_error(cfg.resume, "--resume")
         if "run_name" not in user:
-            cfg.run_name = config.check_run_name(explicit["config"]["run_name"], "the checkpoint's run name")
+            cfg.run_name = flags.check_run_name(explicit["config"]["run_name"], "the checkpoint's run name")
     if cfg.init_from:
         init = load_or_usage_error(cfg.init_from, "--init-from", full=False)
     paths = RunPaths(cfg)
@@ -281,7 +286,7 @@ def run(cfg, user, stop):
     state, source = find_resume_state(cfg, paths, explicit)
     changes = []
     if state is not None:
-        cfg, changes = config.merge_resumed(state["config"], cfg, user, source)
+        cfg, changes = flags.merge_resumed(state["config"], cfg, user, source)
         if finished(cfg, state["progress"]):
             if tested(paths, state) or not paths.best.is_file():  # tested, or nothing to test
                 log.info("run %s already finished: %s", cfg.run_name, finished_hint(cfg, state["progress"]))
@@ -294,7 +299,7 @@ def run(cfg, user, stop):
     if state is not None:
         restore_parts(parts, state, source, cfg)
     elif cfg.init_from:
-        checkpoint.load_model_weights(parts.model, init, cfg.init_from, describe_model(cfg), evaluated=True)
+        fileformat.load_model_weights(parts.model, init, cfg.init_from, describe_model(cfg), evaluated=True)
     if stop.requested:
         raise Stopped(stop.name)
 
@@ -362,7 +367,7 @@ def _train(cfg, parts, state, source, changes, paths, bar, stop, dist, step0):
     recipe = describe_recipe(cfg, dist)
     if recipe:
         log.info("recipe: %s", recipe)
-    text = config.to_yaml(cfg)
+    text = flags.to_yaml(cfg)
     log.info("config:\n%s", text.rstrip(), extra={"file_only": True})
     log.info("config: every value in %s (and train.log)", paths.config_file)
     n_params = sum(p.numel() for p in parts.eval_model.parameters())
@@ -414,15 +419,15 @@ def evaluate_checkpoint(cfg, user, stop, dist):
     state = load_or_usage_error(path, "--evaluate")
     if "run_name" not in user:
         user = set(user) | {"run_name"}
-        cfg.run_name = config.check_run_name(state["config"]["run_name"], "the checkpoint's run name")
-    cfg, _ = config.merge_resumed(state["config"], cfg, user, path)
+        cfg.run_name = flags.check_run_name(state["config"]["run_name"], "the checkpoint's run name")
+    cfg, _ = flags.merge_resumed(state["config"], cfg, user, path)
     paths = RunPaths(cfg)
     check_folder(cfg.logs_dir, "--logs-dir")
     device, splits, parts = build_all(cfg, dist, stop)
-    checkpoint.load_model_weights(parts.model, state, path, describe_model(cfg), evaluated=True)
+    fileformat.load_model_weights(parts.model, state, path, describe_model(cfg), evaluated=True)
     seeding.set_deterministic(cfg.deterministic)
     model = torch.compile(parts.model) if cfg.compile else parts.model
-    from .evaluation import evaluate, loader_for
+    from ..loop.evaluation import evaluate, loader_for
     dist.start(device)
     try:
         loader = loader_for(getattr(splits, cfg.split), cfg, device, dist)
