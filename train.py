@@ -26,7 +26,7 @@ def main(argv=None):
     log = logging.getLogger("train")
     try:
         from src.app import flags
-        from src.app.run import run
+        from src.app.commands import main as run
         cfg, user = flags.parse(argv)
         return run(cfg, user, STOP)
     except (UsageError, TrainingError) as err:

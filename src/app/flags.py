@@ -454,3 +454,9 @@ def monitor(cfg):
 
 def to_yaml(cfg):
     return yaml.safe_dump(dict(sorted(vars(cfg).items())), default_flow_style=False, sort_keys=False)
+
+
+def hparams(cfg):
+    """The values of the hparams panel: the run's flags, without the per-invocation ones and the local folders."""
+    return {k: v for k, v in vars(cfg).items()
+            if k not in PER_INVOCATION and not k.endswith("_dir") and k not in ("progress", "tensorboard")}

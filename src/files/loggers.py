@@ -58,7 +58,51 @@ def trim_events(run_dir, step):
     return removed
 
 
-class Board(object):
+class Logger(object):
+    """What the loop reports to. Every method is a no-op here: a logger overrides what it records. The loop calls
+    open() once its first step succeeded, flush(durable=True) before each checkpoint is written (so that what a
+    logger holds is never behind a checkpoint), close() at the end."""
+
+    def open(self):
+        pass
+
+    def scalars(self, values, step):
+        """values: {tag: float} at step (train/*, val/*, test/*, z_perf/*)."""
+
+    def image(self, tag, chw, step):
+        """A CHW float image in [0, 1] (a task's pictures)."""
+
+    def text(self, tag, text, step):
+        pass
+
+    def hparams(self, hparams, metrics):
+        """The run's hyperparameters with its latest val/* (and, at the end, test/*) values."""
+
+    def flush(self, durable=False):
+        pass
+
+    def close(self):
+        pass
+
+
+class Loggers(Logger):
+    """Several loggers as one: each call goes to every one, in order."""
+
+    def __init__(self, loggers):
+        self.loggers = list(loggers)
+
+    def __getattribute__(self, name):
+        if name in ("open", "scalars", "image", "text", "hparams", "flush", "close"):
+            loggers = object.__getattribute__(self, "loggers")
+
+            def each(*args, **kw):
+                for logger in loggers:
+                    getattr(logger, name)(*args, **kw)
+            return each
+        return object.__getattribute__(self, name)
+
+
+class TensorBoard(Logger):
     """SummaryWriter wrapper: every method does nothing when the board is off or not yet opened.
 
     `open()` trims the run's old event files (see trim_events) and starts the writer; the loop opens it once

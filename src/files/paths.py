@@ -11,6 +11,7 @@ such as /tmp is trusted only when it is the user's own and no one else can write
 another local user could plant a checkpoint there that --resume would load.
 """
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -145,7 +146,13 @@ def read_bounded(path, what, limit):
 
 
 class RunPaths:
-    """The files of one named run."""
+    """The files of one named run: the one spelling of the layout in Python (docker/lib.sh has the shell's).
+
+        <logs>/<run>/            train.log, config.yaml, metrics.json, evaluate-<split>.json, run.lock, TensorBoard
+        <models>/latest/<run>.pt the newest checkpoint (and .<run>.lock)
+        <models>/best/<run>.pt   the best by --monitor
+        <models>/tmp/<run>/      step-N.pt, the last --keep-last periodic checkpoints
+    """
 
     def __init__(self, cfg):
         self.name = cfg.run_name
@@ -157,6 +164,7 @@ class RunPaths:
         self.tmp_dir = self.models_dir / "tmp" / self.name
         self.log_file = self.run_dir / "train.log"
         self.config_file = self.run_dir / "config.yaml"
+        self.metrics_file = self.run_dir / "metrics.json"
         self.lock_file = self.run_dir / "run.lock"
         self.models_lock_file = self.latest.parent / (".%s.lock" % self.name)
         self.data_dir = Path(cfg.data_dir)
@@ -179,6 +187,18 @@ class RunPaths:
             except OSError as err:
                 raise UsageError("%s: cannot make %s (%s); point %s to a folder you can write in"
                                  % (flag, folder, err.strerror or err, flag))
+
+    def evaluate_file(self, split):
+        return self.run_dir / ("evaluate-%s.json" % split)
+
+    def temporary_files(self):
+        """(folder, file name or None: any) where a killed write may have left a temporary file."""
+        return ((self.latest.parent, self.latest.name), (self.best.parent, self.best.name), (self.tmp_dir, None))
+
+    def started_mark(self):
+        """<logs>/.started-<STARTED_MARK>: written once a trainer started by run.sh has begun (env STARTED_MARK)."""
+        mark = os.environ.get("STARTED_MARK", "")
+        return self.logs_dir / (".started-" + mark) if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", mark) else None
 
     def tmp_checkpoint(self, step):
         return self.tmp_dir / ("step-%d.pt" % step)

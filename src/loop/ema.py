@@ -14,8 +14,8 @@ from ..runtime import compat
 
 
 class EMA(object):
-    def __init__(self, model, decay):
-        self.decay, self.updates = decay, 0
+    def __init__(self, model, decay, dist):
+        self.decay, self.updates, self.dist = decay, 0, dist
         self.module = copy.deepcopy(compat.unwrap_model(model)).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
@@ -44,8 +44,9 @@ class EMA(object):
         for t, s in zip(cp, cp_src):
             t.copy_(s)
 
-    def state_dict(self, dist):
+    def state_dict(self):
         """The average (rank 0's weights, and every rank's buffers under several processes) and the update count."""
+        dist = self.dist
         weights = self.module.state_dict()
         state = {"weights": compat.clean_state_dict(weights), "updates": self.updates}
         if dist.enabled:
@@ -53,7 +54,17 @@ class EMA(object):
             state["buffers_ranks"] = dist.gather({k: v.cpu() for k, v in weights.items() if k not in params})
         return state
 
-    def load_state_dict(self, state, dist):
+    def load_state_dict(self, state):
+        """The saved average; None (a checkpoint of a run without --ema): the average starts at the model's weights
+        as restored."""
+        dist = self.dist
+        if state is None:
+            import logging
+            logging.getLogger("train").info("--ema %g starts now: the average begins at the weights as restored",
+                                            self.decay)
+            self.module.load_state_dict(self._model.state_dict())
+            self.updates, self._pairs = 0, None
+            return
         self.module.load_state_dict(state["weights"])
         self.updates = int(state["updates"])
         ranks = state.get("buffers_ranks")

@@ -1,4 +1,5 @@
-"""Running sums kept on the device (no host sync per step) and the evaluation metrics."""
+"""Running sums kept on the device (no host sync per step): the training window's (TrainMeter, a part of every
+checkpoint) and an evaluation's (add_sums). What the sums are is the task's (src/tasks/)."""
 import math
 
 import torch
@@ -24,8 +25,8 @@ class TrainMeter(object):
     rest of this class; with --grad-clip it is measured anyway).
     """
 
-    def __init__(self, device):
-        self.device = device
+    def __init__(self, device, dist):
+        self.device, self.dist = device, dist
         self.reset()
 
     def reset(self):
@@ -71,14 +72,15 @@ class TrainMeter(object):
         values.update(task.train_values({k: float(v) for k, v in counts.items()}, samples))
         return values
 
-    def global_state(self, dist):
-        """The window over all ranks, for a checkpoint."""
-        loss_sum, bad_grad, samples, counts = self._global(dist)
+    def state_dict(self):
+        """The window over all ranks, for a checkpoint (a collective under several processes)."""
+        loss_sum, bad_grad, samples, counts = self._global(self.dist)
         return {"loss_sum": loss_sum.cpu(), "bad_grad": bad_grad.cpu(), "grad_norm": self.grad_norm.cpu(),
                 "samples": int(samples), "steps": self.steps, "counts": {k: v.cpu() for k, v in counts.items()}}
 
-    def load_state_dict(self, state, main=True):
+    def load_state_dict(self, state):
         """Restore the window; off rank 0 the sums start at zero (rank 0 carries the totals)."""
+        main = self.dist.main
         self.reset()
         self.grad_norm = state["grad_norm"].to(self.device, torch.float64)
         self.steps = int(state["steps"])
@@ -92,19 +94,3 @@ class TrainMeter(object):
             self.loss_sum = state["loss_sum"].to(self.device, torch.float64)
             self.bad_grad = state["bad_grad"].to(self.device, torch.float64)
             self.samples = int(state["samples"])
-
-
-def confusion_counts(labels, preds, num_classes):
-    """Flat (label, prediction) pair counts, on the tensors' device."""
-    index = labels.long() * num_classes + preds.long()
-    return torch.bincount(index, minlength=num_classes ** 2)
-
-
-def confusion_image(matrix, cell=16):
-    """A confusion matrix as a CHW float image in [0, 1]: row-normalised counts, one cell per pair."""
-    rows = matrix.double().sum(1, keepdim=True).clamp(min=1)
-    norm = (matrix.double() / rows).float()
-    img = norm.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
-    # blue for errors, green on the diagonal
-    diag = torch.eye(matrix.shape[0]).repeat_interleave(cell, 0).repeat_interleave(cell, 1)
-    return torch.stack([img * (1 - diag) * 0.2, img * diag, img * (1 - diag)])

@@ -53,3 +53,42 @@ def epoch_generator(seed, epoch):
 def rank_seed(seed, rank):
     """The seed of process `rank` > 0 (rank 0 keeps `seed`, so one process matches a plain run)."""
     return seed + 1000003 * rank
+
+
+class RandomStreams(object):
+    """Every rank's random streams as a part of the checkpoint: "rng" (this rank's; rank 0's in the file) and, under
+    several processes, "rng_ranks" (every rank's, gathered: a collective). Restored last, since nothing may draw
+    random numbers between the restore and the next step. A fresh run seeds ranks > 0 apart (own dropout masks)."""
+
+    def __init__(self, dist, seed, progress):
+        self.dist, self.seed, self.progress, self.ranks = dist, seed, progress, None
+        streams = self
+
+        class Ranks(object):  # the "rng_ranks" entry, registered before "rng": restoring "rng" reads it
+            def state_dict(self):
+                return streams.dist.gather(capture()) if streams.dist.enabled else None
+
+            def load_state_dict(self, state):
+                streams.ranks = state
+
+        self.every_rank = Ranks()
+
+    def state_dict(self):
+        return capture()
+
+    def load_state_dict(self, state):
+        import logging
+        ranks = self.ranks or [state]
+        if len(ranks) == self.dist.world:
+            restore(ranks[self.dist.rank])
+        elif self.dist.rank == 0:
+            logging.getLogger("train").info("resuming %d processes from a run of %d: same data order; random "
+                                            "streams of ranks > 0 restart", self.dist.world, len(ranks))
+            restore(state)
+        else:
+            seed_everything(rank_seed(self.seed, self.dist.rank) + self.progress.step)
+
+    def start(self):
+        """A fresh run: rank 0 keeps the streams of --seed; each other rank its own."""
+        if self.dist.rank > 0:
+            seed_everything(rank_seed(self.seed, self.dist.rank))

@@ -338,17 +338,26 @@ def evaluated_weights(state):
     return ema["weights"] if isinstance(ema, dict) and "weights" in ema else state["model"]
 
 
-def load_model_weights(model, state, path, what, evaluated=False):
-    """Load state["model"] (evaluated: the weights its evaluations used, see evaluated_weights) into model, or
-    raise one line naming what does not fit."""
+def fit_weights(model, weights, what):
+    """Load a state dict of weights into model (DDP or compile wrappers looked through), or raise one line that
+    says what does not fit `what` (the first two problems)."""
     target = compat.unwrap_model(model)
     want = target.state_dict()
-    have = compat.clean_state_dict(evaluated_weights(state) if evaluated else state["model"])
+    have = compat.clean_state_dict(weights)
     problems = ["missing %s" % k for k in want if k not in have]
     problems += ["unexpected %s" % k for k in have if k not in want]
     problems += ["%s is %s, the model wants %s" % (k, list(have[k].shape), list(want[k].shape))
                  for k in want if k in have and tuple(have[k].shape) != tuple(want[k].shape)]
     if problems:
         more = " (and %d more)" % (len(problems) - 2) if len(problems) > 2 else ""
-        raise UsageError("checkpoint %s does not fit %s: %s%s" % (path, what, "; ".join(problems[:2]), more))
+        raise UsageError("does not fit %s: %s%s" % (what, "; ".join(problems[:2]), more))
     target.load_state_dict(have)
+
+
+def load_model_weights(model, state, path, what, evaluated=False):
+    """Load state["model"] (evaluated: the weights its evaluations used, see evaluated_weights) into model, or
+    raise one line naming what does not fit."""
+    try:
+        fit_weights(model, evaluated_weights(state) if evaluated else state["model"], what)
+    except UsageError as err:
+        raise UsageError("checkpoint %s %s" % (path, err))

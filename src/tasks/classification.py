@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from . import Task, register
 from ..runtime.compat import cross_entropy
-from ..loop.meter import confusion_counts, confusion_image
+from ._confusion import confusion_counts, confusion_image
 
 
 @register("classification")

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from . import Task, register
-from ..loop.meter import confusion_counts, confusion_image
+from ._confusion import confusion_counts, confusion_image
 
 
 def _masks(labels, k):

@@ -1,0 +1,85 @@
+"""What train.py starts: one command per invocation (train, --evaluate, --prepare-data, --verify-resume,
+--doctor), given the parsed config."""
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from . import flags
+from .build import build_all, build_data
+from .run import Run, describe_model
+from ..files import atomic, console
+from ..files.paths import RunPaths, check_folder
+from ..loop.evaluation import evaluate, loader_for
+from ..runtime import seeding
+from ..runtime.distributed import Dist
+from ..runtime.errors import UsageError
+from ..state import fileformat
+from ..state.resume import load_or_usage_error
+
+log = logging.getLogger("train")
+
+
+def main(cfg, user, stop):
+    """Run the command the flags ask for; its exit code."""
+    dist = Dist()
+    bar = console.use_bar(cfg.progress) and dist.main
+    console.setup(None, bar, dist.main)
+    if cfg.doctor:
+        from . import doctor
+        return doctor.run()
+    if cfg.prepare_data:
+        return prepare_data(cfg, stop)
+    if cfg.verify_resume:
+        from . import verify
+        return verify.run(cfg)
+    if cfg.evaluate:
+        return evaluate_checkpoint(cfg, user, stop, dist)
+    return Run(cfg, user, stop, dist).train(bar)
+
+
+def prepare_data(cfg, stop):
+    splits = build_data(cfg, stop)
+    log.info("dataset %s ready in %s: %d train, %d val and %d test samples of shape %s", cfg.dataset, cfg.data_dir,
+             len(splits.train), len(splits.val), len(splits.test), "x".join(map(str, splits.input_shape)))
+    return 0
+
+
+def evaluate_checkpoint(cfg, user, stop, dist):
+    """--evaluate [PATH] --split val|test: a checkpoint's model on one split, with the checkpoint's own config (this
+    checkout's folders); prints the metrics as JSON and writes them to logs/<run>/evaluate-<split>.json. The same
+    code as the end of training, so the test metrics of metrics.json come out exactly again."""
+    if cfg.evaluate == "best":
+        path = RunPaths(cfg).best
+        if not path.is_file():
+            raise UsageError("run '%s' has no best checkpoint (%s); train it first, or give --evaluate PATH"
+                             % (cfg.run_name, path))
+    else:
+        path = Path(cfg.evaluate)
+    state = load_or_usage_error(path, "--evaluate")
+    if "run_name" not in user:
+        user = set(user) | {"run_name"}
+        cfg.run_name = flags.check_run_name(state["config"]["run_name"], "the checkpoint's run name")
+    cfg, _ = flags.merge_resumed(state["config"], cfg, user, path)
+    paths = RunPaths(cfg)
+    check_folder(cfg.logs_dir, "--logs-dir")
+    device, splits, parts = build_all(cfg, dist, stop)
+    fileformat.load_model_weights(parts.model, state, path, describe_model(cfg), evaluated=True)
+    seeding.set_deterministic(cfg.deterministic)
+    model = torch.compile(parts.model) if cfg.compile else parts.model
+    dist.start(device)
+    try:
+        loader = loader_for(getattr(splits, cfg.split), cfg, device, dist)
+        values, _ = evaluate(model, loader, parts.task, parts.precision, device, dist, cfg.channels_last)
+    finally:
+        dist.stop()
+    report = {"run": cfg.run_name, "checkpoint": str(path), "step": state["progress"]["step"], "split": cfg.split,
+              cfg.split: {"%s/%s" % (cfg.split, k): v for k, v in values.items()}}
+    text = json.dumps(report, indent=2, sort_keys=True) + "\n"
+    if dist.main:
+        paths.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(paths.evaluate_file(cfg.split), text)
+        sys.stdout.write(text)
+    return 0
