@@ -1,7 +1,12 @@
-"""Every flag of train.py, the YAML config file, and their merge into one validated config.
+"""Every flag of train.py, one record each (name, type, default, help, group, range check, scope), and what is
+made from the records: the argparse parser (--help), the coercion of YAML values, the validation, which keys a
+checkpoint passes on, the hparams panel; tests/test_readme.py ties the README's flag table to them.
 
 Precedence, lowest first: defaults < checkpoint's config (on --resume) < --config FILE < command line.
 The config is a SimpleNamespace (cfg.lr, cfg.batch_size); vars(cfg) is its plain dict.
+Scopes: "run" (saved with the run, inherited on resume), "fixed" (a resume cannot change it: it says which samples
+are validation data and what the model predicts), "local" (a place on this machine: taken from this invocation,
+never from a checkpoint), "invocation" (this command only: never inherited, never in a config file).
 """
 import argparse
 import math
@@ -9,30 +14,29 @@ import os
 import re
 import sys
 import urllib.parse
+from collections import namedtuple
 from types import SimpleNamespace
 
 import yaml
 
 from .. import augment, data, models, tasks
-from ..runtime.errors import UsageError
 from ..files.paths import ROOT, read_bounded
+from ..runtime.errors import UsageError
 
-# Keys that belong to one invocation: never inherited from a checkpoint, never in a config file.
-PER_INVOCATION = ("config", "resume", "init_from", "prepare_data", "doctor", "verify_resume", "stop_after_step",
-                  "evaluate", "split", "sync_check")
-# Keys a resumed run cannot change: they define which samples are validation data and what the model predicts.
-FIXED_ON_RESUME = ("val_split", "task")
-# Keys that name places on this machine: a resumed run takes them from this invocation (its defaults are this
-# checkout's folders), never from a checkpoint written in another checkout or container.
-LOCAL = ("data_dir", "logs_dir", "models_dir", "data_checksums")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_RUN_NAME = 100
 FLOAT32_MAX = 3.4028234663852886e38
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError("%s (see --help)" % message)
+def _finite(value, low=None):
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX and (low is None or value >= low)
+
+
+def _env_float(name, default):
+    try:
+        return float(os.environ.get(name) or default)
+    except ValueError:
+        return default
 
 
 def _shape(text):
@@ -56,20 +60,171 @@ def _steps(text):
     return ",".join(str(s) for s in steps)
 
 
-def _env_float(name, default):
-    try:
-        return float(os.environ.get(name) or default)
-    except ValueError:
-        return default
+# check: (test of the value, what it must be), or None; the message is "--NAME must be WHAT, got VALUE"
+Flag = namedtuple("Flag", "name type default help group check scope choices metavar const")
 
 
-def _bool_flag(group, name, default, help):
-    dest = name.replace("-", "_")
-    group.add_argument("--" + name, dest=dest, action="store_true", default=default, help=help)
-    group.add_argument("--no-" + name, dest=dest, action="store_false", help=argparse.SUPPRESS)
+def flag(name, type=str, default=None, help="", group="", check=None, scope="run", choices=None, metavar=None,
+         const=None):
+    return Flag(name, type, default, help, group, check, scope, choices, metavar, const)
+
+
+def _in(low, high):
+    return (lambda v: low <= v <= high, "in %s .. %s" % (low, high))
+
+
+def _at_least(low):
+    return (lambda v: v >= low, ">= %s" % low)
+
+
+def _fraction(what="in [0, 1)"):
+    return (lambda v: _finite(v) and 0 <= v < 1, what)
+
+
+SUPPRESS = argparse.SUPPRESS
+FLAGS = [
+    flag("config", metavar="FILE.yaml", help="read flags from a YAML file (command line wins)", group="experiment",
+         scope="invocation"),
+    flag("run-name", metavar="NAME", help="name of this run (None: <dataset>-<model>)", group="experiment"),
+    flag("seed", int, 0, "seed for weights, data order and dropout (0 to 2**32-1)", "experiment",
+         (lambda v: 0 <= v < 2 ** 32, "in 0 .. 2**32-1")),
+    flag("deterministic", bool, False, "deterministic kernels: bit-exact runs and resumes", "experiment"),
+
+    flag("dataset", str, "digits", "dataset", "data", choices=data.names()),
+    flag("val-split", float, None, "share of the training data held out for validation, by a fixed seeded split "
+         "(None: the dataset's own, 0.1 for most); fixed for a run", "data", scope="fixed", metavar="FRACTION"),
+    flag("data-dir", str, str(ROOT / "data"), "where datasets live", "data", scope="local", metavar="DIR"),
+    flag("num-workers", int, -1, "DataLoader worker processes (-1: per device and dataset, see README)", "data",
+         (lambda v: -1 <= v <= 256, "in 0 .. 256 (or -1: automatic)"), metavar="N"),
+    flag("pin-memory", str, "auto", "pinned batches (auto: on CUDA)", "data", choices=("auto", "on", "off")),
+    flag("prefetch-factor", int, 0, "batches each worker loads ahead (0: torch's default)", "data", _at_least(0),
+         metavar="N"),
+    flag("persistent-workers", bool, True, "keep DataLoader workers alive between epochs", "data"),
+    flag("download", bool, True, "download a missing dataset (--no-download: error instead)", "data"),
+    flag("data-mirror", str, os.environ.get("DATA_MIRROR", ""), "fetch datasets from URL/<dataset>/<file> (env "
+         "DATA_MIRROR)", "data", metavar="URL"),
+    flag("download-timeout", float, 60.0, "a download fails when no data came for this long", "data",
+         (lambda v: v > 0 and _finite(v), "> 0 seconds"), metavar="SECONDS"),
+    flag("download-deadline", float, 3600.0, "a download fails when one file took longer than this in all (a mirror "
+         "that trickles)", "data", (lambda v: v > 0 and _finite(v), "> 0 seconds"), metavar="SECONDS"),
+    flag("data-checksums", str, os.environ.get("DATA_CHECKSUMS", ""), "YAML/JSON {'<dataset>/<file>': md5} for a "
+         "mirror with re-packed files (env DATA_CHECKSUMS)", "data", scope="local", metavar="FILE"),
+    flag("synthetic-size", int, 10000, "synthetic: training samples", "data", _at_least(10), metavar="N"),
+    flag("synthetic-shape", _shape, "3,32,32", "synthetic: sample shape", "data", metavar="C,H,W"),
+    flag("synthetic-classes", int, 10, "synthetic: classes", "data", _at_least(2), metavar="K"),
+
+    flag("model", str, "auto", "model (auto: the dataset's own: cnn for images, mlp for tables, fcn for "
+         "segmentation)", "model", choices=("auto",) + tuple(models.names())),
+    flag("task", str, "auto", "what the model learns: loss, metrics, pictures (auto: the dataset's own)", "model",
+         scope="fixed", choices=("auto",) + tuple(tasks.names())),
+    flag("loss", str, "auto", "regression loss (auto: mse)", "model", choices=("auto", "mse", "l1", "huber")),
+    flag("width", int, 0, "hidden units / base channels (0: model's own)", "model", _in(0, 65536), metavar="N"),
+    flag("depth", int, 0, "layers (0: model's own)", "model", _in(0, 1000), metavar="N"),
+    flag("dropout", float, 0.0, "dropout probability", "model", _fraction()),
+    flag("init-from", metavar="PATH", help="start from the weights of this checkpoint (fine-tuning; its evaluated "
+         "weights: the EMA where it has one)", group="model", scope="invocation"),
+
+    flag("epochs", int, 15, "passes over the training set", "optimization", _at_least(1)),
+    flag("max-steps", int, 0, "stop after N steps in all (0: no limit)", "optimization", _at_least(0), metavar="N"),
+    flag("batch-size", int, 64, "samples per optimizer step, over all processes and micro-batches", "optimization",
+         _at_least(1), metavar="N"),
+    flag("accum-steps", int, 1, "gradient accumulation: each step's batch runs as N micro-batches of 1/N (memory "
+         "of one)", "optimization", metavar="N"),
+    flag("lr", float, 0.05, "peak learning rate", "optimization", (lambda v: v > 0, "> 0")),
+    flag("optimizer", str, "sgd", "optimizer", "optimization", choices=("sgd", "adam", "adamw")),
+    flag("momentum", float, 0.9, "SGD momentum, or Adam's beta1", "optimization", _fraction()),
+    flag("weight-decay", float, 5e-4, "L2 penalty (decoupled for adamw)", "optimization", _at_least(0)),
+    flag("scheduler", str, "cosine", "learning-rate schedule after warmup", "optimization",
+         choices=("constant", "cosine", "linear", "step", "multistep")),
+    flag("warmup-steps", int, 0, "linear warmup from 0", "optimization", _at_least(0), metavar="N"),
+    flag("lr-step-size", int, 1000, "step schedule: decay every N steps", "optimization", _at_least(1), metavar="N"),
+    flag("lr-milestones", _steps, "", "multistep schedule: multiply the lr by --lr-gamma at these steps",
+         "optimization", metavar="S1,S2"),
+    flag("lr-gamma", float, 0.1, "step and multistep schedules: decay factor", "optimization",
+         (lambda v: 0 < v <= 1, "in (0, 1]")),
+    flag("grad-clip", float, 0.0, "clip gradient norm (0: off)", "optimization", _at_least(0), metavar="NORM"),
+
+    flag("augment", str, "auto", "training-batch augmentation on the device, e.g. crop:4,flip (auto: the dataset's "
+         "standard recipe; see README)", "recipe (regularization)", metavar="auto|none|NAME[:ARG],..."),
+    flag("label-smoothing", float, 0.0, "classification: cross-entropy against targets smoothed by EPS (0: off)",
+         "recipe (regularization)", _fraction(), metavar="EPS"),
+    flag("ema", float, 0.0, "evaluate, pick the best and test an exponential moving average of the weights (say "
+         "0.999; 0: off)", "recipe (regularization)", _fraction("a decay in [0, 1) such as 0.999 (0: off)"),
+         metavar="DECAY"),
+    flag("early-stop", int, 0, "end the run after PATIENCE evaluations without --monitor improving (0: off)",
+         "recipe (regularization)", (lambda v: v >= 0, ">= 0 evaluations (0: off)"), metavar="PATIENCE"),
+    flag("early-stop-delta", float, 0.0, "early stopping: an improvement must exceed DELTA to count",
+         "recipe (regularization)", _at_least(0), metavar="DELTA"),
+
+    flag("device", str, "auto", "auto, cpu, cuda or cuda:N", "runtime"),
+    flag("threads", int, 0, "CPU threads for torch's math in each process (0: OMP_NUM_THREADS if set, else half the "
+         "process's cores, at most 4)", "runtime", _in(0, 1024), metavar="N"),
+    flag("amp", str, "off", "mixed precision on CUDA", "runtime", choices=("off", "fp16", "bf16")),
+    flag("compile", bool, False, "torch.compile the model (torch >= 2.0)", "runtime"),
+    flag("cuda-graphs", bool, False, "replay the model's training forward and backward from CUDA graphs (torch >= "
+         "1.10; a model that cannot be captured trains without them)", "runtime"),
+    flag("data-on-device", str, "auto", "hold an in-memory dataset on the GPU and make batches there (auto: when it "
+         "takes under a quarter of the free GPU memory)", "runtime", choices=("auto", "on", "off")),
+    flag("channels-last", bool, False, "channels-last memory format for 4-d inputs (convolutions on GPUs)",
+         "runtime"),
+
+    flag("log-every", int, 10, "train scalars to TensorBoard", "logging and checkpoints", _at_least(1),
+         metavar="STEPS"),
+    flag("eval-every", int, 0, "evaluate (0: at each epoch's end)", "logging and checkpoints", _at_least(0),
+         metavar="STEPS"),
+    flag("ckpt-every", int, 100, "save latest and models/tmp (0: only at the end and on stop)",
+         "logging and checkpoints", _at_least(0), metavar="STEPS"),
+    flag("async-ckpt", bool, True, "write checkpoints in a background thread (--no-async-ckpt: in the loop)",
+         "logging and checkpoints"),
+    flag("keep-last", int, 3, "checkpoints kept in models/tmp/<run>/", "logging and checkpoints", _at_least(1),
+         metavar="N"),
+    flag("monitor", str, "auto", "best checkpoint by this validation metric, mode min or max (auto: the task's own, "
+         "say val/acc:max for classification, val/rmse:min for regression)", "logging and checkpoints",
+         metavar="METRIC:MODE"),
+    flag("resume", help="continue this run's latest checkpoint (error if none); auto: latest if any, else start "
+         "fresh; PATH: that checkpoint", group="logging and checkpoints", scope="invocation", metavar="auto|PATH",
+         const="latest"),
+    flag("logs-dir", str, str(ROOT / "logs"), "TensorBoard and program logs", "logging and checkpoints",
+         scope="local", metavar="DIR"),
+    flag("models-dir", str, str(ROOT / "models"), "best/, latest/, tmp/", "logging and checkpoints", scope="local",
+         metavar="DIR"),
+    flag("progress", str, "auto", "progress bar on a terminal, plain lines otherwise", "logging and checkpoints",
+         choices=("auto", "bar", "plain")),
+    flag("tensorboard", bool, True, "write TensorBoard events (--no-tensorboard: off)", "logging and checkpoints"),
+    flag("stop-grace", float, _env_float("STOP_GRACE", 10.0), "seconds a stop signal leaves before a kill (docker "
+         "stop: 10; env STOP_GRACE); the first save says whether a checkpoint fits in them",
+         "logging and checkpoints", _at_least(0), metavar="SECONDS"),
+    flag("stop-after-step", int, 0, SUPPRESS, "logging and checkpoints", _at_least(0), scope="invocation"),
+    flag("sync-check", bool, False, SUPPRESS, "logging and checkpoints", scope="invocation"),
+    flag("prepare-data", bool, False, "download/verify the dataset, then exit", "logging and checkpoints",
+         scope="invocation"),
+    flag("evaluate", help="evaluate a checkpoint without training (no value: this run's best), print and write the "
+         "metrics as JSON, then exit", group="logging and checkpoints", scope="invocation", metavar="PATH",
+         const="best"),
+    flag("split", str, "test", "--evaluate on this split", "logging and checkpoints", scope="invocation",
+         choices=("val", "test")),
+    flag("verify-resume", int, 0, "self-test of exact resume with these flags: train K steps in one go and with a "
+         "stop and a resume half way (in a temporary folder), compare weights and scalars, print PASS or what "
+         "differs", "logging and checkpoints", (lambda v: v == 0 or 2 <= v <= 100000, "2 steps or more (and at "
+         "most 100000)"), scope="invocation", metavar="K"),
+    flag("doctor", bool, False, "print versions, GPUs and whether this torch build supports them, run one step, exit",
+         "logging and checkpoints", scope="invocation"),
+]
+BY_DEST = {f.name.replace("-", "_"): f for f in FLAGS}
+# (the scopes as key sets, for the merge on resume and the config file)
+PER_INVOCATION = tuple(d for d, f in BY_DEST.items() if f.scope == "invocation")
+FIXED_ON_RESUME = tuple(d for d, f in BY_DEST.items() if f.scope == "fixed")
+LOCAL = tuple(d for d, f in BY_DEST.items() if f.scope == "local")
+FINITE = tuple(d for d, f in BY_DEST.items() if f.type is float and f.default is not None and f.scope != "local")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError("%s (see --help)" % message)
 
 
 def build_parser():
+    """The argparse parser of the records: one group per record group, in order; booleans with a --no-X form."""
     p = _Parser(
         prog="train.py",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -77,132 +232,21 @@ def build_parser():
         epilog="Boolean flags have a --no-X form. Any flag can also be a key of --config FILE.yaml "
         "(dashes or underscores); the command line wins over the file.",
     )
-    g = p.add_argument_group("experiment")
-    g.add_argument("--config", metavar="FILE.yaml", help="read flags from a YAML file (command line wins)")
-    g.add_argument("--run-name", metavar="NAME", help="name of this run (None: <dataset>-<model>)")
-    g.add_argument("--seed", type=int, default=0, help="seed for weights, data order and dropout (0 to 2**32-1)")
-    _bool_flag(g, "deterministic", False, "deterministic kernels: bit-exact runs and resumes")
-
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="digits", choices=data.names(), help="dataset")
-    g.add_argument("--val-split", type=float, default=None, metavar="FRACTION",
-                   help="share of the training data held out for validation, by a fixed seeded split (None: the "
-                   "dataset's own, 0.1 for most); fixed for a run")
-    g.add_argument("--data-dir", default=str(ROOT / "data"), metavar="DIR", help="where datasets live")
-    g.add_argument("--num-workers", type=int, default=-1, metavar="N",
-                   help="DataLoader worker processes (-1: per device and dataset, see README)")
-    g.add_argument("--pin-memory", default="auto", choices=("auto", "on", "off"), help="pinned batches (auto: on CUDA)")
-    g.add_argument("--prefetch-factor", type=int, default=0, metavar="N",
-                   help="batches each worker loads ahead (0: torch's default)")
-    _bool_flag(g, "persistent-workers", True, "keep DataLoader workers alive between epochs")
-    _bool_flag(g, "download", True, "download a missing dataset (--no-download: error instead)")
-    g.add_argument("--data-mirror", default=os.environ.get("DATA_MIRROR", ""), metavar="URL",
-                   help="fetch datasets from URL/<dataset>/<file> (env DATA_MIRROR)")
-    g.add_argument("--download-timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="a download fails when no data came for this long")
-    g.add_argument("--download-deadline", type=float, default=3600.0, metavar="SECONDS",
-                   help="a download fails when one file took longer than this in all (a mirror that trickles)")
-    g.add_argument("--data-checksums", default=os.environ.get("DATA_CHECKSUMS", ""), metavar="FILE",
-                   help="YAML/JSON {'<dataset>/<file>': md5} for a mirror with re-packed files (env DATA_CHECKSUMS)")
-    g.add_argument("--synthetic-size", type=int, default=10000, metavar="N", help="synthetic: training samples")
-    g.add_argument("--synthetic-shape", type=_shape, default="3,32,32", metavar="C,H,W",
-                   help="synthetic: sample shape")
-    g.add_argument("--synthetic-classes", type=int, default=10, metavar="K", help="synthetic: classes")
-
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default="auto", choices=("auto",) + tuple(models.names()),
-                   help="model (auto: the dataset's own: cnn for images, mlp for tables, fcn for segmentation)")
-    g.add_argument("--task", default="auto", choices=("auto",) + tuple(tasks.names()),
-                   help="what the model learns: loss, metrics, pictures (auto: the dataset's own)")
-    g.add_argument("--loss", default="auto", choices=("auto", "mse", "l1", "huber"),
-                   help="regression loss (auto: mse)")
-    g.add_argument("--width", type=int, default=0, metavar="N", help="hidden units / base channels (0: model's own)")
-    g.add_argument("--depth", type=int, default=0, metavar="N", help="layers (0: model's own)")
-    g.add_argument("--dropout", type=float, default=0.0, help="dropout probability")
-    g.add_argument("--init-from", metavar="PATH", help="start from the weights of this checkpoint (fine-tuning; its "
-                   "evaluated weights: the EMA where it has one)")
-
-    g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=int, default=15, help="passes over the training set")
-    g.add_argument("--max-steps", type=int, default=0, metavar="N", help="stop after N steps in all (0: no limit)")
-    g.add_argument("--batch-size", type=int, default=64, metavar="N",
-                   help="samples per optimizer step, over all processes and micro-batches")
-    g.add_argument("--accum-steps", type=int, default=1, metavar="N",
-                   help="gradient accumulation: each step's batch runs as N micro-batches of 1/N (memory of one)")
-    g.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
-    g.add_argument("--optimizer", default="sgd", choices=("sgd", "adam", "adamw"), help="optimizer")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum, or Adam's beta1")
-    g.add_argument("--weight-decay", type=float, default=5e-4, help="L2 penalty (decoupled for adamw)")
-    g.add_argument("--scheduler", default="cosine", choices=("constant", "cosine", "linear", "step", "multistep"),
-                   help="learning-rate schedule after warmup")
-    g.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="linear warmup from 0")
-    g.add_argument("--lr-step-size", type=int, default=1000, metavar="N", help="step schedule: decay every N steps")
-    g.add_argument("--lr-milestones", type=_steps, default="", metavar="S1,S2",
-                   help="multistep schedule: multiply the lr by --lr-gamma at these steps")
-    g.add_argument("--lr-gamma", type=float, default=0.1, help="step and multistep schedules: decay factor")
-    g.add_argument("--grad-clip", type=float, default=0.0, metavar="NORM", help="clip gradient norm (0: off)")
-
-    g = p.add_argument_group("recipe (regularization)")
-    g.add_argument("--augment", default="auto", metavar="auto|none|NAME[:ARG],...",
-                   help="training-batch augmentation on the device, e.g. crop:4,flip (auto: the dataset's standard "
-                   "recipe; see README)")
-    g.add_argument("--label-smoothing", type=float, default=0.0, metavar="EPS",
-                   help="classification: cross-entropy against targets smoothed by EPS (0: off)")
-    g.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
-                   help="evaluate, pick the best and test an exponential moving average of the weights (say 0.999; "
-                   "0: off)")
-    g.add_argument("--early-stop", type=int, default=0, metavar="PATIENCE",
-                   help="end the run after PATIENCE evaluations without --monitor improving (0: off)")
-    g.add_argument("--early-stop-delta", type=float, default=0.0, metavar="DELTA",
-                   help="early stopping: an improvement must exceed DELTA to count")
-
-    g = p.add_argument_group("runtime")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    g.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="CPU threads for torch's math in each process (0: OMP_NUM_THREADS if set, else half the "
-                   "process's cores, at most 4)")
-    g.add_argument("--amp", default="off", choices=("off", "fp16", "bf16"), help="mixed precision on CUDA")
-    _bool_flag(g, "compile", False, "torch.compile the model (torch >= 2.0)")
-    _bool_flag(g, "cuda-graphs", False, "replay the model's training forward and backward from CUDA graphs (torch >= "
-               "1.10; a model that cannot be captured trains without them)")
-    g.add_argument("--data-on-device", default="auto", choices=("auto", "on", "off"),
-                   help="hold an in-memory dataset on the GPU and make batches there (auto: when it takes under a "
-                   "quarter of the free GPU memory)")
-    _bool_flag(g, "channels-last", False, "channels-last memory format for 4-d inputs (convolutions on GPUs)")
-
-    g = p.add_argument_group("logging and checkpoints")
-    g.add_argument("--log-every", type=int, default=10, metavar="STEPS", help="train scalars to TensorBoard")
-    g.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="evaluate (0: at each epoch's end)")
-    g.add_argument("--ckpt-every", type=int, default=100, metavar="STEPS",
-                   help="save latest and models/tmp (0: only at the end and on stop)")
-    _bool_flag(g, "async-ckpt", True, "write checkpoints in a background thread (--no-async-ckpt: in the loop)")
-    g.add_argument("--keep-last", type=int, default=3, metavar="N", help="checkpoints kept in models/tmp/<run>/")
-    g.add_argument("--monitor", default="auto", metavar="METRIC:MODE",
-                   help="best checkpoint by this validation metric, mode min or max (auto: the task's own, say "
-                   "val/acc:max for classification, val/rmse:min for regression)")
-    g.add_argument("--resume", nargs="?", const="latest", metavar="auto|PATH",
-                   help="continue this run's latest checkpoint (error if none); auto: latest if any, "
-                   "else start fresh; PATH: that checkpoint")
-    g.add_argument("--logs-dir", default=str(ROOT / "logs"), metavar="DIR", help="TensorBoard and program logs")
-    g.add_argument("--models-dir", default=str(ROOT / "models"), metavar="DIR", help="best/, latest/, tmp/")
-    g.add_argument("--progress", default="auto", choices=("auto", "bar", "plain"),
-                   help="progress bar on a terminal, plain lines otherwise")
-    _bool_flag(g, "tensorboard", True, "write TensorBoard events (--no-tensorboard: off)")
-    g.add_argument("--stop-grace", type=float, default=_env_float("STOP_GRACE", 10.0), metavar="SECONDS",
-                   help="seconds a stop signal leaves before a kill (docker stop: 10; env STOP_GRACE); the first "
-                   "save says whether a checkpoint fits in them")
-    g.add_argument("--stop-after-step", type=int, default=0, help=argparse.SUPPRESS)  # a stop, as by a signal
-    _bool_flag(g, "sync-check", False, argparse.SUPPRESS)  # tests: a host sync in a step between logging steps raises
-    g.add_argument("--prepare-data", action="store_true", help="download/verify the dataset, then exit")
-    g.add_argument("--evaluate", nargs="?", const="best", metavar="PATH",
-                   help="evaluate a checkpoint without training (no value: this run's best), print and write the "
-                   "metrics as JSON, then exit")
-    g.add_argument("--split", default="test", choices=("val", "test"), help="--evaluate on this split")
-    g.add_argument("--verify-resume", type=int, default=0, metavar="K",
-                   help="self-test of exact resume with these flags: train K steps in one go and with a stop and a "
-                   "resume half way (in a temporary folder), compare weights and scalars, print PASS or what differs")
-    g.add_argument("--doctor", action="store_true",
-                   help="print versions, GPUs and whether this torch build supports them, run one step, exit")
+    groups = {}
+    for f in FLAGS:
+        g = groups.get(f.group) or groups.setdefault(f.group, p.add_argument_group(f.group))
+        dest = f.name.replace("-", "_")
+        if f.type is bool and f.scope == "invocation" and f.help != SUPPRESS:  # a command: --doctor
+            g.add_argument("--" + f.name, action="store_true", help=f.help)
+        elif f.type is bool:
+            g.add_argument("--" + f.name, dest=dest, action="store_true", default=f.default, help=f.help)
+            g.add_argument("--no-" + f.name, dest=dest, action="store_false", help=SUPPRESS)
+        elif f.const is not None:
+            g.add_argument("--" + f.name, nargs="?", const=f.const, metavar=f.metavar, help=f.help)
+        else:
+            kind = f.type if f.type is not str else None
+            g.add_argument("--" + f.name, type=kind, default=f.default, choices=f.choices, metavar=f.metavar,
+                           help=f.help)
     return p
 
 
@@ -355,12 +399,8 @@ def _url_ok(url):
     return (parts.scheme in ("http", "https") and bool(parts.hostname)) or (parts.scheme == "file" and bool(parts.path))
 
 
-def _finite(value, low=None):
-    return math.isfinite(value) and abs(value) <= FLOAT32_MAX and (low is None or value >= low)
-
-
 def validate(cfg):
-    """Raise UsageError naming the first invalid value."""
+    """Raise UsageError naming the first invalid value: each record's own check, then what depends on several."""
     def need(ok, message):
         if not ok:
             raise UsageError(message)
@@ -376,51 +416,28 @@ def validate(cfg):
     if cfg.run_name is None:
         cfg.run_name = "%s-%s" % (cfg.dataset, cfg.model)
     check_run_name(cfg.run_name)
-    need(0 <= cfg.seed < 2 ** 32, "--seed must be in 0 .. 2**32-1, got %s" % _short(cfg.seed))
-    for name in ("lr", "momentum", "weight_decay", "lr_gamma", "grad_clip", "dropout", "stop_grace", "label_smoothing",
-                 "ema", "early_stop_delta"):
-        need(_finite(getattr(cfg, name)), "--%s must be a finite number within float32 range, got %s"
-             % (name.replace("_", "-"), _short(getattr(cfg, name))))
-    need(cfg.lr > 0, "--lr must be > 0, got %g" % cfg.lr)
-    need(cfg.batch_size >= 1, "--batch-size must be >= 1, got %d" % cfg.batch_size)
+    for dest in FINITE:
+        need(_finite(getattr(cfg, dest)), "--%s must be a finite number within float32 range, got %s"
+             % (BY_DEST[dest].name, _short(getattr(cfg, dest))))
+    for dest, f in BY_DEST.items():
+        if f.check is not None:
+            ok, what = f.check
+            value = getattr(cfg, dest)
+            need(ok(value), "--%s must be %s, got %s" % (f.name, what, _short(value)))
     need(1 <= cfg.accum_steps <= cfg.batch_size, "--accum-steps must be in 1 .. --batch-size (%d), got %d"
          % (cfg.batch_size, cfg.accum_steps))
-    need(cfg.epochs >= 1, "--epochs must be >= 1, got %d" % cfg.epochs)
-    need(cfg.max_steps >= 0, "--max-steps must be >= 0, got %d" % cfg.max_steps)
-    need(0 <= cfg.momentum < 1, "--momentum must be in [0, 1), got %g" % cfg.momentum)
-    need(cfg.weight_decay >= 0, "--weight-decay must be >= 0, got %g" % cfg.weight_decay)
-    need(cfg.warmup_steps >= 0, "--warmup-steps must be >= 0, got %d" % cfg.warmup_steps)
-    need(cfg.lr_step_size >= 1, "--lr-step-size must be >= 1, got %d" % cfg.lr_step_size)
-    need(0 < cfg.lr_gamma <= 1, "--lr-gamma must be in (0, 1], got %g" % cfg.lr_gamma)
-    need(cfg.grad_clip >= 0, "--grad-clip must be >= 0, got %g" % cfg.grad_clip)
-    need(0 <= cfg.dropout < 1, "--dropout must be in [0, 1), got %g" % cfg.dropout)
-    need(0 <= cfg.label_smoothing < 1, "--label-smoothing must be in [0, 1), got %g" % cfg.label_smoothing)
-    need(0 <= cfg.ema < 1, "--ema must be a decay in [0, 1) such as 0.999 (0: off), got %g" % cfg.ema)
-    need(cfg.early_stop >= 0, "--early-stop must be >= 0 evaluations (0: off), got %d" % cfg.early_stop)
-    need(cfg.early_stop_delta >= 0, "--early-stop-delta must be >= 0, got %g" % cfg.early_stop_delta)
     need(cfg.scheduler != "multistep" or bool(cfg.lr_milestones),
          "--scheduler multistep needs --lr-milestones S1,S2 (the steps where the lr is multiplied by --lr-gamma)")
-    need(0 <= cfg.width <= 65536 and 0 <= cfg.depth <= 1000, "--width must be in 0 .. 65536 and --depth in 0 .. 1000")
-    need(-1 <= cfg.num_workers <= 256, "--num-workers must be in 0 .. 256 (or -1: automatic), got %d" % cfg.num_workers)
-    need(cfg.prefetch_factor >= 0, "--prefetch-factor must be >= 0, got %d" % cfg.prefetch_factor)
-    need(cfg.log_every >= 1, "--log-every must be >= 1, got %d" % cfg.log_every)
-    need(cfg.eval_every >= 0, "--eval-every must be >= 0, got %d" % cfg.eval_every)
-    need(cfg.ckpt_every >= 0, "--ckpt-every must be >= 0, got %d" % cfg.ckpt_every)
-    need(cfg.keep_last >= 1, "--keep-last must be >= 1, got %d" % cfg.keep_last)
-    need(cfg.synthetic_size >= 10, "--synthetic-size must be >= 10, got %d" % cfg.synthetic_size)
-    need(cfg.synthetic_classes >= 2, "--synthetic-classes must be >= 2, got %d" % cfg.synthetic_classes)
-    need(cfg.stop_grace >= 0, "--stop-grace must be >= 0, got %g" % cfg.stop_grace)
-    need(0 <= cfg.threads <= 1024, "--threads must be in 0 .. 1024 (0: automatic), got %d" % cfg.threads)
-    need(cfg.verify_resume == 0 or 2 <= cfg.verify_resume <= 100000,
-         "--verify-resume must be 2 steps or more (and at most 100000), got %d" % cfg.verify_resume)
-    need(cfg.stop_after_step >= 0, "--stop-after-step must be >= 0")
     need(bool(_DEVICE.fullmatch(cfg.device)), "--device %s: use auto, cpu, cuda or cuda:N" % _short(cfg.device))
     need(_url_ok(cfg.data_mirror), "--data-mirror %s: not a URL such as http://host:8000/datasets (scheme http, "
          "https or file, a host, a numeric port)" % _short(cfg.data_mirror))
-    need(cfg.download_timeout > 0 and _finite(cfg.download_timeout), "--download-timeout must be > 0 seconds")
-    need(cfg.download_deadline > 0 and _finite(cfg.download_deadline), "--download-deadline must be > 0 seconds")
     need(not (cfg.resume and cfg.evaluate), "--resume and --evaluate do not go together: --evaluate [PATH] tests a "
          "checkpoint without training, --resume trains on; drop one")
+    _resolve_auto(cfg, need)
+
+
+def _resolve_auto(cfg, need):
+    """The dataset's and the task's own values for what is auto (or None), each checked against the task."""
     meta = data.defaults(cfg.dataset)
     if cfg.task == "auto":
         cfg.task = meta["task"]
@@ -444,12 +461,6 @@ def validate(cfg):
     if cfg.augment == "auto":
         cfg.augment = meta["augment"]
     augment.parse(cfg.augment)  # unknown names fail here; arguments against the data once it is built
-
-
-def monitor(cfg):
-    """(metric, mode) of --monitor."""
-    metric, _, mode = cfg.monitor.partition(":")
-    return metric, mode
 
 
 def to_yaml(cfg):
