@@ -34,8 +34,8 @@ done
 load_project
 
 # Refuse before anything is deleted when a symlink points somewhere this project did not make.
-for pair in "logs:$TMP_DIR/logs" "models/tmp:$TMP_DIR/model"; do
-  link="$ROOT/${pair%%:*}" want="${pair#*:}"
+for pair in "${LINKS[@]}"; do
+  link="${pair%%:*}" want="${pair#*:}"
   if [[ -L "$link" && "$(readlink "$link")" != "$want" ]]; then
     die "refusing: $link points to $(readlink "$link"), not $want; remove that link yourself"
   fi
@@ -71,7 +71,7 @@ if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
   fi
 fi
 native_pids=()
-for pid_file in "$ROOT/logs/.train-native.pid" "$ROOT/logs/.tensorboard-native.pid"; do
+for pid_file in "$NATIVE_PID" "$TB_NATIVE_PID"; do
   if pid="$(live_pid "$pid_file")" && our_process "$pid"; then  # the process started, not one that got its pid
     native_pids+=("$pid")
     plan+=("native process $pid ($(basename "$pid_file" .pid | tr -d .))")

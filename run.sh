@@ -43,24 +43,27 @@ setup_args=()
 CALLED_BY_RUN_SH=1 "$ROOT/setup.sh" "${setup_args[@]}"
 load_project
 [[ -n "$nproc" ]] || nproc="$(setting NPROC 1)"
+# the trainer writes started_file MARK once it has begun (a name no earlier start used)
+STARTED_MARK="$$-$(date +%s%N)"
+export STARTED_MARK
 [[ "$nproc" =~ ^[1-9][0-9]*$ ]] || die "--nproc $nproc: give the number of processes to start, 1 or more"
 TB_PORT="$(setting TB_PORT 6006)"
 TB_BIND="$(setting TB_BIND 127.0.0.1)"
 url="http://$([[ "$TB_BIND" == 0.0.0.0 ]] && echo 127.0.0.1 || echo "$TB_BIND"):$TB_PORT"
 tb_busy_message="port $TB_PORT is already in use by another program; pick a free one with TB_PORT=NNNN ./run.sh (or set TB_PORT in .env)"
 
-# After a start: "running" once the trainer has begun training (its "run NAME: fresh start" or "resuming from"
-# line) and still runs; else "exited CODE" (its last lines then say why: a finished run, a bad setting, an
-# error). CHECK prints the state; OUTPUT prints what the trainer wrote since this start. At most 2 minutes.
+# After a start: "running" once the trainer has begun training (it wrote its started file, see started_file)
+# and still runs; else "exited CODE" (its last lines then say why: a finished run, a bad setting, an error).
+# CHECK prints the state. At most 2 minutes.
 settle() {
-  local check="$1" output="$2" state
+  local check="$1" state started
+  started="$(started_file "$STARTED_MARK")"
   for _ in $(seq 1 240); do
     state="$($check)"
-    [[ "$state" == running ]] || break
-    # grep reads it all (no -q): with pipefail, an early exit would fail the writer with SIGPIPE, and the test
-    if $output | grep -E 'run [^ ]+: (fresh start|resuming from)' >/dev/null; then break; fi
+    [[ "$state" == running && ! -e "$started" ]] || break
     sleep 0.5
   done
+  rm -f "$started"
   echo "$state"
 }
 
@@ -111,7 +114,7 @@ run_docker() {
   since="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   NPROC="$nproc" TRAIN_ARGS="$train_args" compose up --detach trainer tensorboard
   local state
-  state="$(settle trainer_state trainer_output)"
+  state="$(settle trainer_state)"
   wait_for_tensorboard "docker compose logs tensorboard"
   if [[ "$state" != running ]]; then
     report_exit "$state" "$(trainer_output | grep -v '^$' | tail -n 3)"
@@ -141,35 +144,35 @@ trainer_state() {  # the compose trainer: running, or exited CODE (a restart aft
   else echo "exited $code"; fi
 }
 
-native_output() { tail -c "+$((since + 1))" "$ROOT/logs/train-native.out"; }
+native_output() { tail -c "+$((since + 1))" "$NATIVE_OUT"; }
 
 native_state() {  # the native trainer (pid in logs/.train-native.pid): running, or exited 0 / 1 from its output
-  if live_pid "$ROOT/logs/.train-native.pid" >/dev/null; then echo running
-  elif tail -n 1 "$ROOT/logs/train-native.out" | grep -q "train.py: error"; then echo "exited 1"
+  if live_pid "$NATIVE_PID" >/dev/null; then echo running
+  elif tail -n 1 "$NATIVE_OUT" | grep -q "train.py: error"; then echo "exited 1"
   else echo "exited 0"; fi
 }
 
 run_native() {
-  local python pid tb_pid pid_file="$ROOT/logs/.train-native.pid" tb_pid_file="$ROOT/logs/.tensorboard-native.pid"
+  local python pid tb_pid pid_file="$NATIVE_PID" tb_pid_file="$TB_NATIVE_PID"
   python="$(native_env_python)"
   if pid="$(live_pid "$pid_file")"; then
     die "training is already running (pid $pid); follow it with: tail -f logs/train-native.out; stop it with: kill $pid"
   fi
   cd "$ROOT"
   checked "$python" train.py --resume auto "${args[@]}" --prepare-data --progress plain
-  since="$(stat -c %s logs/train-native.out 2>/dev/null || echo 0)"
-  detach "$python" logs/train-native.out "$python" -m src.launch "$nproc" --resume auto "${args[@]}" --progress plain \
+  since="$(stat -c %s "$NATIVE_OUT" 2>/dev/null || echo 0)"
+  detach "$python" "$NATIVE_OUT" "$python" -m src.launch "$nproc" --resume auto "${args[@]}" --progress plain \
     >"$pid_file"
   if ! live_pid "$tb_pid_file" >/dev/null; then
     if port_busy "$TB_PORT"; then die "$tb_busy_message"; fi
-    detach "$python" logs/tensorboard-native.out "$(dirname "$python")/tensorboard" --logdir logs --host "$TB_BIND" \
+    detach "$python" "$TB_NATIVE_OUT" "$(dirname "$python")/tensorboard" --logdir logs --host "$TB_BIND" \
       --port "$TB_PORT" >"$tb_pid_file"
   fi
   local state
   read -r pid _ <"$pid_file"
   read -r tb_pid _ <"$tb_pid_file"
-  state="$(settle native_state native_output)"
-  wait_for_tensorboard "logs/tensorboard-native.out"
+  state="$(settle native_state)"
+  wait_for_tensorboard "$TB_NATIVE_OUT"
   if [[ "$state" != running ]]; then
     report_exit "$state" "$(native_output | grep -v '^$' | tail -n 3)"
     echo "  TensorBoard:  $url      (stop it: kill $tb_pid)"

@@ -66,8 +66,7 @@ fi
 make_folders() {
   ensure_tmp_dir
   mkdir -p "$ROOT/data" "$ROOT/models/best" "$ROOT/models/latest"
-  ensure_symlink "$ROOT/logs" "$TMP_DIR/logs"
-  ensure_symlink "$ROOT/models/tmp" "$TMP_DIR/model"
+  for pair in "${LINKS[@]}"; do ensure_symlink "${pair%%:*}" "${pair#*:}"; done
 }
 
 write_env() {

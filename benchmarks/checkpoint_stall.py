@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from src import seeding  # noqa: E402
+from src.runtime import seeding  # noqa: E402
 from src.state.writer import CheckpointWriter  # noqa: E402
 
 from common import machine, median, table  # noqa: E402

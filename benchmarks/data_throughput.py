@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from src import compat, config, data, models  # noqa: E402
+from src import data, models  # noqa: E402
+from src.app import flags  # noqa: E402
+from src.runtime import compat  # noqa: E402
 from src.data.loading import EpochBatches, loader_settings, make_loader  # noqa: E402
 
 from common import machine, median, sync, table  # noqa: E402
@@ -76,8 +78,8 @@ def main():
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     rows = []
-    for name, flags in SETUPS:
-        cfg, _ = config.parse(flags + ["--device", args.device] + args.train_args)
+    for name, setup in SETUPS:
+        cfg, _ = flags.parse(setup + ["--device", args.device] + args.train_args)
         splits = data.build(cfg)
         loaded, trained = [], []
         for _ in range(args.repeats):

@@ -21,7 +21,9 @@ project_name() {
   echo "$name"
 }
 
-# Sets PROJECT, TMP_DIR (/tmp/<project>), COMPOSE_NAME (Docker's spelling) and IMAGE (<compose name>-trainer).
+# Sets PROJECT, TMP_DIR (/tmp/<project>), COMPOSE_NAME (Docker's spelling) and IMAGE (<compose name>-trainer),
+# and the shell's one spelling of the layout (src/files/paths.py has Python's): LINKS, "link:target" of the two
+# /tmp symlinks; LOGS (the checkout's logs/); the native trainer's and TensorBoard's output and pid files.
 # TMP_DIR belongs to one checkout of one user: mode 700, with a marker file (.checkout) naming this checkout.
 # shellcheck disable=SC2034  # globals for the scripts that source this file
 load_project() {
@@ -29,7 +31,15 @@ load_project() {
   TMP_DIR="/tmp/$PROJECT"
   COMPOSE_NAME="$(compose_project_name "$PROJECT")"
   IMAGE="$COMPOSE_NAME-trainer"
+  LOGS="$ROOT/logs"
+  LINKS=("$LOGS:$TMP_DIR/logs" "$ROOT/models/tmp:$TMP_DIR/model")
+  NATIVE_OUT="$LOGS/train-native.out" NATIVE_PID="$LOGS/.train-native.pid"
+  TB_NATIVE_OUT="$LOGS/tensorboard-native.out" TB_NATIVE_PID="$LOGS/.tensorboard-native.pid"
 }
+
+# The file a trainer started with STARTED_MARK=MARK writes once it has begun (its checks passed): see
+# RunPaths.started_mark.
+started_file() { echo "$LOGS/.started-$1"; }
 
 # Docker's spelling of it: lower case, only [a-z0-9_-].
 compose_project_name() {
@@ -136,7 +146,7 @@ tmp_dir_problem() {
   fi
   marker="$(cat "$TMP_DIR/.checkout" 2>/dev/null || true)"
   if [[ -z "$marker" ]]; then
-    if [[ -z "$(ls -A "$TMP_DIR")" || "$(readlink "$ROOT/logs" 2>/dev/null)" == "$TMP_DIR/logs" ]]; then return 0; fi
+    if [[ -z "$(ls -A "$TMP_DIR")" || "$(readlink "${LINKS[0]%%:*}" 2>/dev/null)" == "${LINKS[0]#*:}" ]]; then return 0; fi
     echo "$TMP_DIR was not made by this checkout (no $TMP_DIR/.checkout); $next"; return 0
   fi
   [[ "$marker" == "$ROOT" ]] || echo "$TMP_DIR belongs to another checkout ($marker); $next"
@@ -149,7 +159,8 @@ ensure_tmp_dir() {
   if [[ -n "$problem" ]]; then echo "$(basename "$0"): $problem" >&2; exit 2; fi
   if [[ ! -d "$TMP_DIR" ]]; then (umask 077 && mkdir "$TMP_DIR"); fi
   [[ -f "$TMP_DIR/.checkout" ]] || printf '%s\n' "$ROOT" >"$TMP_DIR/.checkout"
-  mkdir -p "$TMP_DIR/logs" "$TMP_DIR/model"
+  local pair
+  for pair in "${LINKS[@]}"; do mkdir -p "${pair#*:}"; done
 }
 
 # The symlink LINK -> TARGET, made or repaired; refuses a link that points anywhere else.

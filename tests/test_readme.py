@@ -4,6 +4,7 @@ an empty venv to a trained model, a resume, the resume self-test and TensorBoard
 import json
 import os
 import re
+from pathlib import Path
 import subprocess
 import time
 import urllib.request
@@ -83,3 +84,43 @@ def test_the_flag_reference_lists_every_flag_with_when_to_use_it():
     for action in flags.build_parser()._actions:
         if action.help != argparse.SUPPRESS and action.dest != "help":
             assert action.option_strings[0] in listed, "README's flag reference lacks " + action.option_strings[0]
+
+
+def _shown(flag):
+    """A flag record's default as the README's table writes it: on/off, a number, a folder's name, a word."""
+    if flag.type is bool:
+        return "on" if flag.default else "off"
+    if flag.name.endswith("-dir"):
+        return Path(flag.default).name
+    return flag.default
+
+
+def test_the_flag_reference_shows_each_flags_own_default():
+    """Every default the README's flag table states is the one its flag record holds (src/app/flags.py)."""
+    from src.app import flags
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Flags and the config file"):text.index("## Docker in detail")]
+    checked = 0
+    for row in section.splitlines():
+        if not row.startswith("| `--"):
+            continue
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row.strip().strip("|"))]
+        names = re.findall(r"`--([a-z][a-z0-9-]*)", cells[0])
+        shown = [s.strip() for s in cells[1].split(", ")] if cells[1] else []
+        if len(shown) == 1:  # one value for all: `--width N`, `--depth N` | 0
+            shown = shown * len(names)
+        if len(shown) != len(names):
+            assert not shown, "the defaults of %s do not line up with its flags: %r" % (cells[0], cells[1])
+            continue
+        for name, text_default in zip(names, shown):
+            record = flags.BY_DEST[name.replace("-", "_")]
+            value = re.sub(r"\s*\(.*\)$", "", text_default).strip("`")
+            if record.default is None or not value or value.isupper():  # None, or named after an env variable
+                continue
+            want = _shown(record)
+            if isinstance(want, (int, float)) and not isinstance(want, bool):
+                assert float(value) == want, "README: --%s defaults to %s, its record to %r" % (name, value, want)
+            else:
+                assert value == str(want), "README: --%s defaults to %s, its record to %r" % (name, value, want)
+            checked += 1
+    assert checked >= 50

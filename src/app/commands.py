@@ -72,7 +72,8 @@ def evaluate_checkpoint(cfg, user, stop, dist):
     dist.start(device)
     try:
         loader = loader_for(getattr(splits, cfg.split), cfg, device, dist)
-        values, _ = evaluate(model, loader, parts.task, parts.precision, device, dist, cfg.channels_last)
+        values, _ = evaluate(model, loader, parts.task, parts.precision, device, dist=dist,
+                             channels_last=cfg.channels_last)
     finally:
         dist.stop()
     report = {"run": cfg.run_name, "checkpoint": str(path), "step": state["progress"]["step"], "split": cfg.split,

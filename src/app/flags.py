@@ -64,9 +64,19 @@ def _steps(text):
 Flag = namedtuple("Flag", "name type default help group check scope choices metavar const")
 
 
-def flag(name, type=str, default=None, help="", group="", check=None, scope="run", choices=None, metavar=None,
-         const=None):
-    return Flag(name, type, default, help, group, check, scope, choices, metavar, const)
+def flag(name, type=str, default=None, help="", check=None, *, scope="run", choices=None, metavar=None, const=None):
+    return Flag(name, type, default, help, None, check, scope, choices, metavar, const)
+
+
+def _records(items):
+    """The flags in order, each in the group (a --help section) of the title above it."""
+    group, records = None, []
+    for item in items:
+        if isinstance(item, str):
+            group = item
+        else:
+            records.append(item._replace(group=group))
+    return records
 
 
 def _in(low, high):
@@ -82,134 +92,139 @@ def _fraction(what="in [0, 1)"):
 
 
 SUPPRESS = argparse.SUPPRESS
-FLAGS = [
-    flag("config", metavar="FILE.yaml", help="read flags from a YAML file (command line wins)", group="experiment",
+FLAGS = _records([
+    "experiment",
+    flag("config", metavar="FILE.yaml", help="read flags from a YAML file (command line wins)",
          scope="invocation"),
-    flag("run-name", metavar="NAME", help="name of this run (None: <dataset>-<model>)", group="experiment"),
-    flag("seed", int, 0, "seed for weights, data order and dropout (0 to 2**32-1)", "experiment",
+    flag("run-name", metavar="NAME", help="name of this run (None: <dataset>-<model>)"),
+    flag("seed", int, 0, "seed for weights, data order and dropout (0 to 2**32-1)",
          (lambda v: 0 <= v < 2 ** 32, "in 0 .. 2**32-1")),
-    flag("deterministic", bool, False, "deterministic kernels: bit-exact runs and resumes", "experiment"),
+    flag("deterministic", bool, False, "deterministic kernels: bit-exact runs and resumes"),
 
-    flag("dataset", str, "digits", "dataset", "data", choices=data.names()),
+    "data",
+    flag("dataset", str, "digits", "dataset", choices=data.names()),
     flag("val-split", float, None, "share of the training data held out for validation, by a fixed seeded split "
-         "(None: the dataset's own, 0.1 for most); fixed for a run", "data", scope="fixed", metavar="FRACTION"),
-    flag("data-dir", str, str(ROOT / "data"), "where datasets live", "data", scope="local", metavar="DIR"),
-    flag("num-workers", int, -1, "DataLoader worker processes (-1: per device and dataset, see README)", "data",
+         "(None: the dataset's own, 0.1 for most); fixed for a run", scope="fixed", metavar="FRACTION"),
+    flag("data-dir", str, str(ROOT / "data"), "where datasets live", scope="local", metavar="DIR"),
+    flag("num-workers", int, -1, "DataLoader worker processes (-1: per device and dataset, see README)",
          (lambda v: -1 <= v <= 256, "in 0 .. 256 (or -1: automatic)"), metavar="N"),
-    flag("pin-memory", str, "auto", "pinned batches (auto: on CUDA)", "data", choices=("auto", "on", "off")),
-    flag("prefetch-factor", int, 0, "batches each worker loads ahead (0: torch's default)", "data", _at_least(0),
+    flag("pin-memory", str, "auto", "pinned batches (auto: on CUDA)", choices=("auto", "on", "off")),
+    flag("prefetch-factor", int, 0, "batches each worker loads ahead (0: torch's default)", _at_least(0),
          metavar="N"),
-    flag("persistent-workers", bool, True, "keep DataLoader workers alive between epochs", "data"),
-    flag("download", bool, True, "download a missing dataset (--no-download: error instead)", "data"),
+    flag("persistent-workers", bool, True, "keep DataLoader workers alive between epochs"),
+    flag("download", bool, True, "download a missing dataset (--no-download: error instead)"),
     flag("data-mirror", str, os.environ.get("DATA_MIRROR", ""), "fetch datasets from URL/<dataset>/<file> (env "
-         "DATA_MIRROR)", "data", metavar="URL"),
-    flag("download-timeout", float, 60.0, "a download fails when no data came for this long", "data",
+         "DATA_MIRROR)", metavar="URL"),
+    flag("download-timeout", float, 60.0, "a download fails when no data came for this long",
          (lambda v: v > 0 and _finite(v), "> 0 seconds"), metavar="SECONDS"),
     flag("download-deadline", float, 3600.0, "a download fails when one file took longer than this in all (a mirror "
-         "that trickles)", "data", (lambda v: v > 0 and _finite(v), "> 0 seconds"), metavar="SECONDS"),
+         "that trickles)", (lambda v: v > 0 and _finite(v), "> 0 seconds"), metavar="SECONDS"),
     flag("data-checksums", str, os.environ.get("DATA_CHECKSUMS", ""), "YAML/JSON {'<dataset>/<file>': md5} for a "
-         "mirror with re-packed files (env DATA_CHECKSUMS)", "data", scope="local", metavar="FILE"),
-    flag("synthetic-size", int, 10000, "synthetic: training samples", "data", _at_least(10), metavar="N"),
-    flag("synthetic-shape", _shape, "3,32,32", "synthetic: sample shape", "data", metavar="C,H,W"),
-    flag("synthetic-classes", int, 10, "synthetic: classes", "data", _at_least(2), metavar="K"),
+         "mirror with re-packed files (env DATA_CHECKSUMS)", scope="local", metavar="FILE"),
+    flag("synthetic-size", int, 10000, "synthetic: training samples", _at_least(10), metavar="N"),
+    flag("synthetic-shape", _shape, "3,32,32", "synthetic: sample shape", metavar="C,H,W"),
+    flag("synthetic-classes", int, 10, "synthetic: classes", _at_least(2), metavar="K"),
 
+    "model",
     flag("model", str, "auto", "model (auto: the dataset's own: cnn for images, mlp for tables, fcn for "
-         "segmentation)", "model", choices=("auto",) + tuple(models.names())),
-    flag("task", str, "auto", "what the model learns: loss, metrics, pictures (auto: the dataset's own)", "model",
+         "segmentation)", choices=("auto",) + tuple(models.names())),
+    flag("task", str, "auto", "what the model learns: loss, metrics, pictures (auto: the dataset's own)",
          scope="fixed", choices=("auto",) + tuple(tasks.names())),
-    flag("loss", str, "auto", "regression loss (auto: mse)", "model", choices=("auto", "mse", "l1", "huber")),
-    flag("width", int, 0, "hidden units / base channels (0: model's own)", "model", _in(0, 65536), metavar="N"),
-    flag("depth", int, 0, "layers (0: model's own)", "model", _in(0, 1000), metavar="N"),
-    flag("dropout", float, 0.0, "dropout probability", "model", _fraction()),
+    flag("loss", str, "auto", "regression loss (auto: mse)", choices=("auto", "mse", "l1", "huber")),
+    flag("width", int, 0, "hidden units / base channels (0: model's own)", _in(0, 65536), metavar="N"),
+    flag("depth", int, 0, "layers (0: model's own)", _in(0, 1000), metavar="N"),
+    flag("dropout", float, 0.0, "dropout probability", _fraction()),
     flag("init-from", metavar="PATH", help="start from the weights of this checkpoint (fine-tuning; its evaluated "
-         "weights: the EMA where it has one)", group="model", scope="invocation"),
+         "weights: the EMA where it has one)", scope="invocation"),
 
-    flag("epochs", int, 15, "passes over the training set", "optimization", _at_least(1)),
-    flag("max-steps", int, 0, "stop after N steps in all (0: no limit)", "optimization", _at_least(0), metavar="N"),
-    flag("batch-size", int, 64, "samples per optimizer step, over all processes and micro-batches", "optimization",
+    "optimization",
+    flag("epochs", int, 15, "passes over the training set", _at_least(1)),
+    flag("max-steps", int, 0, "stop after N steps in all (0: no limit)", _at_least(0), metavar="N"),
+    flag("batch-size", int, 64, "samples per optimizer step, over all processes and micro-batches",
          _at_least(1), metavar="N"),
     flag("accum-steps", int, 1, "gradient accumulation: each step's batch runs as N micro-batches of 1/N (memory "
-         "of one)", "optimization", metavar="N"),
-    flag("lr", float, 0.05, "peak learning rate", "optimization", (lambda v: v > 0, "> 0")),
-    flag("optimizer", str, "sgd", "optimizer", "optimization", choices=("sgd", "adam", "adamw")),
-    flag("momentum", float, 0.9, "SGD momentum, or Adam's beta1", "optimization", _fraction()),
-    flag("weight-decay", float, 5e-4, "L2 penalty (decoupled for adamw)", "optimization", _at_least(0)),
-    flag("scheduler", str, "cosine", "learning-rate schedule after warmup", "optimization",
+         "of one)", metavar="N"),
+    flag("lr", float, 0.05, "peak learning rate", (lambda v: v > 0, "> 0")),
+    flag("optimizer", str, "sgd", "optimizer", choices=("sgd", "adam", "adamw")),
+    flag("momentum", float, 0.9, "SGD momentum, or Adam's beta1", _fraction()),
+    flag("weight-decay", float, 5e-4, "L2 penalty (decoupled for adamw)", _at_least(0)),
+    flag("scheduler", str, "cosine", "learning-rate schedule after warmup",
          choices=("constant", "cosine", "linear", "step", "multistep")),
-    flag("warmup-steps", int, 0, "linear warmup from 0", "optimization", _at_least(0), metavar="N"),
-    flag("lr-step-size", int, 1000, "step schedule: decay every N steps", "optimization", _at_least(1), metavar="N"),
+    flag("warmup-steps", int, 0, "linear warmup from 0", _at_least(0), metavar="N"),
+    flag("lr-step-size", int, 1000, "step schedule: decay every N steps", _at_least(1), metavar="N"),
     flag("lr-milestones", _steps, "", "multistep schedule: multiply the lr by --lr-gamma at these steps",
-         "optimization", metavar="S1,S2"),
-    flag("lr-gamma", float, 0.1, "step and multistep schedules: decay factor", "optimization",
+         metavar="S1,S2"),
+    flag("lr-gamma", float, 0.1, "step and multistep schedules: decay factor",
          (lambda v: 0 < v <= 1, "in (0, 1]")),
-    flag("grad-clip", float, 0.0, "clip gradient norm (0: off)", "optimization", _at_least(0), metavar="NORM"),
+    flag("grad-clip", float, 0.0, "clip gradient norm (0: off)", _at_least(0), metavar="NORM"),
 
+    "recipe (regularization)",
     flag("augment", str, "auto", "training-batch augmentation on the device, e.g. crop:4,flip (auto: the dataset's "
-         "standard recipe; see README)", "recipe (regularization)", metavar="auto|none|NAME[:ARG],..."),
+         "standard recipe; see README)", metavar="auto|none|NAME[:ARG],..."),
     flag("label-smoothing", float, 0.0, "classification: cross-entropy against targets smoothed by EPS (0: off)",
-         "recipe (regularization)", _fraction(), metavar="EPS"),
+         _fraction(), metavar="EPS"),
     flag("ema", float, 0.0, "evaluate, pick the best and test an exponential moving average of the weights (say "
-         "0.999; 0: off)", "recipe (regularization)", _fraction("a decay in [0, 1) such as 0.999 (0: off)"),
+         "0.999; 0: off)", _fraction("a decay in [0, 1) such as 0.999 (0: off)"),
          metavar="DECAY"),
     flag("early-stop", int, 0, "end the run after PATIENCE evaluations without --monitor improving (0: off)",
-         "recipe (regularization)", (lambda v: v >= 0, ">= 0 evaluations (0: off)"), metavar="PATIENCE"),
-    flag("early-stop-delta", float, 0.0, "early stopping: an improvement must exceed DELTA to count",
-         "recipe (regularization)", _at_least(0), metavar="DELTA"),
+         (lambda v: v >= 0, ">= 0 evaluations (0: off)"), metavar="PATIENCE"),
+    flag("early-stop-delta", float, 0.0, "early stopping: an improvement must exceed DELTA to count", _at_least(0),
+         metavar="DELTA"),
 
-    flag("device", str, "auto", "auto, cpu, cuda or cuda:N", "runtime"),
+    "runtime",
+    flag("device", str, "auto", "auto, cpu, cuda or cuda:N"),
     flag("threads", int, 0, "CPU threads for torch's math in each process (0: OMP_NUM_THREADS if set, else half the "
-         "process's cores, at most 4)", "runtime", _in(0, 1024), metavar="N"),
-    flag("amp", str, "off", "mixed precision on CUDA", "runtime", choices=("off", "fp16", "bf16")),
-    flag("compile", bool, False, "torch.compile the model (torch >= 2.0)", "runtime"),
+         "process's cores, at most 4)", _in(0, 1024), metavar="N"),
+    flag("amp", str, "off", "mixed precision on CUDA", choices=("off", "fp16", "bf16")),
+    flag("compile", bool, False, "torch.compile the model (torch >= 2.0)"),
     flag("cuda-graphs", bool, False, "replay the model's training forward and backward from CUDA graphs (torch >= "
-         "1.10; a model that cannot be captured trains without them)", "runtime"),
+         "1.10; a model that cannot be captured trains without them)"),
     flag("data-on-device", str, "auto", "hold an in-memory dataset on the GPU and make batches there (auto: when it "
-         "takes under a quarter of the free GPU memory)", "runtime", choices=("auto", "on", "off")),
-    flag("channels-last", bool, False, "channels-last memory format for 4-d inputs (convolutions on GPUs)",
-         "runtime"),
+         "takes under a quarter of the free GPU memory)", choices=("auto", "on", "off")),
+    flag("channels-last", bool, False, "channels-last memory format for 4-d inputs (convolutions on GPUs)"),
 
-    flag("log-every", int, 10, "train scalars to TensorBoard", "logging and checkpoints", _at_least(1),
+    "logging and checkpoints",
+    flag("log-every", int, 10, "train scalars to TensorBoard", _at_least(1),
          metavar="STEPS"),
-    flag("eval-every", int, 0, "evaluate (0: at each epoch's end)", "logging and checkpoints", _at_least(0),
+    flag("eval-every", int, 0, "evaluate (0: at each epoch's end)", _at_least(0),
          metavar="STEPS"),
-    flag("ckpt-every", int, 100, "save latest and models/tmp (0: only at the end and on stop)",
-         "logging and checkpoints", _at_least(0), metavar="STEPS"),
-    flag("async-ckpt", bool, True, "write checkpoints in a background thread (--no-async-ckpt: in the loop)",
-         "logging and checkpoints"),
-    flag("keep-last", int, 3, "checkpoints kept in models/tmp/<run>/", "logging and checkpoints", _at_least(1),
+    flag("ckpt-every", int, 100, "save latest and models/tmp (0: only at the end and on stop)", _at_least(0),
+         metavar="STEPS"),
+    flag("async-ckpt", bool, True, "write checkpoints in a background thread (--no-async-ckpt: in the loop)"),
+    flag("keep-last", int, 3, "checkpoints kept in models/tmp/<run>/", _at_least(1),
          metavar="N"),
     flag("monitor", str, "auto", "best checkpoint by this validation metric, mode min or max (auto: the task's own, "
-         "say val/acc:max for classification, val/rmse:min for regression)", "logging and checkpoints",
+         "say val/acc:max for classification, val/rmse:min for regression)",
          metavar="METRIC:MODE"),
     flag("resume", help="continue this run's latest checkpoint (error if none); auto: latest if any, else start "
-         "fresh; PATH: that checkpoint", group="logging and checkpoints", scope="invocation", metavar="auto|PATH",
+         "fresh; PATH: that checkpoint", scope="invocation", metavar="auto|PATH",
          const="latest"),
-    flag("logs-dir", str, str(ROOT / "logs"), "TensorBoard and program logs", "logging and checkpoints",
+    flag("logs-dir", str, str(ROOT / "logs"), "TensorBoard and program logs",
          scope="local", metavar="DIR"),
-    flag("models-dir", str, str(ROOT / "models"), "best/, latest/, tmp/", "logging and checkpoints", scope="local",
+    flag("models-dir", str, str(ROOT / "models"), "best/, latest/, tmp/", scope="local",
          metavar="DIR"),
-    flag("progress", str, "auto", "progress bar on a terminal, plain lines otherwise", "logging and checkpoints",
+    flag("progress", str, "auto", "progress bar on a terminal, plain lines otherwise",
          choices=("auto", "bar", "plain")),
-    flag("tensorboard", bool, True, "write TensorBoard events (--no-tensorboard: off)", "logging and checkpoints"),
+    flag("tensorboard", bool, True, "write TensorBoard events (--no-tensorboard: off)"),
     flag("stop-grace", float, _env_float("STOP_GRACE", 10.0), "seconds a stop signal leaves before a kill (docker "
-         "stop: 10; env STOP_GRACE); the first save says whether a checkpoint fits in them",
-         "logging and checkpoints", _at_least(0), metavar="SECONDS"),
-    flag("stop-after-step", int, 0, SUPPRESS, "logging and checkpoints", _at_least(0), scope="invocation"),
-    flag("sync-check", bool, False, SUPPRESS, "logging and checkpoints", scope="invocation"),
-    flag("prepare-data", bool, False, "download/verify the dataset, then exit", "logging and checkpoints",
+         "stop: 10; env STOP_GRACE); the first save says whether a checkpoint fits in them", _at_least(0),
+         metavar="SECONDS"),
+    flag("stop-after-step", int, 0, SUPPRESS, _at_least(0), scope="invocation"),
+    flag("sync-check", bool, False, SUPPRESS, scope="invocation"),
+    flag("prepare-data", bool, False, "download/verify the dataset, then exit",
          scope="invocation"),
     flag("evaluate", help="evaluate a checkpoint without training (no value: this run's best), print and write the "
-         "metrics as JSON, then exit", group="logging and checkpoints", scope="invocation", metavar="PATH",
+         "metrics as JSON, then exit", scope="invocation", metavar="PATH",
          const="best"),
-    flag("split", str, "test", "--evaluate on this split", "logging and checkpoints", scope="invocation",
+    flag("split", str, "test", "--evaluate on this split", scope="invocation",
          choices=("val", "test")),
     flag("verify-resume", int, 0, "self-test of exact resume with these flags: train K steps in one go and with a "
          "stop and a resume half way (in a temporary folder), compare weights and scalars, print PASS or what "
-         "differs", "logging and checkpoints", (lambda v: v == 0 or 2 <= v <= 100000, "2 steps or more (and at "
+         "differs", (lambda v: v == 0 or 2 <= v <= 100000, "2 steps or more (and at "
          "most 100000)"), scope="invocation", metavar="K"),
     flag("doctor", bool, False, "print versions, GPUs and whether this torch build supports them, run one step, exit",
-         "logging and checkpoints", scope="invocation"),
-]
+         scope="invocation"),
+])
 BY_DEST = {f.name.replace("-", "_"): f for f in FLAGS}
 # (the scopes as key sets, for the merge on resume and the config file)
 PER_INVOCATION = tuple(d for d, f in BY_DEST.items() if f.scope == "invocation")

@@ -48,7 +48,7 @@ def fetch_all(cfg, dataset, base_url, files):
     made = not folder.exists()
     ensure_dir(folder)
     try:
-        _fetch_files(cfg, dataset, base_url, files, folder, overrides)
+        _fetch_files(cfg, dataset, base_url, files, folder=folder, overrides=overrides)
     except BaseException:
         if made and not any(folder.iterdir()):  # a failed first download leaves no empty data/<dataset>/
             folder.rmdir()
@@ -56,7 +56,7 @@ def fetch_all(cfg, dataset, base_url, files):
     return folder
 
 
-def _fetch_files(cfg, dataset, base_url, files, folder, overrides):
+def _fetch_files(cfg, dataset, base_url, files, *, folder, overrides):
     for name, md5, size in files:
         key = "%s/%s" % (dataset, name)
         limit = 2 * size if key in overrides else size
@@ -71,7 +71,7 @@ def _fetch_files(cfg, dataset, base_url, files, folder, overrides):
         if not cfg.download:
             raise TrainingError("missing %s (run without --no-download, or place the file there)" % dest)
         base = cfg.data_mirror.rstrip("/") + "/" + dataset if cfg.data_mirror else base_url.rstrip("/")
-        fetch(base + "/" + name, dest, md5, limit, cfg.download_timeout, cfg.download_deadline)
+        fetch(base + "/" + name, dest, md5, limit, timeout=cfg.download_timeout, deadline=cfg.download_deadline)
 
 
 def _part_name(dest, pid):
@@ -93,7 +93,7 @@ def remove_stale_parts(dest):
             pass
 
 
-def fetch(url, dest, md5, limit, timeout=60.0, deadline=3600.0):
+def fetch(url, dest, md5, limit, *, timeout=60.0, deadline=3600.0):
     """Download url to dest through a temporary file in the same folder; keep it only if the MD5 matches. At most
     `limit` bytes are read; it fails when no byte came for `timeout` seconds or the whole took over `deadline`. A
     stop signal raises out of the read (signals.Stopped) and the partial file goes."""

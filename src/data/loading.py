@@ -20,7 +20,7 @@ class EpochBatches(torch.utils.data.Sampler):
     fewer samples than processes is dropped (a process would get none). `sizes` are the global batch sizes.
     """
 
-    def __init__(self, n, batch_size, seed=None, epoch=0, start=0, dist=None, drop_tiny=True):
+    def __init__(self, n, batch_size, seed=None, *, epoch=0, start=0, dist=None, drop_tiny=True):
         self.n, self.batch_size, self.seed, self.dist, self.drop_tiny = n, batch_size, seed, dist, drop_tiny
         self.device = None  # where `tensors` live: the data's device for a dataset held there (one copy an epoch)
         self.set_epoch(epoch, start)

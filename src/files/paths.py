@@ -196,9 +196,10 @@ class RunPaths:
         return ((self.latest.parent, self.latest.name), (self.best.parent, self.best.name), (self.tmp_dir, None))
 
     def started_mark(self):
-        """<logs>/.started-<STARTED_MARK>: written once a trainer started by run.sh has begun (env STARTED_MARK)."""
+        """logs/.started-<STARTED_MARK> of the checkout (whatever --logs-dir says: run.sh looks there), written once
+        a trainer started by run.sh has begun; docker/lib.sh's started_file spells it for the shell."""
         mark = os.environ.get("STARTED_MARK", "")
-        return self.logs_dir / (".started-" + mark) if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", mark) else None
+        return ROOT / "logs" / (".started-" + mark) if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", mark) else None
 
     def tmp_checkpoint(self, step):
         return self.tmp_dir / ("step-%d.pt" % step)

@@ -14,7 +14,7 @@ from ..runtime import compat
 
 
 class EMA(object):
-    def __init__(self, model, decay, dist):
+    def __init__(self, model, decay, dist=None):  # dist: the processes (None: one)
         self.decay, self.updates, self.dist = decay, 0, dist
         self.module = copy.deepcopy(compat.unwrap_model(model)).eval()
         for p in self.module.parameters():
@@ -49,7 +49,7 @@ class EMA(object):
         dist = self.dist
         weights = self.module.state_dict()
         state = {"weights": compat.clean_state_dict(weights), "updates": self.updates}
-        if dist.enabled:
+        if dist is not None and dist.enabled:
             params = {name for name, _ in self.module.named_parameters()}
             state["buffers_ranks"] = dist.gather({k: v.cpu() for k, v in weights.items() if k not in params})
         return state
@@ -68,7 +68,7 @@ class EMA(object):
         self.module.load_state_dict(state["weights"])
         self.updates = int(state["updates"])
         ranks = state.get("buffers_ranks")
-        if ranks and len(ranks) == dist.world and dist.rank > 0:
+        if ranks and dist is not None and len(ranks) == dist.world and dist.rank > 0:
             mine = self.module.state_dict()
             for key, value in ranks[dist.rank].items():
                 mine[key].copy_(value)

@@ -12,7 +12,7 @@ def loader_for(dataset, cfg, device, dist):
     return make_loader(dataset, EpochBatches(len(dataset), cfg.batch_size, dist=dist, drop_tiny=False), cfg, device)
 
 
-def evaluate(model, loader, task, precision, device, dist, channels_last=False, stop=None):
+def evaluate(model, loader, task, precision, device, *, dist, channels_last=False, stop=None):
     """(values, pictures) of the model on the loader's split; None when a stop signal cut it short."""
     sums, first = {}, None
     model.eval()

@@ -114,8 +114,8 @@ class Trainer(object):
 
     # ----- evaluation ----------------------------------------------------------------------------------------
     def _evaluate(self, model):
-        return evaluate(model, self.eval_loader, self.task, self.parts.precision, self.device, self.dist,
-                        self.cfg.channels_last, self.stop)
+        return evaluate(model, self.eval_loader, self.task, self.parts.precision, self.device, dist=self.dist,
+                        channels_last=self.cfg.channels_last, stop=self.stop)
 
     def run_eval(self):
         """Evaluate on val (the EMA weights with --ema, the raw ones as val_raw/* beside them), log, judge best and
@@ -178,10 +178,10 @@ class Trainer(object):
         model = self.ema.module if self.ema else self.parts.eval_model
         fileformat.load_model_weights(model, best, self.paths.best, "this run's model", evaluated=True)
         loader = loader_for(self.splits.test, self.cfg, self.device, self.dist)
-        values, _ = evaluate(model, loader, self.task, self.parts.precision, self.device, self.dist,
-                             self.cfg.channels_last)
+        values, _ = evaluate(model, loader, self.task, self.parts.precision, self.device, dist=self.dist,
+                             channels_last=self.cfg.channels_last)
         test = {"test/" + k: v for k, v in values.items()}
-        report = metrics_report(self.cfg, self.last_eval.values, test, best, self.paths.best, self.step)
+        report = metrics_report(self.cfg, self.last_eval.values, test, best, self.paths.best, step=self.step)
         if self.dist.main:
             atomic.write_text(self.paths.metrics_file, json.dumps(report, indent=2, sort_keys=True) + "\n")
         self.loggers.scalars(test, self.step)
@@ -415,7 +415,7 @@ def describe(values):
                      for k, v in values.items())
 
 
-def metrics_report(cfg, val, test, best_state, best_path, step):
+def metrics_report(cfg, val, test, best_state, best_path, *, step):
     """What logs/<run>/metrics.json holds: the final val metrics, the best checkpoint's test metrics, where it is."""
     return {"run": cfg.run_name, "task": cfg.task, "dataset": cfg.dataset, "model": cfg.model, "step": step,
             "val": val, "test": test,
