@@ -8,9 +8,9 @@
     tensorboard --logdir logs                        # then open http://127.0.0.1:6006
     torchrun --standalone --nproc_per_node 4 train.py --batch-size 256   # 4 processes (GPUs), global batch 256
 
-Everything lives in src/: flags.py (flags), data/ and models/ (registries), engine.py (the loop),
-checkpoint.py (+ checkpoint_writer.py: in the background), tensorboard_writer.py, distributed.py (torchrun),
-run.py (fresh start or resume). See README.md.
+Everything lives in src/ (README "Layout"): app/ (flags, commands, building the parts, the Run), loop/ (the
+trainer and its state), state/ (the checkpoint manager and file), files/ (paths, loggers), runtime/ (torch
+versions, processes, signals); data/, models/, tasks/, augment/ are plugins, one file each.
 """
 from src.runtime.signals import STOP, Stopped
 

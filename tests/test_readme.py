@@ -124,3 +124,24 @@ def test_the_flag_reference_shows_each_flags_own_default():
                 assert value == str(want), "README: --%s defaults to %s, its record to %r" % (name, value, want)
             checked += 1
     assert checked >= 50
+
+
+def test_the_layout_names_every_module_of_the_floors_and_nothing_that_is_gone():
+    """README "Layout": each src/<floor>/ entry names that folder's modules, and every path it names exists."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index("## Layout"):]
+    block = block[block.index("```") + 3:]
+    block = block[:block.index("```")]
+    named, folder = {}, None
+    for line in block.splitlines():
+        if line and not line.startswith(" "):
+            first = line.split()[0]
+            folder = first if first.startswith("src/") and first.endswith("/") else None
+            for path in re.findall(r"^(src/[\w/]+\.py|[\w.]+\.(?:py|sh|yml|txt))\b", line):
+                assert (REPO / path).exists(), "README Layout names %s, which does not exist" % path
+        if folder:
+            named.setdefault(folder, set()).update(re.findall(r"\b(\w+)\.py\b", line))
+    for floor in ("app", "loop", "state", "files", "runtime"):
+        have = {p.stem for p in (REPO / "src" / floor).glob("*.py") if p.stem != "__init__"}
+        assert named.get("src/%s/" % floor) == have, "README Layout of src/%s/: %s, the folder: %s" % (
+            floor, sorted(named.get("src/%s/" % floor, ())), sorted(have))

@@ -123,7 +123,11 @@ def _same(a, b, where="checkpoint"):
 
 def test_a_checkpoint_of_the_previous_main_resumes_bit_identically(project):
     """A stop checkpoint written by main before the renovation of src/ (tests/fixtures/README.md) resumes on
-    today's code to the very state the old code reached: weights, optimizer, EMA, meter, progress, best, RNG."""
+    today's code to the very state the old code reached: weights, optimizer, EMA, meter, progress, best, RNG.
+    Bit-identical numbers are promised on the stack that wrote them (another torch may round differently)."""
+    wrote = load(FIXTURES / "old-main-step8.pt")["versions"]["torch"]
+    if wrote.split("+")[0] != torch.__version__.split("+")[0]:
+        pytest.skip("the fixtures were written by torch %s; this is %s" % (wrote, torch.__version__))
     project.latest("old").parent.mkdir(parents=True)
     shutil.copy(str(FIXTURES / "old-main-step4.pt"), str(project.latest("old")))
     res = project.ok(*OLD_FLAGS, "--resume")
