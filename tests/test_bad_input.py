@@ -1,10 +1,16 @@
 """Bad input of every kind: one line that names the problem and the next step, exit 2 for usage errors
 (1 for a run that cannot go on), and nothing saved before is changed: the test hashes models/ and logs/
-before and after each case, and no lock or folder of a run that never started is left behind."""
+before and after each case, and no lock or folder of a run that never started is left behind.
+
+The cases run in one process of the project's own train.py (train.main(argv) per case, its return value the
+exit code): no process behaviour differs between them, and a torch import per case cost minutes. A few cases
+(PROCESS) also run as real train.py processes: their exit code and stderr are the process's own."""
 import copy
 import io
+import json
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -131,23 +137,82 @@ CASES = [
 ] + [(["--resume", "forged-%s.pt" % name, "--max-steps", "8"], 2, "forged-%s.pt" % name) for name in FORGED]
 
 
-@pytest.mark.parametrize("args,code,text", CASES, ids=[" ".join(c[0])[:40] for c in CASES])
-def test_bad_input_is_one_line_with_a_next_step_and_changes_nothing(trained, args, code, text):
+# Run in the project by one python process: every case through train.main, with what it changed.
+HARNESS = r"""
+import hashlib, io, json, logging, os, sys
+from pathlib import Path
+import train
+
+def digest(*folders):
+    h = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+out = []
+for argv in json.load(sys.stdin):
+    before, runs = digest(Path("models"), Path("logs")), sorted(os.listdir("logs"))
+    logging.getLogger("train").handlers[:] = []  # as in a fresh process: no console yet
+    err, sys.stderr = sys.stderr, io.StringIO()
+    try:
+        code = train.main(argv)
+    finally:
+        text, sys.stderr = sys.stderr.getvalue(), err
+    out.append({"code": code, "stderr": text, "changed": digest(Path("models"), Path("logs")) != before,
+                "runs_left": sorted(os.listdir("logs")) != runs, "mnist": os.path.exists("data/mnist")})
+print("RESULTS " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def outcomes(trained):
+    """{case id: what train.main did with it}, all cases in one process of the project's train.py."""
+    argvs = [[str(a) for a in FAST + RUN + args] for args, _, _ in CASES]
+    res = subprocess.run([sys.executable, "-c", HARNESS], cwd=str(trained.root), env=trained.env, timeout=600,
+                         input=json.dumps(argvs), capture_output=True, text=True)
+    line = [x for x in res.stdout.splitlines() if x.startswith("RESULTS ")]
+    assert res.returncode == 0 and line, res.stdout[-2000:] + res.stderr[-3000:]
+    return json.loads(line[0][len("RESULTS "):])  # in the order of CASES
+
+
+IDS = [" ".join(c[0])[:40] for c in CASES]
+PROCESS = ["--lr inf", "--config bomb.yaml", "--resume forged-model.pt --max-steps 8", "--dataset mnist --no-download"]
+
+
+def _skip_cuda_case(args):
     if "--device" in args and "cuda" in args:
         from src.runtime import compat
         if compat.cuda_available():
             pytest.skip("this machine has CUDA")
+
+
+def _check(code, stderr, args, want, text):
+    lines = stderr.strip().splitlines()
+    assert code == want, stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("train.py: error:") and text in lines[0], stderr[-3000:]
+    assert len(lines[0]) < 600, "an error line of %d characters" % len(lines[0])
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=IDS)
+def test_bad_input_is_one_line_with_a_next_step_and_changes_nothing(outcomes, case):
+    args, code, text = CASES[case]
+    _skip_cuda_case(args)
+    got = outcomes[case]
+    _check(got["code"], got["stderr"], args, code, text)
+    assert not got["changed"], "models/ or logs/ changed"
+    assert not got["runs_left"], "a run folder (lock) was left behind"
+    assert not got["mnist"], "a failed data step left data/mnist/ behind"
+
+
+@pytest.mark.parametrize("args,code,text", [c for c, i in zip(CASES, IDS) if i in PROCESS],
+                         ids=[i for i in IDS if i in PROCESS])
+def test_bad_input_as_a_process_exits_with_its_code_and_one_line(trained, args, code, text):
     root = trained.root
     before = tree_digest(root / "models", root / "logs")
-    runs_before = sorted(os.listdir(str(root / "logs")))
     res = trained.run(*(FAST + RUN + args), timeout=120)
-    lines = res.stderr.strip().splitlines()
-    assert res.returncode == code, res.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("train.py: error:") and text in lines[0], res.stderr[-3000:]
-    assert len(lines[0]) < 600, "an error line of %d characters" % len(lines[0])
+    _check(res.returncode, res.stderr, args, code, text)
     assert tree_digest(root / "models", root / "logs") == before
-    assert sorted(os.listdir(str(root / "logs"))) == runs_before, "a run folder (lock) was left behind"
-    assert not (root / "data" / "mnist").exists(), "a failed data step left data/mnist/ behind"
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to mount a read-only folder")
