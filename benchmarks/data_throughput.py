@@ -1,5 +1,5 @@
 """Is the data pipeline fast enough to keep the model busy? For the default setup (embedded digits, CNN) and
-the CIFAR-shaped synthetic data (ResNet), measures the samples/s of train.py's own DataLoader (engine.
+the CIFAR-shaped synthetic data (ResNet), measures the samples/s of train.py's own DataLoader (data.loading.
 make_loader with its per-device settings, batches moved to the device) alone, and of the model's training
 step alone on a batch already on the device. Alternating, median of repeats. A ratio data/model above 1
 means the loader outruns the model.

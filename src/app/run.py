@@ -46,7 +46,7 @@ class Run(object):
         self.cfg, self.user, self.stop, self.dist = cfg, user, stop, dist
         self.state = self.source = None  # the checkpoint resumed, and where it came from
         self.changes = []  # (key, old, new) of every config value the user changed on resume
-        self.paths = self.parts = self.trainer = self.seen = None
+        self.paths = self.parts = self.trainer = self.seen = self.init = None  # init: --init-from's checkpoint
         self.loggers = Loggers([])
         self.hparams = {}
         self.begun = False

@@ -1,12 +1,8 @@
-"""Checkpoints: the full training state, written atomically, verified on load, kept as latest/best/tmp.
+"""The checkpoint file: written atomically, verified on load, kept as latest/best/tmp.
 
-A checkpoint is a dict of tensors and plain types (weights-only loadable, and portable between torch
-1.7 and 2.x):
-    model, optimizer, scheduler, scaler, meter      state dicts
-    progress    {epoch, sample_in_epoch, step, eval_pending}
-    best        {metric, mode, value, step}
-    rng         Python, NumPy, torch CPU and CUDA generator states
-    config      the effective config;  versions, git_commit;  format
+A checkpoint is a dict with one entry per registered part (state/manager.py says which), of tensors and plain
+types (weights-only loadable, and portable between torch 1.7 and 2.x), plus `format`. Before anything is
+built from it, REQUIRED and _check_values check each entry this code reads for its type and range.
 The file is the zip archive torch.save writes, plus one record, `<archive>/checkpoint_digest`: a blake2b
 digest of every other record's name and raw bytes. Loading checks it before a single byte is unpickled,
 then unpickles with weights-only loading (torch >= 1.13) or a restricted unpickler that admits only tensors,

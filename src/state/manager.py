@@ -1,9 +1,10 @@
 """The checkpoint manager: built once with every stateful part of a run, registered by name; it saves them
 (latest + models/tmp/<run>/step-N.pt pruned to --keep-last, and best; in the background) and restores them.
 It knows no part's insides: a part is anything with state_dict() / load_state_dict(state), and its name is its
-key in the checkpoint. Adding a piece of training state is: build it, register it (app/run.py).
+key in the checkpoint. Adding a piece of training state is: build it, register it (Trainer._register).
 
-Registered in app/run.py, in restore order (the random streams last: nothing may draw after them):
+Registered by the Trainer (loop/trainer.py), in restore order (the random streams last: nothing may draw after
+them):
     model, optimizer, scheduler, scaler (precision), meter, progress, best, last_eval, ema (with --ema)
     task, model_spec, config, versions, git_commit   fixed facts of the run (restoring them does nothing)
     rng_ranks (several processes), rng               Python, NumPy, torch CPU and CUDA generator states
