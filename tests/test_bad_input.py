@@ -37,6 +37,8 @@ def trained(tmp_path_factory):
     (project.root / "bomb.yaml").write_text(ALIAS_BOMB)
     os.mkfifo(str(project.root / "fifo"))  # opening it to read would wait for a writer forever
     (project.root / "sums-latin1.yaml").write_bytes(b"mnist/caf\xe9: 0\n")
+    for i, (text, _) in enumerate(BAD_CONFIGS):
+        (project.root / ("bad-%d.yaml" % i)).write_text(text)
     with open(str(project.root / "huge.pt"), "wb") as f:  # 40 GB, sparse: no disk used
         f.truncate(40 << 30)
     state = load(project.latest("digits-mlp"))
@@ -79,7 +81,32 @@ FORGED = {
 LONG = "x" * 300
 
 
+BAD_CONFIGS = [
+    ("lr: 0.1\nbogus: 3\n", "unknown key 'bogus'"),
+    ("batch_size: 3.5\n", "3.5 is not a valid value for batch_size (expected an integer)"),
+    ("lr: fast\n", "'fast' is not a valid value for lr (expected a number)"),
+    ("deterministic: 1\n", "expected true or false"),
+    ("optimizer: lbfgs\n", "choose from sgd, adam, adamw"),
+    ("lr: [0.1\n", "not valid YAML"),
+    ("- 1\n- 2\n", "expected a mapping"),
+    ("epochs: 0\n", "--epochs must be >= 1"),
+]
 CASES = [
+    (["--dataset", "nope"], 2, "argument --dataset: invalid choice: 'nope'"),
+    (["--model", "nope"], 2, "argument --model: invalid choice: 'nope'"),
+    (["--lr", "0"], 2, "--lr must be > 0"),
+    (["--lr", "-1"], 2, "--lr must be > 0"),
+    (["--batch-size", "0"], 2, "--batch-size must be >= 1"),
+    (["--epochs", "-2"], 2, "--epochs must be >= 1"),
+    (["--lr", "abc"], 2, "argument --lr: invalid float value: 'abc'"),
+    (["--monitor", "val/f1:max"], 2, "--monitor 'val/f1:max'"),
+    (["--device", "tpu"], 2, "--device 'tpu'"),
+    (["--run-name", "../x"], 2, "--run-name '../x'"),
+    (["--no-such-flag"], 2, "unrecognized arguments: --no-such-flag"),
+    (["--resume"], 2, "nothing to resume: run 'fresh' has no checkpoint"),
+    (["--resume", "missing.pt"], 2, "--resume missing.pt: no such checkpoint file"),
+    (["--init-from", "missing.pt"], 2, "--init-from missing.pt: no such checkpoint file"),
+    (["--model", "resnet", "--depth", "7"], 2, "a CIFAR ResNet has 6n+2 layers"),
     (["--seed", str(2 ** 70)], 2, "--seed must be in 0 .. 2**32-1"),
     (["--lr", "1e308"], 2, "--lr must be a finite number"),
     (["--lr", "inf"], 2, "--lr must be a finite number"),
@@ -134,7 +161,8 @@ CASES = [
     (["--resume", "--evaluate"], 2, "--resume and --evaluate do not go together"),
     (["--resume", "huge.pt"], 2, "more than half of this machine's"),
     (["--dataset", "mnist", "--no-download"], 1, "missing"),
-] + [(["--resume", "forged-%s.pt" % name, "--max-steps", "8"], 2, "forged-%s.pt" % name) for name in FORGED]
+] + [(["--resume", "forged-%s.pt" % name, "--max-steps", "8"], 2, "forged-%s.pt" % name) for name in FORGED] + [
+    (["--config", "bad-%d.yaml" % i], 2, message) for i, (_, message) in enumerate(BAD_CONFIGS)]
 
 
 # Run in the project by one python process: every case through train.main, with what it changed.

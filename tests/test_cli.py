@@ -1,8 +1,6 @@
-"""The command line and config file: grouped --help, YAML merge, and bad input (one clear line, exit 2,
-nothing saved before is touched)."""
+"""The command line and config file: grouped --help, YAML merge, a run's checkpoints protected (bad flags and
+config files: tests/test_bad_input.py)."""
 import hashlib
-
-import pytest
 
 from conftest import FAST, REPO, load
 
@@ -18,50 +16,6 @@ def test_help_lists_every_stable_flag_in_groups(project):
         assert flag in out, flag
     for group in ("experiment:", "data:", "model:", "optimization:", "runtime:", "logging and checkpoints:"):
         assert group in out
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--dataset", "nope"], "argument --dataset: invalid choice: 'nope'"),
-    (["--model", "nope"], "argument --model: invalid choice: 'nope'"),
-    (["--lr", "0"], "--lr must be > 0"),
-    (["--lr", "-1"], "--lr must be > 0"),
-    (["--batch-size", "0"], "--batch-size must be >= 1"),
-    (["--epochs", "-2"], "--epochs must be >= 1"),
-    (["--lr", "abc"], "argument --lr: invalid float value: 'abc'"),
-    (["--monitor", "val/f1:max"], "--monitor 'val/f1:max'"),
-    (["--device", "tpu"], "--device 'tpu'"),
-    (["--run-name", "../x"], "--run-name '../x'"),
-    (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-    (["--resume"], "nothing to resume: run 'digits-mlp' has no checkpoint"),
-    (["--resume", "missing.pt"], "--resume missing.pt: no such checkpoint file"),
-    (["--init-from", "missing.pt"], "--init-from missing.pt: no such checkpoint file"),
-    (["--model", "resnet", "--depth", "7"], "a CIFAR ResNet has 6n+2 layers"),
-])
-def test_bad_input_is_one_line_and_exit_2(project, args, message):
-    res = project.run(*(FAST + args))
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("train.py: error:") and message in lines[0], lines[0]
-    assert not project.latest("digits-mlp").exists()
-
-
-@pytest.mark.parametrize("text,message", [
-    ("lr: 0.1\nbogus: 3\n", "unknown key 'bogus'"),
-    ("batch_size: 3.5\n", "3.5 is not a valid value for batch_size (expected an integer)"),
-    ("lr: fast\n", "'fast' is not a valid value for lr (expected a number)"),
-    ("deterministic: 1\n", "expected true or false"),
-    ("optimizer: lbfgs\n", "choose from sgd, adam, adamw"),
-    ("lr: [0.1\n", "not valid YAML"),
-    ("- 1\n- 2\n", "expected a mapping"),
-    ("epochs: 0\n", "--epochs must be >= 1"),
-])
-def test_bad_config_file_is_one_line_and_exit_2(project, text, message):
-    (project.root / "bad.yaml").write_text(text)
-    res = project.run("--config", "bad.yaml")
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], res.stderr
 
 
 def test_config_file_sets_values_and_the_command_line_wins(project):
