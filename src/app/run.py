@@ -156,7 +156,7 @@ class Run(object):
         mark = self.paths.started_mark()
         if mark is not None and dist.main:  # run.sh waits for it: the trainer runs, its checks passed
             atomic.write_text(mark, cfg.run_name + "\n")
-        progress = console.Progress(bar, self.parts.total_steps, self.step0)
+        progress = console.ProgressBar(bar, self.parts.total_steps, self.step0)
         try:
             if self.state is None:
                 self.trainer.rng.start()  # own dropout masks on ranks > 0, same weights

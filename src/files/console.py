@@ -67,7 +67,7 @@ def setup(log_file, bar, main_process=True):
         log.addHandler(handler)
 
 
-class Progress(object):
+class ProgressBar(object):
     """Steps done out of the total: a bar when `bar`, else nothing (the step lines are the progress)."""
 
     def __init__(self, bar, total, initial):

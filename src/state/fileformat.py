@@ -11,7 +11,6 @@ storages and plain types (compat.load_bytes), so no file can run code on any sta
 """
 import hashlib
 import io
-import logging
 import os
 import re
 import subprocess
@@ -27,7 +26,6 @@ from ..runtime import compat
 from ..runtime.errors import TrainingError, UsageError
 from ..files.paths import ROOT
 
-log = logging.getLogger("train")
 
 FORMAT = 2
 DIGEST_RECORD = "checkpoint_digest"
@@ -300,32 +298,6 @@ def tmp_checkpoints(folder):
 def prune(folder, keep):
     for _, path in tmp_checkpoints(folder)[keep:]:
         path.unlink()
-
-
-def newest_valid(paths):
-    """The state to resume a run from: the newest verified checkpoint among latest and models/tmp.
-
-    A corrupt or truncated latest is reported and passed over. Returns (state, path) or (None, None).
-    """
-    latest = None
-    if paths.latest.exists():
-        try:
-            latest = load(paths.latest)
-        except CorruptCheckpoint as err:
-            log.warning("WARNING: %s is unreadable (%s); looking for the newest valid checkpoint in %s",
-                        paths.latest, err, paths.tmp_dir)
-    for step, path in tmp_checkpoints(paths.tmp_dir):
-        if latest is not None and step <= latest["progress"]["step"]:
-            break
-        try:
-            state = load(path)
-        except CorruptCheckpoint as err:
-            log.warning("WARNING: %s is unreadable (%s); skipping it", path, err)
-            continue
-        if paths.latest.exists():
-            log.warning("WARNING: resuming from %s (step %d) instead of %s", path, step, paths.latest)
-        return state, path
-    return (latest, paths.latest) if latest is not None else (None, None)
 
 
 def evaluated_weights(state):

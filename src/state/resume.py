@@ -1,10 +1,13 @@
 """Which checkpoint a run continues from: --resume latest|auto|PATH, a corrupt latest passed over for the newest
 valid one in models/tmp, and never a fresh start over a run that has checkpoints. Reads only; the manager
 (manager.py) restores what is found."""
+import logging
 from pathlib import Path
 
 from . import fileformat
 from ..runtime.errors import UsageError
+
+log = logging.getLogger("train")
 
 
 def existing_runs(models_dir):
@@ -48,7 +51,7 @@ def find_resume_state(cfg, paths, explicit_state):
         return None, None
     if cfg.resume not in ("latest", "auto"):
         return explicit_state, Path(cfg.resume)
-    state, path = fileformat.newest_valid(paths)
+    state, path = newest_valid(paths)
     if state is not None:
         return state, path
     if has_files:
@@ -60,3 +63,29 @@ def find_resume_state(cfg, paths, explicit_state):
     hint = " (runs with checkpoints: %s; pick one with --run-name)" % ", ".join(others) if others else ""
     raise UsageError("nothing to resume: run '%s' has no checkpoint in %s%s" % (cfg.run_name, paths.latest.parent,
                                                                                  hint))
+
+
+def newest_valid(paths):
+    """The state to resume a run from: the newest verified checkpoint among latest and models/tmp.
+
+    A corrupt or truncated latest is reported and passed over. Returns (state, path) or (None, None).
+    """
+    latest = None
+    if paths.latest.exists():
+        try:
+            latest = fileformat.load(paths.latest)
+        except fileformat.CorruptCheckpoint as err:
+            log.warning("WARNING: %s is unreadable (%s); looking for the newest valid checkpoint in %s",
+                        paths.latest, err, paths.tmp_dir)
+    for step, path in fileformat.tmp_checkpoints(paths.tmp_dir):
+        if latest is not None and step <= latest["progress"]["step"]:
+            break
+        try:
+            state = fileformat.load(path)
+        except fileformat.CorruptCheckpoint as err:
+            log.warning("WARNING: %s is unreadable (%s); skipping it", path, err)
+            continue
+        if paths.latest.exists():
+            log.warning("WARNING: resuming from %s (step %d) instead of %s", path, step, paths.latest)
+        return state, path
+    return (latest, paths.latest) if latest is not None else (None, None)
