@@ -13,7 +13,7 @@ from src.files.paths import RunPaths
 from src.loop.progress import Best, LastEval, Progress, finished, stopped_early
 from src.runtime.errors import UsageError
 from src.state import fileformat
-from src.state.manager import CheckpointManager, Fixed, Optimizer
+from src.state.manager import NOTHING, CheckpointManager, Fixed, Optimizer
 from src.state.resume import find_resume_state
 
 OLD = REPO / "tests" / "fixtures" / "old-main-step4.pt"  # a real checkpoint (see tests/fixtures/README.md)
@@ -140,9 +140,10 @@ def test_the_manager_saves_and_restores_what_is_registered_in_order(tmp_path):
     manager.register("later", later, optional=True)
     manager.register("fact", Fixed({"x": 1}), optional=True)
     first.n, later.n = 3, None
-    later.state_dict = lambda: None  # an optional part with nothing to save is not written
+    later.state_dict = lambda: NOTHING  # a part with nothing to save this time is not written
+    manager.register("none", Fixed(None), optional=True)  # None is a value (git_commit outside a checkout)
     state = manager.state_dict()
-    assert state == {"first": {"n": 3}, "fact": {"x": 1}}
+    assert state == {"first": {"n": 3}, "fact": {"x": 1}, "none": None}
     assert manager.required() == ["first"]
     manager.restore(dict(state, progress={"step": 7}), "here.pt")
     assert seen == [{"n": 3}, None] and later.n == -1 and manager.saved_step == 7

@@ -35,7 +35,7 @@ from ..runtime import compat
 from ..runtime.errors import TrainingError
 from ..runtime.seeding import RandomStreams
 from ..state import fileformat
-from ..state.manager import CheckpointManager, Fixed, Model, Optimizer
+from ..state.manager import NOTHING, CheckpointManager, Fixed, Model, Optimizer
 
 log = logging.getLogger("train")
 
@@ -54,7 +54,7 @@ class Trainer(object):
         self.last_eval = LastEval()
         self.augment = Augment(cfg.augment, cfg.seed)
         self.ema = EMA(parts.model, cfg.ema, self.dist) if cfg.ema else None  # of the weights as built
-        self.rng = RandomStreams(self.dist, cfg.seed, self.progress)
+        self.rng = RandomStreams(self.dist, cfg.seed, self.progress, nothing=NOTHING)
         self.checkpoints = CheckpointManager(cfg, self.paths, self.dist, before_save=lambda: self.ensure_finite(True),
                                              before_write=lambda: self.loggers.flush(durable=True))
         self._register(cfg, parts)

@@ -60,13 +60,14 @@ class RandomStreams(object):
     several processes, "rng_ranks" (every rank's, gathered: a collective). Restored last, since nothing may draw
     random numbers between the restore and the next step. A fresh run seeds ranks > 0 apart (own dropout masks)."""
 
-    def __init__(self, dist, seed, progress):
-        self.dist, self.seed, self.progress, self.ranks = dist, seed, progress, None
+    def __init__(self, dist, seed, progress, nothing=None):
+        """nothing: what "rng_ranks" returns in one process, to be left out of the checkpoint (manager.NOTHING)."""
+        self.dist, self.seed, self.progress, self.ranks, self.nothing = dist, seed, progress, None, nothing
         streams = self
 
         class Ranks(object):  # the "rng_ranks" entry, registered before "rng": restoring "rng" reads it
             def state_dict(self):
-                return streams.dist.gather(capture()) if streams.dist.enabled else None
+                return streams.dist.gather(capture()) if streams.dist.enabled else streams.nothing
 
             def load_state_dict(self, state):
                 streams.ranks = state

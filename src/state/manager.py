@@ -21,6 +21,13 @@ from ..runtime.errors import TrainingError, UsageError
 log = logging.getLogger("train")
 
 
+class _Nothing(object):
+    """A part's state_dict() returns NOTHING to write no entry (rng_ranks in one process); None is a value."""
+
+
+NOTHING = _Nothing()
+
+
 class Fixed(object):
     """A fact of the run saved in every checkpoint (its config, the model spec): restoring it changes nothing."""
 
@@ -78,8 +85,7 @@ class CheckpointManager(object):
 
     def register(self, name, part, optional=False):
         """Save part under `name` in every checkpoint and restore it from there, in the order registered. An
-        optional part may be missing from a checkpoint (load_state_dict(None)) and is not written while its
-        state_dict() is None."""
+        optional part may be missing from a checkpoint (older ones lack it): it then gets load_state_dict(None)."""
         self.parts[name] = part
         if optional:
             self.optional.add(name)
@@ -93,7 +99,7 @@ class CheckpointManager(object):
         state = {}
         for name, part in self.parts.items():
             value = part.state_dict()
-            if value is not None or name not in self.optional:
+            if value is not NOTHING:
                 state[name] = value
         return state
 
