@@ -162,6 +162,7 @@ class Run(object):
                 self.trainer.rng.start()  # own dropout masks on ranks > 0, same weights
             return self.trainer.fit(progress, test_only=self.state is not None and self.trainer.finished())
         finally:
+            self.trainer.close()
             progress.close()
             self.loggers.close()
 

@@ -263,6 +263,11 @@ class Trainer(object):
     def _begin_once(self):
         self.run.begin_once()
 
+    def close(self):
+        """Let go of the data loaders: their workers shut down now, while the process still runs (not at exit,
+        where a worker killed on the way out would be reported as an error)."""
+        self.train_loader = self.eval_loader = self.train_batches = None
+
     def fit(self, bar, test_only=False):
         """Train to the end and test, or (test_only: a finished run resumed without its test results) test. bar:
         the console's progress."""
