@@ -201,3 +201,18 @@ def test_the_file_format_verifies_before_unpickling_and_round_trips(tmp_path):
     copy.write_bytes(fileformat.serialize(forged))
     with pytest.raises(fileformat.CorruptCheckpoint, match="progress"):
         fileformat.load(copy)
+
+
+def test_the_started_mark_is_the_checkouts_and_only_for_a_plain_name(tmp_path, monkeypatch):
+    """run.sh (docker/lib.sh started_file) waits for logs/.started-<STARTED_MARK> of the checkout, wherever
+    --logs-dir points; a mark that is not a plain name writes nothing."""
+    from src.files.paths import ROOT
+    cfg = SimpleNamespace(run_name="u", logs_dir=str(tmp_path / "elsewhere"), models_dir=str(tmp_path),
+                          data_dir=str(tmp_path))
+    monkeypatch.setenv("STARTED_MARK", "123-456")
+    assert RunPaths(cfg).started_mark() == ROOT / "logs" / ".started-123-456"
+    for bad in ("", "../x", "a/b", "x" * 65):
+        monkeypatch.setenv("STARTED_MARK", bad)
+        assert RunPaths(cfg).started_mark() is None
+    lib = (ROOT / "docker" / "lib.sh").read_text()
+    assert 'started_file() { echo "$LOGS/.started-$1"; }' in lib and 'LOGS="$ROOT/logs"' in lib
