@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
+from .. import models
 from . import flags
 from .build import build_all, build_data
-from .run import Run, describe_model
+from .run import Run
 from ..files import atomic, console
 from ..files.paths import RunPaths, check_folder
 from ..loop.evaluation import evaluate, loader_for
@@ -66,7 +67,7 @@ def evaluate_checkpoint(cfg, user, stop, dist):
     paths = RunPaths(cfg)
     check_folder(cfg.logs_dir, "--logs-dir")
     device, splits, parts = build_all(cfg, dist, stop)
-    fileformat.load_model_weights(parts.model, state, path, describe_model(cfg), evaluated=True)
+    fileformat.load_model_weights(parts.model, state, path, models.describe(cfg), evaluated=True)
     seeding.set_deterministic(cfg.deterministic)
     model = torch.compile(parts.model) if cfg.compile else parts.model
     dist.start(device)

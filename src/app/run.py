@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .. import models
 from . import flags
 from .build import build_all, wrap_model
 from ..files import atomic, console
@@ -34,11 +35,6 @@ from ..state import fileformat
 from ..state.resume import find_resume_state, fingerprint, load_or_usage_error
 
 log = logging.getLogger("train")
-
-
-def describe_model(cfg):
-    """How an error names the model a checkpoint must fit."""
-    return "model '%s' on dataset '%s'" % (cfg.model, cfg.dataset)
 
 
 class Run(object):
@@ -103,7 +99,7 @@ class Run(object):
         cfg = self.cfg
         _, splits, self.parts = build_all(cfg, self.dist, self.stop)
         if self.state is None and cfg.init_from:  # before the Trainer: --ema averages from these weights
-            fileformat.load_model_weights(self.parts.model, self.init, cfg.init_from, describe_model(cfg),
+            fileformat.load_model_weights(self.parts.model, self.init, cfg.init_from, models.describe(cfg),
                                           evaluated=True)
         enabled = cfg.tensorboard and self.dist.main
         # resuming: drop events logged after the checkpoint; fresh: drop any left by a run that never saved

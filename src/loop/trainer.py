@@ -27,6 +27,7 @@ from . import meter
 from .ema import EMA
 from .evaluation import evaluate, loader_for
 from .progress import Best, LastEval, Progress, finished, stopped_early
+from .. import models
 from ..augment import Augment
 from ..data import input_transform
 from ..data.loading import EpochBatches, make_loader, worker_died
@@ -67,8 +68,7 @@ class Trainer(object):
     def _register(self, cfg, parts):
         """Every piece of training state, by its name in the checkpoint, in restore order (random streams last)."""
         add = self.checkpoints.register
-        what = "model '%s' on dataset '%s'" % (cfg.model, cfg.dataset)
-        add("model", Model(parts.model, what))
+        add("model", Model(parts.model, models.describe(cfg)))
         add("optimizer", Optimizer(parts.optimizer, "optimizer", "--optimizer %s" % cfg.optimizer))
         add("scheduler", Optimizer(parts.scheduler, "scheduler", "--scheduler %s" % cfg.scheduler,
                                    save=compat.scheduler_state))
@@ -129,7 +129,7 @@ class Trainer(object):
         self.between_steps = False
         if result is None or (self.ema and raw is None):
             return False
-        self._begin_once()
+        self.run.begin_once()
         values, pictures = result
         raw = raw[0] if raw is not None else {}
         self.progress.eval_pending = False
@@ -260,9 +260,6 @@ class Trainer(object):
         self.bar.postfix = {k[6:]: "%.4f" % v for k, v in values.items() if k not in ("train/lr", "train/grad_norm")}
         window.update(start=time.perf_counter(), excluded=0.0, steps=0, samples=0, data_wait=0.0)
 
-    def _begin_once(self):
-        self.run.begin_once()
-
     def close(self):
         """Let go of the data loaders: their workers shut down now, while the process still runs (not at exit,
         where a worker killed on the way out would be reported as an error)."""
@@ -357,7 +354,7 @@ class Trainer(object):
             self.between_steps = False
             window["data_wait"] += time.perf_counter() - t0
             self._train_step(batch, indices, size, log_step)
-        self._begin_once()
+        self.run.begin_once()
 
     def _advance(self, size, epoch_samples, window):
         """Count the step done (and the epoch, at its end; True then), log the window when due."""
@@ -384,7 +381,7 @@ class Trainer(object):
         """The end of a run: the saved end-of-training checkpoint's best is tested. Also all that a resumed run
         does when training had ended but its test had not (a kill during the test)."""
         self.checkpoints.flush()
-        self._begin_once()
+        self.run.begin_once()
         test = self.final_test()
         self.log_hparams(test)
         self.checkpoints.report_stalls()

@@ -26,6 +26,11 @@ def build(cfg, input_shape, num_classes):
     return _REGISTRY[cfg.model](tuple(input_shape), num_classes, cfg)
 
 
+def describe(cfg):
+    """How an error names the model a checkpoint must fit."""
+    return "model '%s' on dataset '%s'" % (cfg.model, cfg.dataset)
+
+
 class TargetScale(nn.Module):
     """A regression model whose outputs come back in the target's units (training standardizes the target)."""
 
