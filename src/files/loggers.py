@@ -91,15 +91,33 @@ class Loggers(Logger):
     def __init__(self, loggers):
         self.loggers = list(loggers)
 
-    def __getattribute__(self, name):
-        if name in ("open", "scalars", "image", "text", "hparams", "flush", "close"):
-            loggers = object.__getattribute__(self, "loggers")
+    def open(self):
+        for logger in self.loggers:
+            logger.open()
 
-            def each(*args, **kw):
-                for logger in loggers:
-                    getattr(logger, name)(*args, **kw)
-            return each
-        return object.__getattribute__(self, name)
+    def scalars(self, values, step):
+        for logger in self.loggers:
+            logger.scalars(values, step)
+
+    def image(self, tag, chw, step):
+        for logger in self.loggers:
+            logger.image(tag, chw, step)
+
+    def text(self, tag, text, step):
+        for logger in self.loggers:
+            logger.text(tag, text, step)
+
+    def hparams(self, hparams, metrics):
+        for logger in self.loggers:
+            logger.hparams(hparams, metrics)
+
+    def flush(self, durable=False):
+        for logger in self.loggers:
+            logger.flush(durable)
+
+    def close(self):
+        for logger in self.loggers:
+            logger.close()
 
 
 class TensorBoard(Logger):
