@@ -6,6 +6,7 @@ The cases run in one process of the project's own train.py (train.main(argv) per
 exit code): no process behaviour differs between them, and a torch import per case cost minutes. A few cases
 (PROCESS) also run as real train.py processes: their exit code and stderr are the process's own."""
 import copy
+import inspect
 import io
 import json
 import os
@@ -165,29 +166,23 @@ CASES = [
     (["--config", "bad-%d.yaml" % i], 2, message) for i, (_, message) in enumerate(BAD_CONFIGS)]
 
 
-# Run in the project by one python process: every case through train.main, with what it changed.
+# Run in the project by one python process: every case through train.main, with what it changed (hashed by
+# test_reliability's tree_digest, whose source the harness carries).
 HARNESS = r"""
 import hashlib, io, json, logging, os, sys
 from pathlib import Path
 import train
-
-def digest(*folders):
-    h = hashlib.sha256()
-    for folder in folders:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
-
+""" + inspect.getsource(tree_digest) + r"""
 out = []
 for argv in json.load(sys.stdin):
-    before, runs = digest(Path("models"), Path("logs")), sorted(os.listdir("logs"))
+    before, runs = tree_digest(Path("models"), Path("logs")), sorted(os.listdir("logs"))
     logging.getLogger("train").handlers[:] = []  # as in a fresh process: no console yet
     err, sys.stderr = sys.stderr, io.StringIO()
     try:
         code = train.main(argv)
     finally:
         text, sys.stderr = sys.stderr.getvalue(), err
-    out.append({"code": code, "stderr": text, "changed": digest(Path("models"), Path("logs")) != before,
+    out.append({"code": code, "stderr": text, "changed": tree_digest(Path("models"), Path("logs")) != before,
                 "runs_left": sorted(os.listdir("logs")) != runs, "mnist": os.path.exists("data/mnist")})
 print("RESULTS " + json.dumps(out))
 """
