@@ -147,7 +147,7 @@ def test_embedded_digits_are_the_real_1797_images():
 
 
 def test_synthetic_data_has_any_shape_and_size(project):
-    cfg = SimpleNamespace(synthetic_shape="2,5,7", synthetic_size=50, synthetic_classes=3)
+    cfg = SimpleNamespace(synthetic_shape=(2, 5, 7), synthetic_size=50, synthetic_classes=3)
     splits = synthetic.build(cfg)
     assert splits.input_shape == (2, 5, 7) and len(splits.train) == 50 and splits.num_classes == 3
     x, y = splits.train[[0, 1, 2]]

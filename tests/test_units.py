@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import yaml
 
 from conftest import REPO
 from src.app import flags
@@ -30,7 +31,7 @@ def test_every_flag_has_one_record_and_the_parser_is_made_from_them():
     cfg, user = flags.parse([])
     for dest, record in flags.BY_DEST.items():
         if record.default not in (None, "auto"):  # auto and None: the dataset's or task's own value
-            assert getattr(cfg, dest) == record.default, dest
+            assert flags.plain(cfg)[dest] == record.default, dest
     assert user == set()
 
 
@@ -53,7 +54,7 @@ def test_a_config_file_is_coerced_by_the_records_types(tmp_path):
     good = tmp_path / "good.yaml"
     good.write_text("lr: 1\nlr-milestones: [10, 20]\nscheduler: multistep\nema: 0.5\n")
     cfg, user = flags.parse(["--config", str(good)])
-    assert (cfg.lr, cfg.lr_milestones, cfg.ema) == (1.0, "10,20", 0.5) and {"lr", "ema"} <= user
+    assert (cfg.lr, cfg.lr_milestones, cfg.ema) == (1.0, (10, 20), 0.5) and {"lr", "ema"} <= user
     for text, message in (("lr: fast\n", "expected a number"), ("epochs: 1.5\n", "expected an integer"),
                           ("resume: latest\n", "unknown key"), ("tensorboard: 1\n", "expected true or false")):
         bad = tmp_path / "bad.yaml"
@@ -63,8 +64,26 @@ def test_a_config_file_is_coerced_by_the_records_types(tmp_path):
         assert message in str(err.value)
 
 
+def test_values_are_parsed_once_into_real_types_and_saved_as_their_text(tmp_path):
+    argv = ["--dataset", "synthetic", "--synthetic-shape", "1,8,6", "--scheduler", "multistep", "--lr-milestones",
+            "5,9", "--monitor", "val/loss:min", "--augment", "crop:2,flip"]
+    cfg, user = flags.parse(argv)
+    assert cfg.synthetic_shape == (1, 8, 6) and cfg.lr_milestones == (5, 9)
+    assert (cfg.monitor.metric, cfg.monitor.mode) == ("val/loss", "min")
+    assert [name for name, _ in cfg.augment] == ["crop", "flip"] and cfg.augment[0][1] == (2,)
+    text = flags.plain(cfg)
+    assert (text["synthetic_shape"], text["lr_milestones"], text["monitor"], text["augment"]) == \
+        ("1,8,6", "5,9", "val/loss:min", "crop:2,flip")
+    assert all(isinstance(v, (str, int, float, bool, type(None))) for v in text.values())
+    assert yaml.safe_load(flags.to_yaml(cfg)) == text
+    again, _ = flags.merge_resumed(text, flags.parse([])[0], set())  # a checkpoint's text reads back as the same values
+    assert flags.plain(again) == text and again.monitor == cfg.monitor and again.augment == cfg.augment
+    auto = flags.parse(["--dataset", "cifar10"])[0]  # auto resolves to the typed value of the dataset and task
+    assert auto.monitor == ("val/acc", "max") and str(auto.augment) == "crop:4,flip" and len(auto.augment) == 2
+
+
 def test_the_scopes_decide_what_a_resume_inherits():
-    saved = dict(vars(flags.parse(["--lr", "0.2", "--dropout", "0.1"])[0]), data_dir="/elsewhere/data")
+    saved = dict(flags.plain(flags.parse(["--lr", "0.2", "--dropout", "0.1"])[0]), data_dir="/elsewhere/data")
     cfg, user = flags.parse(["--epochs", "30"])
     merged, changes = flags.merge_resumed(saved, cfg, user)
     assert merged.lr == 0.2 and merged.dropout == 0.1  # run scope: from the checkpoint
@@ -88,15 +107,15 @@ def test_progress_saves_every_field_and_reads_older_checkpoints_without_the_newe
 
 def test_best_breaks_ties_by_loss_and_a_changed_monitor_starts_afresh():
     progress = Progress(stale_evals=3, stale_ref=0.9)
-    best = Best.of_monitor("val/acc:max", on_change=progress.reset_stale)
+    best = Best.of_monitor(flags.Monitor("val/acc", "max"), on_change=progress.reset_stale)
     assert best.update(0.9, 10, loss=0.5) and not best.update(0.9, 20, loss=0.6) and best.update(0.9, 30, loss=0.4)
     assert (best.value, best.step, best.loss) == (0.9, 30, 0.4)
     assert not best.update(0.8, 40, loss=0.1)
     assert set(best.state_dict()) == {"metric", "mode", "value", "step", "loss"}
-    other = Best.of_monitor("val/loss:min", on_change=progress.reset_stale)
+    other = Best.of_monitor(flags.Monitor("val/loss", "min"), on_change=progress.reset_stale)
     other.load_state_dict(best.state_dict())
     assert other.value is None and progress.stale_evals == 0 and progress.stale_ref is None
-    same = Best.of_monitor("val/acc:max")
+    same = Best.of_monitor(flags.Monitor("val/acc", "max"))
     same.load_state_dict(best.state_dict())
     assert same.state_dict() == best.state_dict()
 

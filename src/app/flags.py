@@ -39,25 +39,77 @@ def _env_float(name, default):
         return default
 
 
+class Shape(tuple):
+    """--synthetic-shape: (C, H, W); str() is the text form saved with the run, 3,32,32."""
+
+    def __str__(self):
+        return ",".join(str(d) for d in self)
+
+
+class Steps(tuple):
+    """--lr-milestones: ascending step numbers; str() is the text form saved with the run, 32000,48000."""
+
+    def __str__(self):
+        return ",".join(str(s) for s in self)
+
+
+class Monitor(namedtuple("Monitor", "metric mode")):
+    """--monitor METRIC:MODE, say val/acc:max; str() is that text (saved with the run)."""
+
+    def __str__(self):
+        return "%s:%s" % self
+
+
 def _shape(text):
+    if isinstance(text, Shape):
+        return text
     try:
         dims = tuple(int(d) for d in str(text).split(","))
     except ValueError:
         raise argparse.ArgumentTypeError("expected C,H,W such as 3,32,32, got %r" % text)
     if len(dims) != 3 or min(dims) < 1:
         raise argparse.ArgumentTypeError("expected three positive sizes C,H,W, got %r" % text)
-    return ",".join(str(d) for d in dims)
+    return Shape(dims)
 
 
 def _steps(text):
     """--lr-milestones: ascending step numbers, given as 32000,48000 (or a YAML list)."""
+    if isinstance(text, Steps):
+        return text
     try:
         steps = [int(s) for s in str(text).split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError("expected step numbers such as 32000,48000, got %r" % text)
     if any(s < 1 for s in steps) or steps != sorted(set(steps)):
         raise argparse.ArgumentTypeError("expected ascending positive step numbers such as 32000,48000, got %r" % text)
-    return ",".join(str(s) for s in steps)
+    return Steps(steps)
+
+
+def _monitor(text):
+    """--monitor: auto (the task's own, resolved by validate) or METRIC:MODE (checked against the task there)."""
+    if isinstance(text, Monitor) or text == "auto":
+        return text
+    metric, _, mode = str(text).partition(":")
+    return Monitor(metric, mode)
+
+
+def _recipe(text):
+    """--augment: auto (the dataset's own, resolved by validate), none, or NAME[:ARG],... parsed by augment."""
+    return text if text == "auto" else augment.parse(text)
+
+
+TYPED = (Shape, Steps, Monitor, augment.Recipe)
+_TEXT_TYPES = (_shape, _steps, _monitor, _recipe)  # the parsers of the typed flags: they read text
+
+
+def plain(cfg):
+    """vars(cfg) with every parsed value back in its text form: what a checkpoint, config.yaml, a --config file and
+    the hparams panel hold (plain str, int, float, bool, None)."""
+    return {k: _text(v) for k, v in vars(cfg).items()}
+
+
+def _text(value):
+    return str(value) if isinstance(value, TYPED) else value
 
 
 # check: (test of the value, what it must be), or None; the message is "--NAME must be WHAT, got VALUE"
@@ -159,7 +211,7 @@ FLAGS = _records([
     flag("grad-clip", float, 0.0, "clip gradient norm (0: off)", _at_least(0), metavar="NORM"),
 
     "recipe (regularization)",
-    flag("augment", str, "auto", "training-batch augmentation on the device, e.g. crop:4,flip (auto: the dataset's "
+    flag("augment", _recipe, "auto", "training-batch augmentation on the device, e.g. crop:4,flip (auto: the dataset's "
          "standard recipe; see README)", metavar="auto|none|NAME[:ARG],..."),
     flag("label-smoothing", float, 0.0, "classification: cross-entropy against targets smoothed by EPS (0: off)",
          _fraction(), metavar="EPS"),
@@ -193,7 +245,7 @@ FLAGS = _records([
     flag("async-ckpt", bool, True, "write checkpoints in a background thread (--no-async-ckpt: in the loop)"),
     flag("keep-last", int, 3, "checkpoints kept in models/tmp/<run>/", _at_least(1),
          metavar="N"),
-    flag("monitor", str, "auto", "best checkpoint by this validation metric, mode min or max (auto: the task's own, "
+    flag("monitor", _monitor, "auto", "best checkpoint by this validation metric, mode min or max (auto: the task's own, "
          "say val/acc:max for classification, val/rmse:min for regression)",
          metavar="METRIC:MODE"),
     flag("resume", help="continue this run's latest checkpoint (error if none); auto: latest if any, else start "
@@ -294,12 +346,14 @@ def _coerce(action, key, value, where):
         raise UsageError(bad + " (expected an integer)")
     if kind is float and not isinstance(value, (int, float)):
         raise UsageError(bad + " (expected a number)")
-    if kind in (None, _steps) and not isinstance(value, str):
+    if (kind is None or kind in _TEXT_TYPES) and not isinstance(value, str):
         raise UsageError(bad + " (expected a string)")
     try:
         value = kind(value) if kind is not None else value
     except (argparse.ArgumentTypeError, ValueError, TypeError) as err:
         raise UsageError("%s: %s: %s" % (where, key, err))
+    except UsageError as err:  # a parser that names the flag itself (--augment)
+        raise UsageError("%s: %s" % (where, err))
     if action.choices is not None and value not in action.choices:
         raise UsageError("%s (choose from %s)" % (bad, ", ".join(map(str, action.choices))))
     return value
@@ -380,8 +434,8 @@ def merge_resumed(saved, cfg, user, source="the checkpoint"):
     if "epochs" in user and "max_steps" not in user and merged.get("max_steps"):
         merged["max_steps"] = 0  # --epochs given on resume is the new limit: the old step limit goes
         user = set(user) | {"max_steps"}
-    changes = [(k, saved[k], merged[k]) for k in sorted(user)
-               if k in saved and k not in PER_INVOCATION and k not in LOCAL and saved[k] != merged[k]]
+    changes = [(k, saved[k], _text(merged[k])) for k in sorted(user)
+               if k in saved and k not in PER_INVOCATION and k not in LOCAL and saved[k] != _text(merged[k])]
     out = SimpleNamespace(**merged)
     try:
         validate(out)
@@ -464,25 +518,23 @@ def _resolve_auto(cfg, need):
          % _short(cfg.val_split))
     task = tasks.get(cfg.task)
     if cfg.monitor == "auto":
-        cfg.monitor = task.MONITOR
-    metric, _, mode = cfg.monitor.partition(":")
+        cfg.monitor = _monitor(task.MONITOR)
     known = ["val/" + m for m in task.METRICS]
-    need(metric in known and mode in ("min", "max"), "--monitor %r: use METRIC:min or METRIC:max with METRIC one of %s "
-         "(the metrics of --task %s)" % (cfg.monitor, ", ".join(known), cfg.task))
+    need(cfg.monitor.metric in known and cfg.monitor.mode in ("min", "max"), "--monitor %r: use METRIC:min or "
+         "METRIC:max with METRIC one of %s (the metrics of --task %s)" % (str(cfg.monitor), ", ".join(known), cfg.task))
     need(cfg.loss == "auto" or cfg.task == "regression", "--loss %s applies to --task regression, not %s"
          % (cfg.loss, cfg.task))
     need(not cfg.label_smoothing or cfg.task == "classification", "--label-smoothing applies to --task "
          "classification, not %s" % cfg.task)
     if cfg.augment == "auto":
-        cfg.augment = meta["augment"]
-    augment.parse(cfg.augment)  # unknown names fail here; arguments against the data once it is built
+        cfg.augment = augment.parse(meta["augment"])  # its arguments are checked against the data once it is built
 
 
 def to_yaml(cfg):
-    return yaml.safe_dump(dict(sorted(vars(cfg).items())), default_flow_style=False, sort_keys=False)
+    return yaml.safe_dump(dict(sorted(plain(cfg).items())), default_flow_style=False, sort_keys=False)
 
 
 def hparams(cfg):
     """The values of the hparams panel: the run's flags, without the per-invocation ones and the local folders."""
-    return {k: v for k, v in vars(cfg).items()
+    return {k: v for k, v in plain(cfg).items()
             if k not in PER_INVOCATION and not k.endswith("_dir") and k not in ("progress", "tensorboard")}

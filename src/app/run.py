@@ -104,7 +104,7 @@ class Run(object):
         enabled = cfg.tensorboard and self.dist.main
         # resuming: drop events logged after the checkpoint; fresh: drop any left by a run that never saved
         self.loggers = Loggers([TensorBoard(self.paths.run_dir, enabled, self.step0 if self.state else -1)])
-        self.hparams = flags.hparams(cfg)
+        self.hparams, self.config = flags.hparams(cfg), flags.plain(cfg)  # text forms, as saved
         self.trainer = Trainer(cfg, self.parts, self)
         if self.state is not None:
             self.restore(splits)
@@ -210,7 +210,7 @@ def finished_hint(cfg, progress):
     step, epoch = progress.step, progress.epoch
     if stopped_early(cfg, progress):
         return ("it stopped early at step %d: %s did not improve by more than %g in %d evaluations. To train on, "
-                "resume with a larger --early-stop (or --early-stop 0: off)" % (step, cfg.monitor.partition(":")[0],
+                "resume with a larger --early-stop (or --early-stop 0: off)" % (step, cfg.monitor.metric,
                                                                              cfg.early_stop_delta, cfg.early_stop))
     if cfg.max_steps and step >= cfg.max_steps and epoch < cfg.epochs:
         return ("it reached --max-steps %d (in epoch %d of --epochs %d). To train longer, resume with a higher "
@@ -223,8 +223,8 @@ def finished_hint(cfg, progress):
 def describe_recipe(cfg, dist):
     """The training recipe's flags that are on, in one line."""
     parts = []
-    if cfg.augment != "none":
-        parts.append("augment %s (training batches only)" % cfg.augment)
+    if cfg.augment:
+        parts.append("augment %s (training batches only)" % (cfg.augment,))
     if cfg.accum_steps > 1:
         parts.append("%d micro-batches of ~%d%s per step (global batch %d)" % (
             cfg.accum_steps, cfg.batch_size // (cfg.accum_steps * dist.world),
@@ -236,7 +236,7 @@ def describe_recipe(cfg, dist):
                      % cfg.ema)
     if cfg.early_stop:
         parts.append("early stop after %d evaluations without %s improving by more than %g" % (
-            cfg.early_stop, cfg.monitor.partition(":")[0], cfg.early_stop_delta))
+            cfg.early_stop, cfg.monitor.metric, cfg.early_stop_delta))
     return "; ".join(parts)
 
 

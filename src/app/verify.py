@@ -26,7 +26,7 @@ SHOWN = 5  # differences listed by name
 
 def _config_file(cfg, folder):
     """The effective config as a --config file, made deterministic, plain and K steps long."""
-    values = {k: v for k, v in vars(cfg).items()
+    values = {k: v for k, v in flags.plain(cfg).items()
               if k not in flags.PER_INVOCATION and k not in ("logs_dir", "models_dir")}
     values.update(run_name="verify", deterministic=True, progress="plain", max_steps=cfg.verify_resume)
     path = folder / "config.yaml"

@@ -59,10 +59,29 @@ class SampleRandom(object):
         return (self.bits() * int(n)) >> 32
 
 
+class Recipe(tuple):
+    """A parsed --augment: ((name, args), ...) in order; str() gives back the text it was read from (saved with the
+    run). Empty for none."""
+
+    def __new__(cls, items, text):
+        recipe = tuple.__new__(cls, items)
+        recipe.text = text
+        return recipe
+
+    def __str__(self):
+        return self.text
+
+    def __reduce__(self):  # copies and pickles carry the text
+        return (Recipe, (tuple(self), self.text))
+
+
 def parse(spec):
-    """[(name, args), ...] of a spec such as 'crop:4,flip'; UsageError naming what is wrong."""
+    """The Recipe of a spec such as 'crop:4,flip' (a Recipe is returned as it is); UsageError naming what is
+    wrong."""
+    if isinstance(spec, Recipe):
+        return spec
     if spec in ("none", ""):
-        return []
+        return Recipe((), spec)
     items = []
     for item in spec.split(","):
         name, *raw = item.strip().split(":")
@@ -70,18 +89,18 @@ def parse(spec):
             raise UsageError("--augment %s: unknown augmentation %r (known: %s; or none, auto)"
                              % (spec, name, ", ".join(names())))
         try:
-            args = [float(a) if "." in a or "e" in a else int(a) for a in raw]
+            args = tuple(float(a) if "." in a or "e" in a else int(a) for a in raw)
         except ValueError:
             raise UsageError("--augment %s: %s takes numbers after ':' (say crop:4)" % (spec, item))
         items.append((name, args))
-    return items
+    return Recipe(items, spec)
 
 
 class Augment(object):
     """The pipeline of --augment for one run; called on each training batch on the device."""
 
-    def __init__(self, spec, seed):
-        self.items, self.seed = parse(spec), seed
+    def __init__(self, recipe, seed):
+        self.items, self.seed = parse(recipe), seed
 
     def __bool__(self):
         return bool(self.items)
@@ -93,10 +112,10 @@ class Augment(object):
         return x, y
 
 
-def check(spec, input_shape):
-    """UsageError unless spec works on samples of input_shape: each function is called once on a one-sample batch
+def check(recipe, input_shape):
+    """UsageError unless the recipe works on samples of input_shape: each function is called once on a one-sample batch
     of zeros, before anything is written (bad arguments fail at the start, not at the first step)."""
-    for name, args in parse(spec):
+    for name, args in parse(recipe):
         if _REGISTRY.meta[name].get("images", True) and len(input_shape) != 3:
             raise UsageError("--augment %s works on images (C,H,W), but this dataset's samples have shape %s; use "
                              "--augment none" % (name, "x".join(map(str, input_shape))))
@@ -105,7 +124,7 @@ def check(spec, input_shape):
             _REGISTRY[name](torch.zeros((1,) + tuple(input_shape)), None, probe, *args)
         except (TypeError, ValueError, RuntimeError, IndexError) as err:
             raise UsageError("--augment %s: bad arguments for this dataset (%s)" % (
-                spec, str(err).splitlines()[0][:120] if str(err) else type(err).__name__))
+                recipe, str(err).splitlines()[0][:120] if str(err) else type(err).__name__))
 
 
 def spatial(y, x):

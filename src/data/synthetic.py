@@ -21,7 +21,7 @@ def make(n, shape, classes, seed):
 
 @register("synthetic", task="classification", model="cnn")
 def build(cfg):
-    shape = tuple(int(d) for d in cfg.synthetic_shape.split(","))
+    shape = tuple(cfg.synthetic_shape)
     k = cfg.synthetic_classes
     n = cfg.synthetic_size + max(cfg.synthetic_size // 10, k)
     need = 3 * n * shape[0] * shape[1] * shape[2]

@@ -28,7 +28,7 @@ def lr_factor(cfg, total):
     """Multiplier of --lr at a given step: linear warmup, then the chosen schedule. Steps are optimizer steps
     (with --accum-steps, one per accumulated batch); multistep milestones count from the run's first step."""
     warmup = cfg.warmup_steps
-    milestones = [int(s) for s in cfg.lr_milestones.split(",") if s] if getattr(cfg, "lr_milestones", "") else []
+    milestones = list(cfg.lr_milestones)
 
     def factor(step):
         if step < warmup:

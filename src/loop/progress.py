@@ -56,9 +56,8 @@ class Best(_Plain):
 
     @classmethod
     def of_monitor(cls, monitor, on_change=None):
-        """Best of --monitor METRIC:MODE."""
-        metric, _, mode = monitor.partition(":")
-        return cls(metric=metric, mode=mode, on_change=on_change)
+        """Best of --monitor (its .metric and .mode)."""
+        return cls(metric=monitor.metric, mode=monitor.mode, on_change=on_change)
 
     def load_state_dict(self, state):
         if (state["metric"], state["mode"]) == (self.metric, self.mode):

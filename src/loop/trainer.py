@@ -84,7 +84,7 @@ class Trainer(object):
         transform = input_transform(parts.splits.train)
         if transform is not None:
             spec["input_transform"] = transform
-        for name, value in (("task", parts.task.state_dict()), ("model_spec", spec), ("config", dict(vars(cfg))),
+        for name, value in (("task", parts.task.state_dict()), ("model_spec", spec), ("config", self.run.config),
                             ("versions", fileformat.versions()), ("git_commit", fileformat.git_commit())):
             add(name, Fixed(value), optional=True)
         add("rng_ranks", self.rng.every_rank, optional=True)
@@ -421,5 +421,5 @@ def metrics_report(cfg, val, test, best_state, best_path, *, step):
     """What logs/<run>/metrics.json holds: the final val metrics, the best checkpoint's test metrics, where it is."""
     return {"run": cfg.run_name, "task": cfg.task, "dataset": cfg.dataset, "model": cfg.model, "step": step,
             "val": val, "test": test,
-            "best": {"step": best_state["progress"]["step"], "path": str(best_path), "monitor": cfg.monitor,
+            "best": {"step": best_state["progress"]["step"], "path": str(best_path), "monitor": str(cfg.monitor),
                      "value": best_state["best"]["value"], "val": best_state.get("last_eval") or {}}}
