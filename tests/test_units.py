@@ -14,7 +14,7 @@ from src.files.paths import RunPaths
 from src.loop.progress import Best, LastEval, Progress, finished, stopped_early
 from src.runtime.errors import UsageError
 from src.state import fileformat
-from src.state.manager import NOTHING, CheckpointManager, Fixed, Optimizer
+from src.state.manager import CheckpointManager, Fixed, Optimizer
 from src.state.resume import find_resume_state
 
 OLD = REPO / "tests" / "fixtures" / "old-main-step4.pt"  # a real checkpoint (see tests/fixtures/README.md)
@@ -158,12 +158,12 @@ def test_the_manager_saves_and_restores_what_is_registered_in_order(tmp_path):
     manager.register("first", first)
     manager.register("later", later, optional=True)
     manager.register("fact", Fixed({"x": 1}), optional=True)
-    first.n, later.n = 3, None
-    later.state_dict = lambda: NOTHING  # a part with nothing to save this time is not written
+    first.n, later.n = 3, 5
     manager.register("none", Fixed(None), optional=True)  # None is a value (git_commit outside a checkout)
     state = manager.state_dict()
-    assert state == {"first": {"n": 3}, "fact": {"x": 1}, "none": None}
+    assert state == {"first": {"n": 3}, "later": {"n": 5}, "fact": {"x": 1}, "none": None}
     assert manager.required() == ["first"]
+    del state["later"]  # an older checkpoint, from before the optional part
     manager.restore(dict(state, progress={"step": 7}), "here.pt")
     assert seen == [{"n": 3}, None] and later.n == -1 and manager.saved_step == 7
     with pytest.raises(UsageError, match="checkpoint there.pt lacks first"):

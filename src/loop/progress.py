@@ -1,8 +1,11 @@
 """Where a run stands, as small dataclasses that save and restore themselves (registered with the checkpoint
 manager by name: "progress", "best", "last_eval"), and the two questions asked of them: is the run finished,
 did it stop early. Their checkpoint entries are plain dicts of the fields below (unchanged since format 1)."""
+import logging
 from dataclasses import dataclass, field, fields
 from typing import Callable, Dict, Optional
+
+log = logging.getLogger("train")
 
 
 class _Plain(object):
@@ -62,9 +65,7 @@ class Best(_Plain):
     def load_state_dict(self, state):
         if (state["metric"], state["mode"]) == (self.metric, self.mode):
             return _Plain.load_state_dict(self, state)
-        import logging
-        logging.getLogger("train").info("--monitor changed from %s:%s to %s:%s; best is judged afresh",
-                                        state["metric"], state["mode"], self.metric, self.mode)
+        log.info("--monitor changed from %s:%s to %s:%s; best is judged afresh", state["metric"], state["mode"], self.metric, self.mode)
         if self.on_change is not None:
             self.on_change()
 

@@ -36,7 +36,7 @@ from ..runtime import compat
 from ..runtime.errors import TrainingError
 from ..runtime.seeding import RandomStreams
 from ..state import fileformat
-from ..state.manager import NOTHING, CheckpointManager, Fixed, Model, Optimizer
+from ..state.manager import CheckpointManager, Fixed, Model, Optimizer
 
 log = logging.getLogger("train")
 
@@ -55,7 +55,7 @@ class Trainer(object):
         self.last_eval = LastEval()
         self.augment = Augment(cfg.augment, cfg.seed)
         self.ema = EMA(parts.model, cfg.ema, self.dist) if cfg.ema else None  # of the weights as built
-        self.rng = RandomStreams(self.dist, cfg.seed, self.progress, nothing=NOTHING)
+        self.rng = RandomStreams(self.dist, cfg.seed, self.progress)
         self.checkpoints = CheckpointManager(cfg, self.paths, self.dist, before_save=lambda: self.ensure_finite(True),
                                              before_write=lambda: self.loggers.flush(durable=True))
         self._register(cfg, parts)
@@ -87,7 +87,8 @@ class Trainer(object):
         for name, value in (("task", parts.task.state_dict()), ("model_spec", spec), ("config", self.run.config),
                             ("versions", fileformat.versions()), ("git_commit", fileformat.git_commit())):
             add(name, Fixed(value), optional=True)
-        add("rng_ranks", self.rng.every_rank, optional=True)
+        if self.dist.enabled:  # every rank's streams (one process: "rng" holds them)
+            add("rng_ranks", self.rng.every_rank, optional=True)
         add("rng", self.rng)
 
     @property

@@ -1,4 +1,5 @@
 """Seeds, determinism, and the RNG states a checkpoint carries (Python, NumPy, torch CPU and CUDA)."""
+import logging
 import os
 import random
 
@@ -6,6 +7,8 @@ import numpy as np
 import torch
 
 from . import compat
+
+log = logging.getLogger("train")
 
 
 def seed_everything(seed):
@@ -57,17 +60,18 @@ def rank_seed(seed, rank):
 
 class RandomStreams(object):
     """Every rank's random streams as a part of the checkpoint: "rng" (this rank's; rank 0's in the file) and, under
-    several processes, "rng_ranks" (every rank's, gathered: a collective). Restored last, since nothing may draw
-    random numbers between the restore and the next step. A fresh run seeds ranks > 0 apart (own dropout masks)."""
+    several processes, "rng_ranks" (every_rank: every rank's, gathered, a collective; registered just before "rng",
+    which reuses the streams it took). Restored last, since nothing may draw random numbers between the restore and
+    the next step. A fresh run seeds ranks > 0 apart (own dropout masks)."""
 
-    def __init__(self, dist, seed, progress, nothing=None):
-        """nothing: what "rng_ranks" returns in one process, to be left out of the checkpoint (manager.NOTHING)."""
-        self.dist, self.seed, self.progress, self.ranks, self.nothing = dist, seed, progress, None, nothing
+    def __init__(self, dist, seed, progress):
+        self.dist, self.seed, self.progress, self.ranks, self.taken = dist, seed, progress, None, None
         streams = self
 
-        class Ranks(object):  # the "rng_ranks" entry, registered before "rng": restoring "rng" reads it
+        class Ranks(object):
             def state_dict(self):
-                return streams.dist.gather(capture()) if streams.dist.enabled else streams.nothing
+                streams.taken = capture()
+                return streams.dist.gather(streams.taken)
 
             def load_state_dict(self, state):
                 streams.ranks = state
@@ -75,16 +79,16 @@ class RandomStreams(object):
         self.every_rank = Ranks()
 
     def state_dict(self):
-        return capture()
+        state, self.taken = self.taken or capture(), None
+        return state
 
     def load_state_dict(self, state):
-        import logging
         ranks = self.ranks or [state]
         if len(ranks) == self.dist.world:
             restore(ranks[self.dist.rank])
         elif self.dist.rank == 0:
-            logging.getLogger("train").info("resuming %d processes from a run of %d: same data order; random "
-                                            "streams of ranks > 0 restart", self.dist.world, len(ranks))
+            log.info("resuming %d processes from a run of %d: same data order; random "
+                     "streams of ranks > 0 restart", self.dist.world, len(ranks))
             restore(state)
         else:
             seed_everything(rank_seed(self.seed, self.dist.rank) + self.progress.step)

@@ -21,13 +21,6 @@ from ..runtime.errors import TrainingError, UsageError
 log = logging.getLogger("train")
 
 
-class _Nothing(object):
-    """A part's state_dict() returns NOTHING to write no entry (rng_ranks in one process); None is a value."""
-
-
-NOTHING = _Nothing()
-
-
 class Fixed(object):
     """A fact of the run saved in every checkpoint (its config, the model spec): restoring it changes nothing."""
 
@@ -96,12 +89,7 @@ class CheckpointManager(object):
 
     def state_dict(self):
         """The full training state; a collective under several processes (every rank calls it)."""
-        state = {}
-        for name, part in self.parts.items():
-            value = part.state_dict()
-            if value is not NOTHING:
-                state[name] = value
-        return state
+        return {name: part.state_dict() for name, part in self.parts.items()}
 
     def restore(self, state, source):
         """Every registered part from a checkpoint's state, in the order registered."""
