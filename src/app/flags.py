@@ -245,8 +245,8 @@ FLAGS = _records([
     flag("async-ckpt", bool, True, "write checkpoints in a background thread (--no-async-ckpt: in the loop)"),
     flag("keep-last", int, 3, "checkpoints kept in models/tmp/<run>/", _at_least(1),
          metavar="N"),
-    flag("monitor", _monitor, "auto", "best checkpoint by this validation metric, mode min or max (auto: the task's own, "
-         "say val/acc:max for classification, val/rmse:min for regression)",
+    flag("monitor", _monitor, "auto", "best checkpoint by this validation metric, mode min or max (auto: the task's "
+         "own, say val/acc:max for classification, val/rmse:min for regression)",
          metavar="METRIC:MODE"),
     flag("resume", help="continue this run's latest checkpoint (error if none); auto: latest if any, else start "
          "fresh; PATH: that checkpoint", scope="invocation", metavar="auto|PATH",

@@ -65,7 +65,8 @@ class Best(_Plain):
     def load_state_dict(self, state):
         if (state["metric"], state["mode"]) == (self.metric, self.mode):
             return _Plain.load_state_dict(self, state)
-        log.info("--monitor changed from %s:%s to %s:%s; best is judged afresh", state["metric"], state["mode"], self.metric, self.mode)
+        log.info("--monitor changed from %s:%s to %s:%s; best is judged afresh", state["metric"], state["mode"],
+                 self.metric, self.mode)
         if self.on_change is not None:
             self.on_change()
 
