@@ -180,6 +180,23 @@ def same_weights(a, b):
     return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def write_images(folder, per_class, classes=("cat", "dog", "fox"), size=(12, 12), seed=0):
+    """per_class images in folder/<class>/ (real PNG and JPEG files made with Pillow): each class brightens its own
+    colour channel; grey, RGB and RGBA alternate, and every fifth image sits in a subfolder of its class."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.RandomState(seed)
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            pixels = rng.randint(0, 90, (size[1], size[0], 3)).astype(np.uint8)
+            pixels[:, :, c % 3] += 150
+            image = Image.fromarray(pixels, "RGB").convert(("RGB", "L", "RGBA")[i % 3])
+            where = Path(folder) / name / ("deeper" if i % 5 == 4 else "")
+            where.mkdir(parents=True, exist_ok=True)
+            image.save(str(where / ("%03d.%s" % (i, "jpg" if image.mode == "RGB" and i % 2 else "png"))))
+    return Path(folder)
+
+
 __all__ = ["FAST", "Project", "assert_same_scalars", "children", "handler_installed",
            "load", "scalars", "raw_events", "same_weights", "signal",
-           "stop_at", "summary_steps", "wait_for_line", "step_of"]
+           "stop_at", "summary_steps", "wait_for_line", "step_of", "write_images"]

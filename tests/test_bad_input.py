@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from conftest import FAST, load
+from conftest import FAST, load, write_images
 from src.state import fileformat
 from test_reliability import tree_digest
 
@@ -40,6 +40,7 @@ def trained(tmp_path_factory):
     (project.root / "sums-latin1.yaml").write_bytes(b"mnist/caf\xe9: 0\n")
     for i, (text, _) in enumerate(BAD_CONFIGS):
         (project.root / ("bad-%d.yaml" % i)).write_text(text)
+    _bad_folders(project.root)
     with open(str(project.root / "huge.pt"), "wb") as f:  # 40 GB, sparse: no disk used
         f.truncate(40 << 30)
     state = load(project.latest("digits-mlp"))
@@ -50,6 +51,24 @@ def trained(tmp_path_factory):
         torch.save(forged, buf)
         (project.root / ("forged-%s.pt" % name)).write_bytes(fileformat.sign(buf.getvalue()))
     return project
+
+
+def _bad_folders(root):
+    """Image folders laid out wrongly, one way each (real image files)."""
+    write_images(root / "loose-src", 2, classes=("a",))
+    (root / "loose").mkdir()
+    for path in (root / "loose-src" / "a").iterdir():
+        path.rename(root / "loose" / path.name)  # images at the top, no class folders
+    write_images(root / "one-class", 2, classes=("a",))
+    write_images(root / "empty-class", 2, classes=("a",))
+    (root / "empty-class" / "b").mkdir()
+    (root / "empty-class" / "b" / "notes.txt").write_text("not an image")
+    write_images(root / "broken", 2, classes=("a", "b"))
+    (root / "broken" / "b" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n but no image")
+    write_images(root / "sizes", 2, classes=("a",), size=(8, 8))
+    write_images(root / "sizes", 2, classes=("b",), size=(9, 7))
+    write_images(root / "split-classes" / "train", 2, classes=("a", "b"))
+    write_images(root / "split-classes" / "test", 2, classes=("a", "c"))
 
 
 def _set(path, value):
@@ -162,6 +181,15 @@ CASES = [
     (["--resume", "--evaluate"], 2, "--resume and --evaluate do not go together"),
     (["--resume", "huge.pt"], 2, "more than half of this machine's"),
     (["--dataset", "mnist", "--no-download"], 1, "missing"),
+    (["--dataset", "folder"], 2, "no such dataset (known: cifar10, diabetes, digits, fashion-mnist, folder:PATH"),
+    (["--dataset", "folder:nowhere"], 2, "folder:nowhere: no such folder"),
+    (["--dataset", "folder:loose"], 2, "2 images at the top and no class folders; expected loose/<class>/<image>"),
+    (["--dataset", "folder:one-class"], 2, "one class folder (a); a classifier needs two or more classes"),
+    (["--dataset", "folder:empty-class"], 2, "class folder b holds no PNG or JPEG images"),
+    (["--dataset", "folder:broken", "--image-size", "8"], 2, "cannot read image broken/b/bad.png"),
+    (["--dataset", "folder:sizes"], 2, "not all one square size (8x8, 9x7); give --image-size N"),
+    (["--dataset", "folder:split-classes"], 2, "test has classes that train lacks (c)"),
+    (["--dataset", "digits", "--test-split", "1"], 2, "--test-split must be in (0, 1)"),
 ] + [(["--resume", "forged-%s.pt" % name, "--max-steps", "8"], 2, "forged-%s.pt" % name) for name in FORGED] + [
     (["--config", "bad-%d.yaml" % i], 2, message) for i, (_, message) in enumerate(BAD_CONFIGS)]
 

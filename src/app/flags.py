@@ -154,9 +154,18 @@ FLAGS = _records([
     flag("deterministic", bool, False, "deterministic kernels: bit-exact runs and resumes"),
 
     "data",
-    flag("dataset", str, "digits", "dataset", choices=data.names()),
+    flag("dataset", str, "digits", "dataset; folder:PATH reads your images from PATH/<class>/<image>",
+         metavar="{%s}" % ",".join(data.choices())),
     flag("val-split", float, None, "share of the training data held out for validation, by a fixed seeded split "
          "(None: the dataset's own, 0.1 for most); fixed for a run", scope="fixed", metavar="FRACTION"),
+    flag("test-split", float, 0.2, "share held out as test data, by a fixed seeded split, where the data has no test "
+         "set of its own (folder:PATH without PATH/test); fixed for a run", (lambda v: 0 < v < 1, "in (0, 1)"),
+         scope="fixed", metavar="FRACTION"),
+    flag("image-size", int, 0, "folder data: each image becomes N x N (shorter side resized, the centre cut; 0: "
+         "the images' own size when all share one square size)", _in(0, 4096), scope="fixed", metavar="N"),
+    flag("image-cache", str, "auto", "folder data: decode the images once and keep them in memory and in "
+         "DATA_DIR/.cache/ (auto: when they take under a quarter of memory; off: the loader reads the files each "
+         "epoch)", choices=("auto", "on", "off")),
     flag("data-dir", str, str(ROOT / "data"), "where datasets live", scope="local", metavar="DIR"),
     flag("num-workers", int, -1, "DataLoader worker processes (-1: per device and dataset, see README)",
          (lambda v: -1 <= v <= 256, "in 0 .. 256 (or -1: automatic)"), metavar="N"),
@@ -456,6 +465,14 @@ def check_run_name(name, what="--run-name"):
     return name
 
 
+def _data_name(dataset):
+    """The dataset's part of a default run name: its name, or the folder's for folder:PATH (my pets -> my-pets)."""
+    if ":" not in dataset:
+        return dataset
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(os.path.normpath(dataset.partition(":")[2])))
+    return name.strip("-._")[:MAX_RUN_NAME - 20] or data.kind(dataset)
+
+
 def _url_ok(url):
     """Whether --data-mirror is empty or a URL urllib can fetch (a bad port is caught here, not mid-download)."""
     if not url:
@@ -474,8 +491,8 @@ def validate(cfg):
         if not ok:
             raise UsageError(message)
 
-    need(cfg.dataset in data.names(), "--dataset %s: no such dataset (known: %s)" % (_short(cfg.dataset),
-                                                                                 ", ".join(data.names())))
+    need(data.known(cfg.dataset), "--dataset %s: no such dataset (known: %s)" % (_short(cfg.dataset),
+                                                                             ", ".join(data.choices())))
     if cfg.model == "auto":
         cfg.model = data.defaults(cfg.dataset)["model"]
     need(cfg.model in models.names(), "--model %s: no such model (known: %s)" % (_short(cfg.model),
@@ -483,7 +500,7 @@ def validate(cfg):
     need(cfg.task == "auto" or cfg.task in tasks.names(), "--task %s: no such task (known: %s)"
          % (_short(cfg.task), ", ".join(tasks.names())))
     if cfg.run_name is None:
-        cfg.run_name = "%s-%s" % (cfg.dataset, cfg.model)
+        cfg.run_name = "%s-%s" % (_data_name(cfg.dataset), cfg.model)
     check_run_name(cfg.run_name)
     for dest in FINITE:
         need(_finite(getattr(cfg, dest)), "--%s must be a finite number within float32 range, got %s"

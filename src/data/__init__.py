@@ -24,15 +24,32 @@ from ..runtime.registry import Registry
 _REGISTRY = Registry(__name__, __path__, skip=("download", "loading"))
 register, names = _REGISTRY.register, _REGISTRY.names
 
-Splits = namedtuple("Splits", "train val test input_shape num_classes")
-Splits.__new__.__defaults__ = (None, None, None, None)
+Splits = namedtuple("Splits", "train val test input_shape num_classes classes")
+Splits.__new__.__defaults__ = (None, None, None, None, None)  # classes: the class names, where the data has them
 VAL_SEED = 20240601  # the validation split is the same for every --seed: changing the seed changes training only
+
+
+def kind(name):
+    """The registered dataset of a --dataset value: folder for folder:PATH, the name itself otherwise."""
+    return name.partition(":")[0]
+
+
+def known(name):
+    """Whether a --dataset value names a dataset: a registered name, or KIND:PATH for a kind that takes a path."""
+    meta = _REGISTRY.meta.get(kind(name))
+    return meta is not None and bool(meta.get("path")) == (":" in name) and (":" not in name or bool(
+        name.partition(":")[2]))
+
+
+def choices():
+    """The --dataset values, for messages: the names, and KIND:PATH of the kinds that take a path."""
+    return [n + ":PATH" if _REGISTRY.meta[n].get("path") else n for n in names()]
 
 
 def defaults(name):
     """A dataset's registered defaults: task, model, val_split, augment (the --augment of `auto`)."""
     meta = dict(task="classification", model="cnn", val_split=0.1, augment="none")
-    meta.update(_REGISTRY.meta.get(name, {}))
+    meta.update(_REGISTRY.meta.get(kind(name), {}))
     return meta
 
 
@@ -43,21 +60,26 @@ def subset(dataset, indices):
     return torch.utils.data.Subset(dataset, indices.tolist())
 
 
+def carve(n, fraction, seed=VAL_SEED, flag="--val-split"):
+    """(kept, held): sorted indices of n samples, a share `fraction` held out by a permutation of a fixed seed."""
+    n_held = int(round(n * fraction))
+    if not 1 <= n_held < n:
+        raise TrainingError("%s %g leaves %d of %d samples held out; pick a share that leaves at least one on each side"
+                            % (flag, fraction, n_held, n))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_held:].sort().values, order[:n_held].sort().values
+
+
 def carve_val(train, fraction):
     """(train, val): a fixed share of the training data, chosen by a permutation that depends on nothing else."""
-    n = len(train)
-    n_val = int(round(n * fraction))
-    if not 1 <= n_val < n:
-        raise TrainingError("--val-split %g leaves %d of %d training samples for validation; pick a share that leaves "
-                            "at least one on each side" % (fraction, n_val, n))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SEED))
-    return subset(train, order[n_val:].sort().values), subset(train, order[:n_val].sort().values)
+    kept, held = carve(len(train), fraction)
+    return subset(train, kept), subset(train, held)
 
 
 def build(cfg):
     """The dataset's train, val and test splits, checked: class labels of in-memory classification datasets must be
     0 .. num_classes-1. The test split is built but never read before the final evaluation."""
-    splits = _REGISTRY[cfg.dataset](cfg)
+    splits = _REGISTRY[kind(cfg.dataset)](cfg)
     if splits.val is None:
         train, val = carve_val(splits.train, cfg.val_split)
         splits = splits._replace(train=train, val=val)

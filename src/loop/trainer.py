@@ -81,6 +81,8 @@ class Trainer(object):
             add("ema", self.ema, optional=True)
         spec = {"model": cfg.model, "input_shape": list(parts.splits.input_shape),
                 "outputs": parts.splits.num_classes, "task": cfg.task}
+        if parts.splits.classes:
+            spec["classes"] = [str(c) for c in parts.splits.classes]
         transform = input_transform(parts.splits.train)
         if transform is not None:
             spec["input_transform"] = transform

@@ -1,0 +1,261 @@
+"""Your own images, no code: `--dataset folder:PATH` reads PATH/<class>/<image> (PNG or JPEG; grey, RGB, RGBA;
+in subfolders of a class too), class names from the folder names (kept in the checkpoint), like timm's
+--data-dir and HF's imagefolder. PATH/train, PATH/val and PATH/test, when PATH holds those, are the splits;
+missing ones are carved by fixed seeded splits: test first (--test-split of everything), then val (--val-split
+of the rest), the same for every --seed.
+
+Every image becomes --image-size square (its shorter side resized, then the centre cut; 0: the images' own size
+when they all share one); all-grey data keeps one channel, anything else is RGB (alpha dropped). Inputs are
+normalized per channel by the mean and standard deviation of the train split only (stored with the model).
+
+--image-cache: a set that fits in memory is decoded once (the decoded pixels are kept in DATA_DIR/.cache/, keyed
+by the files' names, sizes and times, so a resume or a second run skips the decoding) and then indexed like any
+in-memory dataset (on the GPU with --data-on-device); a larger one is read from the files by the loader workers,
+a batch at a time, in the same order (exact resume with any number of workers)."""
+import hashlib
+import io
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from . import ArrayDataset, Splits, carve, register
+from ..files import atomic
+from ..runtime import compat
+from ..runtime.errors import UsageError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg")
+SPLITS = ("train", "val", "test")
+GREY = ("1", "L", "LA", "I", "I;16", "F")
+TEST_SEED = 20240602
+STATS_IMAGES = 2000  # the normalization statistics come from up to this many train images, evenly spaced
+
+log = logging.getLogger("train")
+
+
+def _images(folder):
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def _classes(folder, shown):
+    """{class name: [image paths]} of folder/<class>/...; UsageError naming what was found and what is expected."""
+    if not folder.is_dir():
+        raise UsageError("--dataset folder:%s: no such folder; give a folder of class folders, PATH/<class>/<image>"
+                         % shown)
+    entries = [p for p in sorted(folder.iterdir()) if not p.name.startswith(".")]
+    dirs = [p for p in entries if p.is_dir()]
+    loose = [p for p in entries if p.is_file() and p.suffix.lower() in EXTENSIONS]
+    expected = "expected %s/<class>/<image>, one folder per class (say %s/cat/1.png and %s/dog/2.png)" % (
+        shown, shown, shown)
+    if loose and not dirs:
+        raise UsageError("--dataset folder:%s: %d images at the top and no class folders; %s"
+                         % (shown, len(loose), expected))
+    if len(dirs) < 2:
+        raise UsageError("--dataset folder:%s: %s; a classifier needs two or more classes: %s" % (
+            shown, "one class folder (%s)" % dirs[0].name if dirs else "no class folders", expected))
+    found = {d.name: _images(d) for d in dirs}
+    empty = [name for name, files in found.items() if not files]
+    if empty:
+        raise UsageError("--dataset folder:%s: class folder %s holds no PNG or JPEG images; add some or remove the "
+                         "folder" % (shown, ", ".join(empty)))
+    return found
+
+
+def scan(root):
+    """{split: (files, labels)} for the splits PATH gives, and the class names (those of train)."""
+    shown = str(root)
+    subdirs = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")} if root.is_dir() else set()
+    layout = {"train": root} if not ("train" in subdirs and subdirs <= set(SPLITS)) else {
+        name: root / name for name in SPLITS if name in subdirs}
+    classes, out = None, {}
+    for split, folder in layout.items():
+        found = _classes(folder, "%s/%s" % (shown, split) if folder != root else shown)
+        if classes is None:
+            classes = sorted(found)
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise UsageError("--dataset folder:%s: %s has classes that train lacks (%s); the same class folders "
+                             "go in train" % (shown, split, ", ".join(unknown)))
+        files = [f for name in classes for f in found.get(name, [])]
+        labels = [i for i, name in enumerate(classes) for _ in found.get(name, [])]
+        out[split] = (files, labels)
+    return out, classes
+
+
+def _unreadable(path, err):
+    return UsageError("cannot read image %s (%s); fix or delete it" % (
+        path, str(err).splitlines()[0][:120] if str(err) else type(err).__name__))
+
+
+def _open(path):
+    from PIL import Image  # here: importing src.data must not need Pillow
+    try:
+        image = Image.open(str(path))
+        image.load()
+        return image
+    except (OSError, ValueError, SyntaxError) as err:
+        raise _unreadable(path, err)
+
+
+def _headers(files):
+    """(sizes, whether every image is grey), from the file headers only (no decoding)."""
+    from PIL import Image
+    sizes, grey = set(), True
+    for path in files:
+        try:
+            with Image.open(str(path)) as image:
+                sizes.add(image.size)
+                grey = grey and image.mode in GREY
+        except (OSError, ValueError, SyntaxError) as err:
+            raise _unreadable(path, err)
+    return sizes, grey
+
+
+class Decoder(object):
+    """One image file -> uint8 tensor (C, S, S): grey or RGB, shorter side resized to S, the centre cut."""
+
+    def __init__(self, size, channels):
+        self.size, self.channels = size, channels
+
+    def __call__(self, path):
+        import numpy as np
+        from PIL import Image
+        image = _open(path)
+        if image.mode in ("RGBA", "LA", "P") and self.channels == 3:
+            image = image.convert("RGBA")
+            flat = Image.new("RGBA", image.size, (255, 255, 255, 255))  # alpha over white, as a viewer shows it
+            image = Image.alpha_composite(flat, image)
+        image = image.convert("L" if self.channels == 1 else "RGB")
+        w, h = image.size
+        s = self.size
+        if (w, h) != (s, s):
+            scale = s / float(min(w, h))
+            nw, nh = max(s, int(round(w * scale))), max(s, int(round(h * scale)))
+            image = image.resize((nw, nh), Image.BILINEAR)
+            left, top = (nw - s) // 2, (nh - s) // 2
+            image = image.crop((left, top, left + s, top + s))
+        pixels = np.asarray(image, dtype=np.uint8).reshape(s, s, self.channels)
+        return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
+
+
+class ImageFiles(object):
+    """Images read from their files a batch at a time (in the loader's workers): the streaming path. Indexing with
+    a list of indices returns a whole batch, normalized as an ArrayDataset of the same pixels would be."""
+
+    batched = True
+
+    def __init__(self, files, labels, decode, scale, mean, std):
+        self.files, self.y, self.decode = list(files), torch.as_tensor(labels, dtype=torch.long), decode
+        self.scale, self.mean, self.std = scale, mean, std
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        index = torch.as_tensor(index, dtype=torch.long)
+        x = torch.stack([self.decode(self.files[i]) for i in index.view(-1).tolist()])
+        x = (x.float() * self.scale - self.mean) / self.std
+        return (x, self.y[index]) if index.dim() else (x[0], self.y[index])
+
+    def subset(self, indices):
+        return ImageFiles([self.files[i] for i in indices.tolist()], self.y[indices], self.decode, self.scale,
+                          self.mean, self.std)
+
+    def input_transform(self):
+        return {"scale": float(self.scale), "mean": self.mean.clone(), "std": self.std.clone()}
+
+
+def _cache_key(root, files, size, channels):
+    digest = hashlib.sha256(json.dumps([str(root), size, channels]).encode())
+    for path in files:
+        info = path.stat()
+        digest.update(("%s\0%d\0%d\n" % (path, info.st_size, info.st_mtime_ns)).encode())
+    return digest.hexdigest()[:24]
+
+
+def _decode_all(files, decode, cache_file):
+    """uint8 (N, C, S, S) of every file, from the cache file when it holds them, else decoded and saved there."""
+    if cache_file.is_file():
+        try:
+            x = compat.load_file(cache_file)["x"]
+            if len(x) == len(files):
+                return x
+        except Exception:  # a damaged cache is decoded again
+            pass
+    log.info("decoding %d images once into %s", len(files), cache_file)
+    x = torch.stack([decode(path) for path in files]) if files else torch.zeros(0, dtype=torch.uint8)
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        torch.save({"x": x}, buf)
+        atomic.write_bytes(cache_file, buf.getvalue())
+    except OSError as err:  # a read-only data folder: decoded again next time
+        log.info("could not keep the decoded images (%s); they are decoded again next time", err)
+    return x
+
+
+@register("folder", task="classification", model="cnn", path=True)
+def build(cfg):
+    root = Path(cfg.dataset.partition(":")[2]).expanduser()
+    found, classes = scan(root)
+    files_all = [f for split in found.values() for f in split[0]]
+    sizes, grey = _headers(files_all)
+    only = next(iter(sizes)) if len(sizes) == 1 else None
+    size = cfg.image_size or (only[0] if only and only[0] == only[1] else None)
+    if size is None:
+        shown = ", ".join("%dx%d" % s for s in sorted(sizes)[:3]) + (" ..." if len(sizes) > 3 else "")
+        raise UsageError("--dataset folder:%s: the images are not all one square size (%s); give --image-size N "
+                         "(each image's shorter side is resized to N, then the centre cut)" % (root, shown))
+    channels = 1 if grey else 3
+    decode = Decoder(size, channels)
+    files, labels = found["train"]
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    pools = {}
+    if "test" in found:
+        pools["test"] = found["test"]
+        keep = torch.arange(len(files))
+    else:
+        keep, held = carve(len(files), cfg.test_split, TEST_SEED, "--test-split")
+        pools["test"] = ([files[i] for i in held.tolist()], labels[held])
+    if "val" in found:
+        pools["val"] = found["val"]
+        train_idx = keep
+    else:
+        rest, held = carve(len(keep), cfg.val_split)
+        train_idx = keep[rest]
+        pools["val"] = ([files[i] for i in keep[held].tolist()], labels[keep[held]])
+    pools["train"] = ([files[i] for i in train_idx.tolist()], labels[train_idx])
+    need = sum(len(p[0]) for p in pools.values()) * channels * size * size
+    in_memory = cfg.image_cache == "on" or (cfg.image_cache == "auto" and need <= compat.memory_bytes() // 4)
+    if in_memory:
+        order = [f for name in SPLITS for f in pools[name][0]]
+        key = _cache_key(root.resolve(), order, size, channels)
+        x = _decode_all(order, decode, Path(cfg.data_dir) / ".cache" / ("folder-%s.pt" % key))
+        bounds, start = {}, 0
+        for name in SPLITS:
+            bounds[name] = (start, start + len(pools[name][0]))
+            start = bounds[name][1]
+        mean, std = _stats(x[bounds["train"][0]:bounds["train"][1]][_every(len(pools["train"][0]))])
+        parts = {name: ArrayDataset(x[a:b], torch.as_tensor(pools[name][1], dtype=torch.long), scale=1 / 255.0,
+                                    mean=mean, std=std) for name, (a, b) in bounds.items()}
+    else:
+        files = pools["train"][0]
+        mean, std = _stats(torch.stack([decode(files[i]) for i in _every(len(files)).tolist()]))
+        parts = {name: ImageFiles(pools[name][0], pools[name][1], decode, 1 / 255.0, mean, std) for name in SPLITS}
+    return Splits(train=parts["train"], val=parts["val"], test=parts["test"], input_shape=(channels, size, size),
+                  num_classes=len(classes), classes=classes)
+
+
+def _every(n):
+    """Indices of the train images the statistics come from: all, or STATS_IMAGES evenly spaced."""
+    return torch.arange(n) if n <= STATS_IMAGES else torch.linspace(0, n - 1, STATS_IMAGES).long()
+
+
+def _stats(x):
+    """Per-channel mean and standard deviation (C, 1, 1) of uint8 images scaled to [0, 1]."""
+    c = x.shape[1]
+    flat = x.transpose(0, 1).reshape(c, -1).double() / 255.0
+    mean, std = flat.mean(1), flat.std(1).clamp_min(1e-3) if flat.shape[1] > 1 else torch.ones(c, dtype=torch.double)
+    return mean.float().view(c, 1, 1), std.float().view(c, 1, 1)
