@@ -190,6 +190,11 @@ CASES = [
     (["--dataset", "folder:sizes"], 2, "not all one square size (8x8, 9x7); give --image-size N"),
     (["--dataset", "folder:split-classes"], 2, "test has classes that train lacks (c)"),
     (["--dataset", "digits", "--test-split", "1"], 2, "--test-split must be in (0, 1)"),
+    (["--freeze", "body.*"], 2, "--freeze body.* matches no parameter of the model (its parameters: 1.weight, "),
+    (["--lr-groups", "9.*=2"], 2, "--lr-groups 9.* matches no parameter of the model"),
+    (["--lr-groups", "7.*=fast"], 2, "expected PATTERN=FACTOR items such as 11.*=10"),
+    (["--lr-groups", "7.*=-1"], 2, "expected PATTERN=FACTOR items"),
+    (["--unfreeze-at", "5"], 2, "--unfreeze-at needs --freeze PATTERN"),
 ] + [(["--resume", "forged-%s.pt" % name, "--max-steps", "8"], 2, "forged-%s.pt" % name) for name in FORGED] + [
     (["--config", "bad-%d.yaml" % i], 2, message) for i, (_, message) in enumerate(BAD_CONFIGS)]
 

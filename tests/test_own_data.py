@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import Project, load, same_weights, stop_at, write_images
 
@@ -88,20 +89,40 @@ def test_folder_data_resumes_exactly_from_memory_and_from_files_with_any_workers
     assert same_weights(got, baseline), "a stopped and resumed run differs from the run in one go"
 
 
+def _bash(project, tmp_path, block):
+    """A README block run by bash in the project, `python` being this interpreter; its completed process."""
+    shim = tmp_path / "bin"
+    shim.mkdir(exist_ok=True)
+    (shim / "python").write_text('#!/bin/sh\nexec "%s" "$@"\n' % sys.executable)
+    (shim / "python").chmod(0o755)
+    env = dict(project.env, PATH="%s:%s" % (shim, os.environ.get("PATH", "")))
+    res = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block], cwd=str(project.root), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:]
+    return res
+
+
 def test_the_readme_folder_commands_work_as_written(tmp_path):
     """README "Your images, no code": its block, typed as written (python: this interpreter)."""
     from test_readme import readme_block
     (tmp_path / "clone").mkdir()
     project = Project(tmp_path / "clone")
     write_images(project.root / "data" / "pets", 30, size=(40, 30))  # larger than 32 and not square
-    shim = tmp_path / "bin"
-    shim.mkdir()
-    (shim / "python").write_text('#!/bin/sh\nexec "%s" "$@"\n' % sys.executable)
-    (shim / "python").chmod(0o755)
-    env = dict(project.env, PATH="%s:%s" % (shim, os.environ.get("PATH", "")))
-    res = subprocess.run(["bash", "-c", "set -euo pipefail\n" + readme_block("### Your images, no code")],
-                         cwd=str(project.root), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:]
+    res = _bash(project, tmp_path, readme_block("### Your images, no code"))
     assert "run pets-cnn" in res.stdout and '"test/acc"' in res.stdout, res.stdout[-3000:]
     assert load(project.best("pets-cnn"))["model_spec"]["input_shape"] == [3, 32, 32]
+
+
+def test_the_readme_fine_tuning_commands_work_as_written(tmp_path):
+    """README "Fine-tuning from other weights": its block, typed as written, on two image folders."""
+    from test_readme import readme_block
+    (tmp_path / "clone").mkdir()
+    project = Project(tmp_path / "clone")
+    write_images(project.root / "data" / "pets", 20, size=(32, 32))
+    write_images(project.root / "data" / "birds", 20, classes=("crow", "tit"), size=(32, 32), seed=1)
+    res = _bash(project, tmp_path, readme_block("### Fine-tuning from other weights"))
+    assert "loaded 12 of the model's 14 tensors; fresh: 11.weight ([3, 64] in the checkpoint, the model's [2, 64])" \
+        in res.stdout, res.stdout[-3000:]
+    tuned = load(project.latest("birds-cnn"))
+    assert tuned["model_spec"]["classes"] == ["crow", "tit"] and tuned["config"]["freeze"] == "0.*,1.*"
+    assert torch.equal(tuned["model"]["0.weight"], load(project.best("pets-cnn"))["model"]["0.weight"])

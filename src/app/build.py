@@ -19,7 +19,7 @@ from ..runtime.errors import TrainingError, UsageError
 log = logging.getLogger("train")
 
 # model: what trains (DDP and/or compiled); eval_model: the same weights without the DDP wrapper
-Parts = namedtuple("Parts", "model eval_model optimizer scheduler precision task splits device total_steps")
+Parts = namedtuple("Parts", "model eval_model optimizer scheduler precision task splits device total_steps freeze")
 
 
 def pick_device(cfg, dist):
@@ -88,11 +88,17 @@ def build_parts(cfg, splits, device, dist):
     model, task = build_model_and_task(cfg, splits, device)
     if cfg.channels_last:
         model = compat.channels_last(model)
-    optimizer = optim.build_optimizer(cfg, model.parameters(), device)
+    if cfg.unfreeze_at and (dist.enabled or cfg.cuda_graphs):
+        raise UsageError("--unfreeze-at works in one process without --cuda-graphs (DDP and the graphs fix which "
+                         "parameters train when they start); drop it, or train the two phases as two runs with "
+                         "--init-from")
+    optimizer = optim.build_optimizer(cfg, optim.param_groups(cfg, model), device)
     total = optim.total_steps(cfg, steps_per_epoch(len(splits.train), cfg.batch_size, dist.world))
     scheduler = optim.build_scheduler(cfg, optimizer, total)
     precision = Precision(device, pick_amp(cfg, device), cache=not cfg.cuda_graphs)
-    return Parts(model, model, optimizer, scheduler, precision, task, splits, device, total)
+    freeze = optim.Freeze(model, cfg)
+    freeze.update(0)  # before DDP wraps the model: it skips what does not train
+    return Parts(model, model, optimizer, scheduler, precision, task, splits, device, total, freeze)
 
 
 def _probe(model, task, batch, device):

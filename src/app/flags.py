@@ -60,6 +60,50 @@ class Monitor(namedtuple("Monitor", "metric mode")):
         return "%s:%s" % self
 
 
+class Patterns(tuple):
+    """--freeze: parameter name patterns (fnmatch); str() is the text form saved with the run, 0.*,1.*."""
+
+    def __str__(self):
+        return ",".join(self)
+
+
+class LrGroups(tuple):
+    """--lr-groups: ((pattern, factor), ...) in order; str() is the text form saved with the run, 11.*=10."""
+
+    def __str__(self):
+        return ",".join("%s=%s" % (pattern, _number(factor)) for pattern, factor in self)
+
+
+def _number(value):
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _patterns(text):
+    if isinstance(text, Patterns):
+        return text
+    items = [p.strip() for p in str(text).split(",")]
+    if str(text).strip() and not all(items):
+        raise argparse.ArgumentTypeError("expected name patterns such as 0.*,1.* (comma-separated), got %r" % text)
+    return Patterns(p for p in items if p)
+
+
+def _lr_groups(text):
+    if isinstance(text, LrGroups):
+        return text
+    groups = []
+    for item in (p.strip() for p in str(text).split(",") if str(text).strip()):
+        pattern, _, factor = item.rpartition("=")
+        try:
+            value = float(factor)
+        except ValueError:
+            value = None
+        if not pattern or value is None or not _finite(value) or value <= 0:
+            raise argparse.ArgumentTypeError("expected PATTERN=FACTOR items such as 11.*=10 (a positive factor of "
+                                             "--lr), got %r" % text)
+        groups.append((pattern, value))
+    return LrGroups(groups)
+
+
 def _shape(text):
     if isinstance(text, Shape):
         return text
@@ -98,8 +142,8 @@ def _recipe(text):
     return text if text == "auto" else augment.parse(text)
 
 
-TYPED = (Shape, Steps, Monitor, augment.Recipe)
-_TEXT_TYPES = (_shape, _steps, _monitor, _recipe)  # the parsers of the typed flags: they read text
+TYPED = (Shape, Steps, Monitor, Patterns, LrGroups, augment.Recipe)
+_TEXT_TYPES = (_shape, _steps, _monitor, _recipe, _patterns, _lr_groups)  # the typed flags' parsers: they read text
 
 
 def plain(cfg):
@@ -197,6 +241,12 @@ FLAGS = _records([
     flag("dropout", float, 0.0, "dropout probability", _fraction()),
     flag("init-from", metavar="PATH", help="start from the weights of this checkpoint (fine-tuning; its evaluated "
          "weights: the EMA where it has one)", scope="invocation"),
+    flag("init-partial", bool, False, "with --init-from: load only the tensors whose names and shapes match the "
+         "model; the rest (a new head) start fresh", scope="invocation"),
+    flag("freeze", _patterns, "", "keep the parameters whose names match these patterns fixed (fnmatch, comma-"
+         "separated; --init-from prints the names)", metavar="PATTERN,..."),
+    flag("unfreeze-at", int, 0, "train the --freeze parameters too from this step on (0: never)", _at_least(0),
+         metavar="STEP"),
 
     "optimization",
     flag("epochs", int, 15, "passes over the training set", _at_least(1)),
@@ -215,6 +265,8 @@ FLAGS = _records([
     flag("lr-step-size", int, 1000, "step schedule: decay every N steps", _at_least(1), metavar="N"),
     flag("lr-milestones", _steps, "", "multistep schedule: multiply the lr by --lr-gamma at these steps",
          metavar="S1,S2"),
+    flag("lr-groups", _lr_groups, "", "per-group learning rates: parameters whose names match PATTERN train at "
+         "--lr times FACTOR (the first pattern that matches; the rest at --lr)", metavar="PATTERN=FACTOR,..."),
     flag("lr-gamma", float, 0.1, "step and multistep schedules: decay factor",
          (lambda v: 0 < v <= 1, "in (0, 1]")),
     flag("grad-clip", float, 0.0, "clip gradient norm (0: off)", _at_least(0), metavar="NORM"),
@@ -512,6 +564,8 @@ def validate(cfg):
             need(ok(value), "--%s must be %s, got %s" % (f.name, what, _short(value)))
     need(1 <= cfg.accum_steps <= cfg.batch_size, "--accum-steps must be in 1 .. --batch-size (%d), got %d"
          % (cfg.batch_size, cfg.accum_steps))
+    need(not cfg.unfreeze_at or bool(cfg.freeze), "--unfreeze-at needs --freeze PATTERN,... (the parameters to "
+         "unfreeze)")
     need(cfg.scheduler != "multistep" or bool(cfg.lr_milestones),
          "--scheduler multistep needs --lr-milestones S1,S2 (the steps where the lr is multiplied by --lr-gamma)")
     need(bool(_DEVICE.fullmatch(cfg.device)), "--device %s: use auto, cpu, cuda or cuda:N" % _short(cfg.device))

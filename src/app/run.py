@@ -43,6 +43,7 @@ class Run(object):
         self.state = self.source = None  # the checkpoint resumed, and where it came from
         self.changes = []  # (key, old, new) of every config value the user changed on resume
         self.paths = self.parts = self.trainer = self.seen = self.init = None  # init: --init-from's checkpoint
+        self.init_record = None  # what --init-from loaded (kept in every checkpoint of the run)
         self.loggers = Loggers([])
         self.hparams = {}
         self.begun = False
@@ -99,8 +100,7 @@ class Run(object):
         cfg = self.cfg
         _, splits, self.parts = build_all(cfg, self.dist, self.stop)
         if self.state is None and cfg.init_from:  # before the Trainer: --ema averages from these weights
-            fileformat.load_model_weights(self.parts.model, self.init, cfg.init_from, models.describe(cfg),
-                                          evaluated=True)
+            self.init_record = init_weights(self.parts.model, self.init, cfg)
         enabled = cfg.tensorboard and self.dist.main
         # resuming: drop events logged after the checkpoint; fresh: drop any left by a run that never saved
         self.loggers = Loggers([TensorBoard(self.paths.run_dir, enabled, self.step0 if self.state else -1)])
@@ -168,6 +168,8 @@ class Run(object):
         if self.state is None:
             log.info("run %s: fresh start%s", cfg.run_name,
                      " from the weights of %s" % cfg.init_from if cfg.init_from else "")
+            if self.init_record is not None:
+                log.info("%s", describe_init(self.init_record))
         else:
             p = self.state["progress"]
             log.info("run %s: resuming from %s at step %d (epoch %d, sample %d)", cfg.run_name, self.source,
@@ -205,6 +207,30 @@ class Run(object):
             self.loggers.text("config_changes", "\n".join("- %s: %r -> %r" % c for c in self.changes), self.step0)
 
 
+def init_weights(model, state, cfg):
+    """--init-from's evaluated weights into model (all of them, or with --init-partial those that fit); the record
+    of what was loaded."""
+    try:
+        report = fileformat.load_model_weights(model, state, cfg.init_from, models.describe(cfg), evaluated=True,
+                                               partial=cfg.init_partial)
+    except UsageError as err:
+        if cfg.init_partial:
+            raise
+        raise UsageError("%s; add --init-partial to load only the tensors that fit (the rest starts fresh)" % err)
+    return dict(report, path=str(cfg.init_from), partial=cfg.init_partial)
+
+
+def describe_init(record):
+    """--init-from X: loaded 6 of 8 tensors; fresh: ...; not in this model: ..."""
+    total = len(record["loaded"]) + len(record["fresh"])
+    parts = ["--init-from %s: loaded %d of the model's %d tensors" % (record["path"], len(record["loaded"]), total)]
+    for what, names in (("fresh", record["fresh"]), ("not in this model", record["unused"])):
+        if names:
+            parts.append("%s: %s%s" % (what, ", ".join(names[:8]), " and %d more" % (len(names) - 8)
+                                       if len(names) > 8 else ""))
+    return "; ".join(parts)
+
+
 def finished_hint(cfg, progress):
     """Which limit a finished run reached, and the flag that lets it train longer (as it would work)."""
     step, epoch = progress.step, progress.epoch
@@ -231,6 +257,10 @@ def describe_recipe(cfg, dist):
             " in each process" if dist.enabled else "", cfg.batch_size))
     if cfg.label_smoothing:
         parts.append("label smoothing %g" % cfg.label_smoothing)
+    if cfg.freeze:
+        parts.append("frozen: %s%s" % (cfg.freeze, " until step %d" % cfg.unfreeze_at if cfg.unfreeze_at else ""))
+    if cfg.lr_groups:
+        parts.append("lr x factor by name: %s" % (cfg.lr_groups,))
     if cfg.ema:
         parts.append("EMA of the weights, decay %g (val/*, best and test use it; val_raw/*: the raw weights)"
                      % cfg.ema)

@@ -146,7 +146,7 @@ class ImageFiles(object):
 
     batched = True
 
-    def __init__(self, files, labels, decode, scale, mean, std):
+    def __init__(self, files, labels, decode, *, scale, mean, std):
         self.files, self.y, self.decode = list(files), torch.as_tensor(labels, dtype=torch.long), decode
         self.scale, self.mean, self.std = scale, mean, std
 
@@ -160,8 +160,8 @@ class ImageFiles(object):
         return (x, self.y[index]) if index.dim() else (x[0], self.y[index])
 
     def subset(self, indices):
-        return ImageFiles([self.files[i] for i in indices.tolist()], self.y[indices], self.decode, self.scale,
-                          self.mean, self.std)
+        return ImageFiles([self.files[i] for i in indices.tolist()], self.y[indices], self.decode, scale=self.scale,
+                          mean=self.mean, std=self.std)
 
     def input_transform(self):
         return {"scale": float(self.scale), "mean": self.mean.clone(), "std": self.std.clone()}
@@ -243,7 +243,8 @@ def build(cfg):
     else:
         files = pools["train"][0]
         mean, std = _stats(torch.stack([decode(files[i]) for i in _every(len(files)).tolist()]))
-        parts = {name: ImageFiles(pools[name][0], pools[name][1], decode, 1 / 255.0, mean, std) for name in SPLITS}
+        parts = {name: ImageFiles(pools[name][0], pools[name][1], decode, scale=1 / 255.0, mean=mean, std=std)
+                 for name in SPLITS}
     return Splits(train=parts["train"], val=parts["val"], test=parts["test"], input_shape=(channels, size, size),
                   num_classes=len(classes), classes=classes)
 

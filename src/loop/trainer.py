@@ -36,7 +36,7 @@ from ..runtime import compat
 from ..runtime.errors import TrainingError
 from ..runtime.seeding import RandomStreams
 from ..state import fileformat
-from ..state.manager import CheckpointManager, Fixed, Model, Optimizer
+from ..state.manager import CheckpointManager, Fixed, Kept, Model, Optimizer
 
 log = logging.getLogger("train")
 
@@ -89,6 +89,7 @@ class Trainer(object):
         for name, value in (("task", parts.task.state_dict()), ("model_spec", spec), ("config", self.run.config),
                             ("versions", fileformat.versions()), ("git_commit", fileformat.git_commit())):
             add(name, Fixed(value), optional=True)
+        add("init", Kept(self.run.init_record), optional=True)
         if self.dist.enabled:  # every rank's streams (one process: "rng" holds them)
             add("rng_ranks", self.rng.every_rank, optional=True)
         add("rng", self.rng)
@@ -195,6 +196,9 @@ class Trainer(object):
     # ----- training ------------------------------------------------------------------------------------------
     def _train_step(self, batch, indices, global_size, log_step):
         """One optimizer step on this rank's part of a global batch (indices: its samples' dataset indices)."""
+        if self.parts.freeze.update(self.step):
+            log.info("step %d: the --freeze parameters train from now on (--unfreeze-at %d)", self.step,
+                     self.cfg.unfreeze_at)
         inputs, target = self.task.to_device(batch, self.device)
         if self.augment:
             inputs, target = self.augment(inputs, target, indices, self.progress.epoch)

@@ -306,26 +306,40 @@ def evaluated_weights(state):
     return ema["weights"] if isinstance(ema, dict) and "weights" in ema else state["model"]
 
 
-def fit_weights(model, weights, what):
+def fit_weights(model, weights, what, *, partial=False):
     """Load a state dict of weights into model (DDP or compile wrappers looked through), or raise one line that
-    says what does not fit `what` (the first two problems)."""
+    says what does not fit `what` (the first two problems). partial: load only the tensors whose names and shapes
+    match and keep the model's own for the rest. Returns {"loaded": [names], "fresh": [names, with why],
+    "unused": [names of the checkpoint's tensors the model lacks]}."""
     target = compat.unwrap_model(model)
     want = target.state_dict()
     have = compat.clean_state_dict(weights)
-    problems = ["missing %s" % k for k in want if k not in have]
-    problems += ["unexpected %s" % k for k in have if k not in want]
-    problems += ["%s is %s, the model wants %s" % (k, list(have[k].shape), list(want[k].shape))
-                 for k in want if k in have and tuple(have[k].shape) != tuple(want[k].shape)]
+    missing = [k for k in want if k not in have]
+    unused = [k for k in have if k not in want]
+    shaped = [(k, list(have[k].shape), list(want[k].shape)) for k in want
+              if k in have and tuple(have[k].shape) != tuple(want[k].shape)]
+    if partial:
+        loaded = [k for k in want if k in have and tuple(have[k].shape) == tuple(want[k].shape)]
+        if not loaded:
+            raise UsageError("shares no tensor name and shape with %s; start from the weights of a related model"
+                             % what)
+        target.load_state_dict(dict(want, **{k: have[k] for k in loaded}))
+        fresh = ["%s (missing)" % k for k in missing] + ["%s (%s in the checkpoint, the model's %s)" % s
+                                                         for s in shaped]
+        return {"loaded": loaded, "fresh": fresh, "unused": unused}
+    problems = ["missing %s" % k for k in missing] + ["unexpected %s" % k for k in unused]
+    problems += ["%s is %s, the model wants %s" % s for s in shaped]
     if problems:
         more = " (and %d more)" % (len(problems) - 2) if len(problems) > 2 else ""
         raise UsageError("does not fit %s: %s%s" % (what, "; ".join(problems[:2]), more))
     target.load_state_dict(have)
+    return {"loaded": list(want), "fresh": [], "unused": []}
 
 
-def load_model_weights(model, state, path, what, evaluated=False):
+def load_model_weights(model, state, path, what, *, evaluated=False, partial=False):
     """Load state["model"] (evaluated: the weights its evaluations used, see evaluated_weights) into model, or
-    raise one line naming what does not fit."""
+    raise one line naming what does not fit; fit_weights' report of what was loaded."""
     try:
-        fit_weights(model, evaluated_weights(state) if evaluated else state["model"], what)
+        return fit_weights(model, evaluated_weights(state) if evaluated else state["model"], what, partial=partial)
     except UsageError as err:
         raise UsageError("checkpoint %s %s" % (path, err))
