@@ -21,4 +21,10 @@ if [[ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]]; then
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
   echo "$want" >"$stamp"
 fi
-exec "$venv/bin/python" -m pytest "$@"
+# Test files run side by side in up to 4 processes (TEST_JOBS=1: one after another); each file, and the Docker
+# files together, stay in one process (tests/conftest.py). A later -n of yours wins.
+jobs="${TEST_JOBS:-$(nproc)}"
+if ((jobs > 4)); then jobs=4; fi
+parallel=()
+if ((jobs > 1)); then parallel=(-n "$jobs" --dist loadscope --no-loadscope-reorder); fi
+exec "$venv/bin/python" -m pytest "${parallel[@]}" "$@"

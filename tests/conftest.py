@@ -200,3 +200,18 @@ def write_images(folder, per_class, classes=("cat", "dog", "fox"), size=(12, 12)
 __all__ = ["FAST", "Project", "assert_same_scalars", "children", "handler_installed",
            "load", "scalars", "raw_events", "same_weights", "signal",
            "stop_at", "summary_steps", "wait_for_line", "step_of", "write_images"]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (test.sh: -n N --dist loadscope --no-loadscope-reorder): each test file runs whole on one
+    worker (its module fixtures made once), and the Docker files (tests/e2e/, collected first: the longest chain)
+    share one worker: one engine, one set of images, containers and ports at a time."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split("::")[0]
+            return "tests/e2e" if path.startswith("tests/e2e/") else path
+
+    return ByFile(config, log)

@@ -112,7 +112,8 @@ BAD_CONFIGS = [
     ("epochs: 0\n", "--epochs must be >= 1"),
 ]
 CASES = [
-    (["--dataset", "nope"], 2, "argument --dataset: invalid choice: 'nope'"),
+    (["--dataset", "nope"], 2, "--dataset 'nope': no such dataset (known: cifar10, diabetes, digits, fashion-mnist, "
+                               "folder:PATH"),
     (["--model", "nope"], 2, "argument --model: invalid choice: 'nope'"),
     (["--lr", "0"], 2, "--lr must be > 0"),
     (["--lr", "-1"], 2, "--lr must be > 0"),

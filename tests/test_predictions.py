@@ -1,13 +1,13 @@
 """A saved model predicts what the evaluation measured: `from_checkpoint(path)(raw inputs)` on the test split
 gives the test metrics of metrics.json, for every built-in dataset (the downloaded ones: tests/test_data.py)."""
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from conftest import load
 from src import data
+from src.app import flags
 from src.models import from_checkpoint
 
 CASES = {
@@ -21,7 +21,7 @@ CASES = {
 def check_predictions(project, run):
     """The best checkpoint's model on the raw test split reproduces metrics.json's test metrics."""
     state = load(project.best(run))
-    cfg = SimpleNamespace(**dict(state["config"], data_dir=str(project.root / "data")))
+    cfg = flags.typed(dict(state["config"], data_dir=str(project.root / "data")))
     test = data.build(cfg).test
     report = json.loads((project.run_dir(run) / "metrics.json").read_text())["test"]
     with torch.no_grad():

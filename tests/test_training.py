@@ -107,7 +107,7 @@ def test_readme_own_task_example_works_as_written(project):
     (project.root / "data").mkdir(exist_ok=True)
     (project.root / "data" / "mytable.csv").write_text("\n".join(rows) + "\n")
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## Your own model, data and task"):text.index("## What a run gives you")]
+    section = text[text.index("### Your own code: one file each"):text.index("## What a run gives you")]
     commands = section.split("```bash\n")[1].split("```")[0].strip().splitlines()
     outputs = []
     for command in commands:

@@ -152,6 +152,16 @@ def plain(cfg):
     return {k: _text(v) for k, v in vars(cfg).items()}
 
 
+def typed(values):
+    """A saved config (a checkpoint's "config", config.yaml) as a config again: each typed flag parsed from its
+    text form, the rest as they are."""
+    out = dict(values)
+    for dest, f in BY_DEST.items():
+        if f.type in _TEXT_TYPES and isinstance(out.get(dest), str):
+            out[dest] = f.type(out[dest])
+    return SimpleNamespace(**out)
+
+
 def _text(value):
     return str(value) if isinstance(value, TYPED) else value
 

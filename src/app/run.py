@@ -43,7 +43,7 @@ class Run(object):
         self.state = self.source = None  # the checkpoint resumed, and where it came from
         self.changes = []  # (key, old, new) of every config value the user changed on resume
         self.paths = self.parts = self.trainer = self.seen = self.init = None  # init: --init-from's checkpoint
-        self.init_record = None  # what --init-from loaded (kept in every checkpoint of the run)
+        self.init_record = None  # what --init-from loaded (its checkpoint's "init" on a resume)
         self.loggers = Loggers([])
         self.hparams = {}
         self.begun = False
@@ -86,6 +86,7 @@ class Run(object):
             check_history(cfg, self.paths)
             return True
         self.cfg, self.changes = flags.merge_resumed(self.state["config"], cfg, user, self.source)
+        self.init_record = self.state.get("init")
         progress = Progress.of(self.state["progress"])
         if finished(self.cfg, progress):
             if tested(self.paths, self.state) or not self.paths.best.is_file():  # tested, or nothing to test

@@ -36,7 +36,7 @@ from ..runtime import compat
 from ..runtime.errors import TrainingError
 from ..runtime.seeding import RandomStreams
 from ..state import fileformat
-from ..state.manager import CheckpointManager, Fixed, Kept, Model, Optimizer
+from ..state.manager import CheckpointManager, Fixed, Model, Optimizer
 
 log = logging.getLogger("train")
 
@@ -89,7 +89,8 @@ class Trainer(object):
         for name, value in (("task", parts.task.state_dict()), ("model_spec", spec), ("config", self.run.config),
                             ("versions", fileformat.versions()), ("git_commit", fileformat.git_commit())):
             add(name, Fixed(value), optional=True)
-        add("init", Kept(self.run.init_record), optional=True)
+        if self.run.init_record is not None:  # what --init-from loaded, carried by every checkpoint of the run
+            add("init", Fixed(self.run.init_record), optional=True)
         if self.dist.enabled:  # every rank's streams (one process: "rng" holds them)
             add("rng_ranks", self.rng.every_rank, optional=True)
         add("rng", self.rng)

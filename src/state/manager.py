@@ -21,20 +21,6 @@ from ..runtime.errors import TrainingError, UsageError
 log = logging.getLogger("train")
 
 
-class Kept(object):
-    """A fact of the run's first session (what --init-from loaded), carried on by every later checkpoint."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def state_dict(self):
-        return self.value
-
-    def load_state_dict(self, state):
-        if state is not None:
-            self.value = state
-
-
 class Fixed(object):
     """A fact of the run saved in every checkpoint (its config, the model spec): restoring it changes nothing."""
 
