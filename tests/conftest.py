@@ -205,13 +205,14 @@ __all__ = ["FAST", "Project", "assert_same_scalars", "children", "handler_instal
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """Under pytest-xdist (test.sh: -n N --dist loadscope --no-loadscope-reorder): each test file runs whole on one
-    worker (its module fixtures made once), and the Docker files (tests/e2e/, collected first: the longest chain)
-    share one worker: one engine, one set of images, containers and ports at a time."""
+    worker (its module fixtures made once), and the files that drive this checkout's scripts and containers
+    (tests/e2e/test_docker.py, test_native.py: ports, compose projects, purges) share one. They are collected
+    first, the longest chains first."""
     from xdist.scheduler import LoadScopeScheduling
 
     class ByFile(LoadScopeScheduling):
         def _split_scope(self, nodeid):
             path = nodeid.split("::")[0]
-            return "tests/e2e" if path.startswith("tests/e2e/") else path
+            return "tests/e2e/scripts" if path in ("tests/e2e/test_docker.py", "tests/e2e/test_native.py") else path
 
     return ByFile(config, log)
