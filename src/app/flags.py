@@ -39,18 +39,23 @@ def _env_float(name, default):
         return default
 
 
-class Shape(tuple):
-    """--synthetic-shape: (C, H, W); str() is the text form saved with the run, 3,32,32."""
+class _Items(tuple):
+    """A flag's comma-separated items; str() is the text form saved with the run."""
 
     def __str__(self):
-        return ",".join(str(d) for d in self)
+        return ",".join(str(item) for item in self)
 
 
-class Steps(tuple):
-    """--lr-milestones: ascending step numbers; str() is the text form saved with the run, 32000,48000."""
+class Shape(_Items):
+    """--synthetic-shape: (C, H, W), 3,32,32."""
 
-    def __str__(self):
-        return ",".join(str(s) for s in self)
+
+class Steps(_Items):
+    """--lr-milestones: ascending step numbers, 32000,48000."""
+
+
+class Patterns(_Items):
+    """--freeze: parameter name patterns (fnmatch), 0.*,1.*."""
 
 
 class Monitor(namedtuple("Monitor", "metric mode")):
@@ -58,13 +63,6 @@ class Monitor(namedtuple("Monitor", "metric mode")):
 
     def __str__(self):
         return "%s:%s" % self
-
-
-class Patterns(tuple):
-    """--freeze: parameter name patterns (fnmatch); str() is the text form saved with the run, 0.*,1.*."""
-
-    def __str__(self):
-        return ",".join(self)
 
 
 class LrGroups(tuple):
@@ -79,8 +77,6 @@ def _number(value):
 
 
 def _patterns(text):
-    if isinstance(text, Patterns):
-        return text
     items = [p.strip() for p in str(text).split(",")]
     if str(text).strip() and not all(items):
         raise argparse.ArgumentTypeError("expected name patterns such as 0.*,1.* (comma-separated), got %r" % text)
@@ -88,8 +84,6 @@ def _patterns(text):
 
 
 def _lr_groups(text):
-    if isinstance(text, LrGroups):
-        return text
     groups = []
     for item in (p.strip() for p in str(text).split(",") if str(text).strip()):
         pattern, _, factor = item.rpartition("=")
@@ -105,8 +99,6 @@ def _lr_groups(text):
 
 
 def _shape(text):
-    if isinstance(text, Shape):
-        return text
     try:
         dims = tuple(int(d) for d in str(text).split(","))
     except ValueError:
@@ -118,8 +110,6 @@ def _shape(text):
 
 def _steps(text):
     """--lr-milestones: ascending step numbers, given as 32000,48000 (or a YAML list)."""
-    if isinstance(text, Steps):
-        return text
     try:
         steps = [int(s) for s in str(text).split(",") if s.strip()]
     except ValueError:
@@ -131,7 +121,7 @@ def _steps(text):
 
 def _monitor(text):
     """--monitor: auto (the task's own, resolved by validate) or METRIC:MODE (checked against the task there)."""
-    if isinstance(text, Monitor) or text == "auto":
+    if text == "auto":
         return text
     metric, _, mode = str(text).partition(":")
     return Monitor(metric, mode)
@@ -142,8 +132,7 @@ def _recipe(text):
     return text if text == "auto" else augment.parse(text)
 
 
-TYPED = (Shape, Steps, Monitor, Patterns, LrGroups, augment.Recipe)
-_TEXT_TYPES = (_shape, _steps, _monitor, _recipe, _patterns, _lr_groups)  # the typed flags' parsers: they read text
+TYPED = (_Items, Monitor, LrGroups, augment.Recipe)  # what the parsers of the typed flags return
 
 
 def plain(cfg):
@@ -351,6 +340,7 @@ FLAGS = _records([
 BY_DEST = {f.name.replace("-", "_"): f for f in FLAGS}
 # (the scopes as key sets, for the merge on resume and the config file)
 PER_INVOCATION = tuple(d for d, f in BY_DEST.items() if f.scope == "invocation")
+_TEXT_TYPES = {f.type for f in FLAGS if f.type not in (None, str, int, float, bool)}  # the typed flags' parsers
 FIXED_ON_RESUME = tuple(d for d, f in BY_DEST.items() if f.scope == "fixed")
 LOCAL = tuple(d for d, f in BY_DEST.items() if f.scope == "local")
 FINITE = tuple(d for d, f in BY_DEST.items() if f.type is float and f.default is not None and f.scope != "local")
@@ -531,7 +521,7 @@ def _data_name(dataset):
     """The dataset's part of a default run name: its name, or the folder's for folder:PATH (my pets -> my-pets)."""
     if ":" not in dataset:
         return dataset
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(os.path.normpath(dataset.partition(":")[2])))
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(os.path.normpath(data.location(dataset))))
     return name.strip("-._")[:MAX_RUN_NAME - 20] or data.kind(dataset)
 
 

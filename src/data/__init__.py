@@ -34,11 +34,17 @@ def kind(name):
     return name.partition(":")[0]
 
 
+def location(name):
+    """The PATH of a --dataset KIND:PATH ('' for a plain name)."""
+    return name.partition(":")[2]
+
+
 def known(name):
     """Whether a --dataset value names a dataset: a registered name, or KIND:PATH for a kind that takes a path."""
     meta = _REGISTRY.meta.get(kind(name))
-    return meta is not None and bool(meta.get("path")) == (":" in name) and (":" not in name or bool(
-        name.partition(":")[2]))
+    if meta is None:
+        return False
+    return bool(location(name)) if meta.get("path") else ":" not in name
 
 
 def choices():

@@ -18,9 +18,10 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from . import ArrayDataset, Splits, carve, register
+from . import ArrayDataset, Splits, carve, location, register
 from ..files import atomic
 from ..runtime import compat
 from ..runtime.errors import UsageError
@@ -120,7 +121,6 @@ class Decoder(object):
         self.size, self.channels = size, channels
 
     def __call__(self, path):
-        import numpy as np
         from PIL import Image
         image = _open(path)
         if image.mode in ("RGBA", "LA", "P") and self.channels == 3:
@@ -198,7 +198,7 @@ def _decode_all(files, decode, cache_file):
 
 @register("folder", task="classification", model="cnn", path=True)
 def build(cfg):
-    root = Path(cfg.dataset.partition(":")[2]).expanduser()
+    root = Path(location(cfg.dataset)).expanduser()
     found, classes = scan(root)
     files_all = [f for split in found.values() for f in split[0]]
     sizes, grey = _headers(files_all)
