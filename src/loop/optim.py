@@ -16,7 +16,8 @@ def _matching(model, patterns, flag):
     for pattern in patterns:
         if not any(fnmatchcase(name, pattern) for name, _ in named):
             shown = ", ".join(name for name, _ in named[:12]) + (", ..." if len(named) > 12 else "")
-            raise UsageError("%s %s matches no parameter of the model (its parameters: %s)" % (flag, pattern, shown))
+            raise UsageError("%s %s matches no parameter of the model (its parameters: %s); give patterns of these "
+                             "names" % (flag, pattern, shown))
     return [(name, p) for name, p in named if any(fnmatchcase(name, pattern) for pattern in patterns)]
 
 
