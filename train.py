@@ -61,4 +61,10 @@ def leave(code):
 
 
 if __name__ == "__main__":
-    leave(main())
+    try:
+        CODE = main()
+    except Exception:  # a bug: its traceback, then the same exit as any error (no worker left to wait on)
+        import traceback
+        traceback.print_exc()
+        CODE = 1
+    leave(CODE)

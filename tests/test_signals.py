@@ -5,6 +5,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -151,6 +152,69 @@ def test_a_stop_during_shutdown_changes_nothing(project, sig, offset):
     assert code == 0, out
     assert "Traceback" not in out, out
     assert (project.run_dir("digits-mlp") / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("which,step", [(0, 8), (1, 9), (1, 44), (0, 45)])
+def test_a_dataloader_worker_killed_at_any_moment_is_one_line_and_a_whole_step(project, which, step):
+    """torch reports a worker's death from a SIGCHLD handler, wherever the main thread is (inside a logging call,
+    which swallowed it; halfway through receiving a batch, which left a broken connection): the loop now raises
+    it between two steps. Step 45 ends the first epoch (persistent workers are woken for the next)."""
+    proc = project.start(*(SLOW + ["--num-workers", "2"]))
+    wait_for_line(proc, lambda line: line.startswith("step %d/" % step))
+    workers = children(proc.pid)
+    assert len(workers) == 2, workers
+    os.kill(workers[which], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    errors = [line for line in out.splitlines() if line.startswith("train.py: error:")]
+    assert len(errors) == 1 and "saved step" in errors[0], out
+    assert "Traceback" not in out and "Logging error" not in out, out
+    assert load(project.latest("digits-mlp"))["progress"]["step"] >= 8
+
+
+BUGGY = '''import os
+from . import ArrayDataset, register
+from .digits import build as digits
+
+
+class Buggy(ArrayDataset):
+    def __getitem__(self, index):
+        if os.path.exists(os.environ["BUG_FLAG"]):
+            return 1 // 0  # a bug in the researcher's own dataset, met in a loader worker
+        return super(Buggy, self).__getitem__(index)
+
+
+@register("buggy")
+def build(cfg):
+    s = digits(cfg)
+    return s._replace(train=Buggy(s.train.x, s.train.y, s.train.scale, s.train.mean, s.train.std))
+'''
+
+
+def test_a_bug_in_your_dataset_shows_its_traceback_keeps_the_checkpoint_and_does_not_hang(project):
+    """An error of the researcher's own code is not ours to word: its traceback, exit 1, the last checkpoint kept;
+    the loader workers (which ignore stop signals) are killed on the way out, not waited for forever."""
+    (project.root / "src" / "data" / "buggy.py").write_text(BUGGY)
+    flag = project.root / "bug.flag"
+    project.env["BUG_FLAG"] = str(flag)
+    proc = project.start(*(FAST + ["--dataset", "buggy", "--epochs", "50", "--log-every", "1", "--ckpt-every", "4",
+                                   "--num-workers", "2"]))
+    wait_for_line(proc, lambda line: line.startswith("saved checkpoint step 8 "))
+    workers = children(proc.pid)
+    assert len(workers) == 2, workers
+    flag.write_text("now")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert "ZeroDivisionError" in out and "Traceback" in out and "buggy.py" in out, out
+    assert load(project.latest("buggy-mlp"))["progress"]["step"] >= 8
+    assert not [pid for pid in workers if _alive(pid)], "a loader worker outlived its trainer"
+
+
+def _alive(pid):
+    try:
+        return "\tZ" not in Path("/proc/%d/status" % pid).read_text()  # a zombie is dead, just not yet reaped
+    except FileNotFoundError:
+        return False
 
 
 def test_a_dataloader_worker_that_dies_saves_the_last_whole_step_says_so_and_does_not_hang(project):

@@ -14,6 +14,7 @@ else 0.1), unless the dataset gives its own `val`. `num_classes` is the number o
 single regression target). Splits are ArrayDatasets (in-memory, batched indexing: fast) or any map-style
 dataset of (input, target) pairs. `--prepare-data` runs `build` once, which downloads and verifies.
 """
+import copy
 from collections import namedtuple
 
 import torch
@@ -155,7 +156,14 @@ class ArrayDataset(object):
         return (x * self.scale - self.mean) / self.std, self.y[index]
 
     def subset(self, indices):
-        return ArrayDataset(self.x[indices], self.y[indices], self.scale, self.mean, self.std)
+        return self._with(x=self.x[indices], y=self.y[indices])
+
+    def _with(self, **changed):
+        """A copy with some attributes changed, of the same class: a subclass of your own (one that overrides
+        __getitem__, say) stays itself through the validation carve and the move to a device."""
+        new = copy.copy(self)
+        new.__dict__.update(changed)
+        return new
 
     def input_transform(self):
         def plain(v):
@@ -166,7 +174,7 @@ class ArrayDataset(object):
         """The same samples held on device (stored as they are, uint8 images included: converted per batch)."""
         def move(v):
             return v.to(device) if isinstance(v, torch.Tensor) else v
-        return ArrayDataset(move(self.x), move(self.y), self.scale, move(self.mean), move(self.std))
+        return self._with(x=move(self.x), y=move(self.y), mean=move(self.mean), std=move(self.std))
 
 
 _REGISTRY.discover()

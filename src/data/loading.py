@@ -87,11 +87,62 @@ def make_loader(dataset, batches, cfg, device):
 
 class Loader(torch.utils.data.DataLoader):
     """A DataLoader whose workers start with stop signals blocked: none can die of a stop sent to the whole process
-    group before its init function ignores them (signals.blocked)."""
+    group before its init function ignores them (signals.blocked), and whose workers' deaths are noted for the
+    loop to raise between two steps (`check_workers`), not raised wherever the main thread is."""
 
     def __iter__(self):
-        with blocked():
+        if self.num_workers == 0:
             return super(Loader, self).__iter__()
+        compat.defer_worker_deaths(_DEATHS.append)
+        with blocked():
+            return _Watched(super(Loader, self).__iter__())
+
+
+class _Watched(object):
+    """A loader's iterator whose fetch, when a worker was killed while handing over a batch, fails with that
+    worker's death rather than with the broken connection it left (ConnectionResetError, EOFError), which comes
+    before the worker shows as dead."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return self
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __next__(self):
+        try:
+            return next(self.batches)
+        except (OSError, EOFError) as err:
+            death = death_behind(getattr(self.batches, "_workers", ()))
+            if death is None:
+                raise
+            raise death from err
+
+
+def death_behind(workers, grace=5.0):
+    """The report of a worker among workers that exits within grace seconds (it was dying), else None."""
+    import multiprocessing.connection
+    alive = [w for w in workers if w.exitcode is None]
+    ended = multiprocessing.connection.wait([w.sentinel for w in alive], timeout=grace) if alive else []
+    for w in alive:
+        if w.sentinel in ended:
+            w.join()  # its files close before it can be waited for: a moment more
+    dead = [str(w.pid) for w in workers if w.exitcode is not None]
+    return RuntimeError("DataLoader worker (pid(s) %s) exited unexpectedly" % ", ".join(dead)) if dead else None
+
+
+_DEATHS = []  # DataLoader workers' deaths seen by the SIGCHLD handler, oldest first
+
+
+def check_workers():
+    """Raise the report of a loader worker that died (killed, out of memory) since the loop last looked."""
+    if _DEATHS:
+        err = _DEATHS[0]
+        del _DEATHS[:]  # the same death is reported again by every later SIGCHLD
+        raise err
 
 
 def worker_died(err):

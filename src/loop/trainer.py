@@ -30,7 +30,7 @@ from .progress import Best, LastEval, Progress, finished, stopped_early
 from .. import models
 from ..augment import Augment
 from ..data import input_transform
-from ..data.loading import EpochBatches, make_loader, worker_died
+from ..data.loading import EpochBatches, check_workers, make_loader, worker_died
 from ..files import atomic
 from ..runtime import compat
 from ..runtime.errors import TrainingError
@@ -296,8 +296,9 @@ class Trainer(object):
         """A DataLoader worker died (killed, out of memory): stop with one line, and when the loop stood between two
         steps (a failed fetch changes nothing; an evaluation it cut is marked pending), save that state first."""
         what = str(err).strip().splitlines()[0][:200]
-        # torch reports the death from its SIGCHLD handler, wherever the loop is: mid-step the state is half made;
-        # under several processes the other ranks would wait forever in the save's collectives
+        # a death is raised before a fetch or by the fetch (loading.check_workers), or, where torch's own SIGCHLD
+        # handler stayed, wherever the loop is: mid-step the state is half made; under several processes the other
+        # ranks would wait forever in the save's collectives
         if self.dist.enabled or not self.between_steps:
             kept = self.checkpoints.saved_step
             return TrainingError("%s at step %d; %s. Run again with --resume (add --num-workers 0 if it happens "
@@ -321,7 +322,10 @@ class Trainer(object):
                                               dist=self.dist)
             self.train_loader = make_loader(self.splits.train, self.train_batches, self.cfg, self.device)
         self.train_batches.set_epoch(self.progress.epoch, self.progress.sample_in_epoch)
-        return self.train_batches, iter(self.train_loader)
+        self.between_steps = True  # persistent workers wake for the epoch: the state is a whole step
+        batch_iter = iter(self.train_loader)
+        self.between_steps = False
+        return self.train_batches, batch_iter
 
     def _fit(self):
         window = {"start": time.perf_counter(), "excluded": 0.0, "steps": 0, "samples": 0, "data_wait": 0.0}
@@ -358,6 +362,7 @@ class Trainer(object):
         with compat.no_host_sync(self.cfg.sync_check and not log_step and self.device.type == "cuda"):
             t0 = time.perf_counter()
             self.between_steps = True  # a worker's death reported here finds the state of a whole step
+            check_workers()
             batch = next(batch_iter)
             self.between_steps = False
             window["data_wait"] += time.perf_counter() - t0

@@ -2,6 +2,7 @@
 import contextlib
 import inspect
 import os
+import signal
 import warnings
 
 import torch
@@ -212,6 +213,36 @@ def loader_options(settings):
             if settings.get(key) and _accepts(init, key):
                 options[key] = settings[key]
     return options
+
+
+def defer_worker_deaths(record):
+    """Have a DataLoader worker's death handed to record(error) instead of raised where the main thread happens to
+    be. torch's own SIGCHLD handler raises at any bytecode: inside a logging call (which swallows it and prints a
+    traceback), halfway through receiving a batch (the surviving worker then prints one), or mid-step. Installed
+    once, from the main thread, before the first loader with workers starts; the same private hooks exist from
+    torch 1.7 to 2.x, and without them torch's handler stays. A death is still raised by the loader itself when
+    it next waits on the dead worker (within seconds)."""
+    import threading
+    try:
+        from torch.utils.data._utils import signal_handling as handling
+        check = handling._error_if_any_worker_fails
+    except (ImportError, AttributeError):
+        return False
+    if handling._SIGCHLD_handler_set or not isinstance(threading.current_thread(), threading._MainThread):
+        return False
+    previous = signal.getsignal(signal.SIGCHLD)
+
+    def on_child_exit(signum, frame):
+        try:
+            check()
+        except RuntimeError as err:
+            record(err)
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGCHLD, on_child_exit)
+    handling._SIGCHLD_handler_set = True  # torch's loaders now leave the handler alone
+    return True
 
 
 def channels_last(tensor_or_module):
