@@ -41,6 +41,7 @@ def trained(tmp_path_factory):
     for i, (text, _) in enumerate(BAD_CONFIGS):
         (project.root / ("bad-%d.yaml" % i)).write_text(text)
     _bad_folders(project.root)
+    _bad_tables(project.root)
     with open(str(project.root / "huge.pt"), "wb") as f:  # 40 GB, sparse: no disk used
         f.truncate(40 << 30)
     state = load(project.latest("digits-mlp"))
@@ -69,6 +70,21 @@ def _bad_folders(root):
     write_images(root / "sizes", 2, classes=("b",), size=(9, 7))
     write_images(root / "split-classes" / "train", 2, classes=("a", "b"))
     write_images(root / "split-classes" / "test", 2, classes=("a", "c"))
+
+
+def _bad_tables(root):
+    """CSV tables that cannot be read as asked, one way each."""
+    good = "x,kind,y\n" + "".join("%d,%s,%d\n" % (i, "ab"[i % 2], i % 2) for i in range(20))
+    (root / "header-only.csv").write_text("x,y\n")
+    (root / "ragged.csv").write_text("x,kind,y\n1,a,0\n2,b\n")
+    (root / "no-train").mkdir()
+    (root / "no-train" / "test.csv").write_text(good)
+    for name, test in (("text-in-numbers", good.replace("\n3,b,1", "\nthree,b,1")),
+                       ("other-header", good.replace("x,kind,y", "x,sort,y"))):
+        (root / name).mkdir()
+        (root / name / "train.csv").write_text(good)
+        (root / name / "test.csv").write_text(test)
+    (root / "words.csv").write_text("x,y\n" + "".join("%d,w%d\n" % (i, i) for i in range(20)))
 
 
 def _set(path, value):
@@ -190,6 +206,17 @@ CASES = [
     (["--dataset", "folder:broken", "--image-size", "8"], 2, "cannot read image broken/b/bad.png"),
     (["--dataset", "folder:sizes"], 2, "not all one square size (8x8, 9x7); give --image-size N"),
     (["--dataset", "folder:split-classes"], 2, "test has classes that train lacks (c)"),
+    (["--dataset", "csv:nowhere.csv"], 2, "--dataset csv:nowhere.csv: no such file; give a CSV file"),
+    (["--dataset", "csv:header-only.csv"], 2, "header-only.csv holds only a header line; give a header line, then"),
+    (["--dataset", "csv:ragged.csv"], 2, "ragged.csv: row 3 has 2 fields, the header 3; fix that row"),
+    (["--dataset", "csv:no-train"], 2, "the folder holds no train.csv; give a CSV file, or a folder with train.csv"),
+    (["--dataset", "csv:text-in-numbers"], 2, "'three' in column x is not a number (train's values are)"),
+    (["--dataset", "csv:other-header"], 2, "has the columns x, sort, y, train.csv x, kind, y; give every file"),
+    (["--dataset", "csv:ragged.csv", "--target", "z"], 2, "ragged.csv: row 3 has 2 fields"),
+    (["--dataset", "csv:words.csv", "--target", "z"], 2, "--target z: words.csv has no column z; name one of"),
+    (["--dataset", "csv:words.csv", "--target", "x,y"], 2, "--target x,y leaves no feature column"),
+    (["--dataset", "csv:words.csv", "--task", "regression"], 2, "target value 'w0' is not a number; with --task "),
+    (["--dataset", "csv:words.csv", "--task", "segmentation"], 2, "--task segmentation does not apply to a table"),
     (["--dataset", "digits", "--test-split", "1"], 2, "--test-split must be in (0, 1)"),
     (["--freeze", "body.*"], 2, "--freeze body.* matches no parameter of the model (its parameters: 1.weight, "),
     (["--lr-groups", "9.*=2"], 2, "--lr-groups 9.* matches no parameter of the model"),

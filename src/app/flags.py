@@ -197,7 +197,8 @@ FLAGS = _records([
     flag("deterministic", bool, False, "deterministic kernels: bit-exact runs and resumes"),
 
     "data",
-    flag("dataset", str, "digits", "dataset; folder:PATH reads your images from PATH/<class>/<image>",
+    flag("dataset", str, "digits", "dataset; folder:PATH reads your images from PATH/<class>/<image>, csv:PATH "
+         "your table (see --target)",
          metavar="{%s}" % ",".join(data.choices())),
     flag("val-split", float, None, "share of the training data held out for validation, by a fixed seeded split "
          "(None: the dataset's own, 0.1 for most); fixed for a run", scope="fixed", metavar="FRACTION"),
@@ -206,6 +207,10 @@ FLAGS = _records([
          scope="fixed", metavar="FRACTION"),
     flag("image-size", int, 0, "folder data: each image becomes N x N (shorter side resized, the centre cut; 0: "
          "the images' own size when all share one square size)", _in(0, 4096), scope="fixed", metavar="N"),
+    flag("target", str, None, "csv data: the column(s) to predict, COLUMN[,COLUMN...] (None: the last column)",
+         scope="fixed", metavar="COLUMN"),
+    flag("label-sep", str, "|", "csv data with --task multilabel: what joins a row's labels in one target column",
+         (lambda v: len(v) > 0, "a non-empty string"), scope="fixed", metavar="SEP"),
     flag("image-cache", str, "auto", "folder data: decode the images once and keep them in memory and in "
          "DATA_DIR/.cache/ (auto: when they take under a quarter of memory; off: the loader reads the files each "
          "epoch)", choices=("auto", "on", "off")),
@@ -518,10 +523,12 @@ def check_run_name(name, what="--run-name"):
 
 
 def _data_name(dataset):
-    """The dataset's part of a default run name: its name, or the folder's for folder:PATH (my pets -> my-pets)."""
+    """The dataset's part of a default run name: its name, or the folder's or file's for KIND:PATH (my pets ->
+    my-pets, houses.csv -> houses)."""
     if ":" not in dataset:
         return dataset
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", os.path.basename(os.path.normpath(data.location(dataset))))
+    base = os.path.basename(os.path.normpath(data.location(dataset)))
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", base[:-4] if base.lower().endswith(".csv") else base)
     return name.strip("-._")[:MAX_RUN_NAME - 20] or data.kind(dataset)
 
 
@@ -546,7 +553,7 @@ def validate(cfg):
     need(data.known(cfg.dataset), "--dataset %s: no such dataset (known: %s)" % (_short(cfg.dataset),
                                                                              ", ".join(data.choices())))
     if cfg.model == "auto":
-        cfg.model = data.defaults(cfg.dataset)["model"]
+        cfg.model = data.defaults(cfg.dataset, cfg)["model"]
     need(cfg.model in models.names(), "--model %s: no such model (known: %s)" % (_short(cfg.model),
                                                                              ", ".join(models.names())))
     need(cfg.task == "auto" or cfg.task in tasks.names(), "--task %s: no such task (known: %s)"
@@ -578,7 +585,7 @@ def validate(cfg):
 
 def _resolve_auto(cfg, need):
     """The dataset's and the task's own values for what is auto (or None), each checked against the task."""
-    meta = data.defaults(cfg.dataset)
+    meta = data.defaults(cfg.dataset, cfg)
     if cfg.task == "auto":
         cfg.task = meta["task"]
     if cfg.model == "auto":

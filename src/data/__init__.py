@@ -25,8 +25,9 @@ from ..runtime.registry import Registry
 _REGISTRY = Registry(__name__, __path__, skip=("download", "loading"))
 register, names = _REGISTRY.register, _REGISTRY.names
 
-Splits = namedtuple("Splits", "train val test input_shape num_classes classes")
-Splits.__new__.__defaults__ = (None, None, None, None, None)  # classes: the class names, where the data has them
+Splits = namedtuple("Splits", "train val test input_shape num_classes classes encoding")
+# classes: the class names, where the data has them; encoding: how raw records become inputs (csv:PATH tables)
+Splits.__new__.__defaults__ = (None, None, None, None, None, None)
 VAL_SEED = 20240601  # the validation split is the same for every --seed: changing the seed changes training only
 
 
@@ -53,10 +54,14 @@ def choices():
     return [n + ":PATH" if _REGISTRY.meta[n].get("path") else n for n in names()]
 
 
-def defaults(name):
-    """A dataset's registered defaults: task, model, val_split, augment (the --augment of `auto`)."""
+def defaults(name, cfg=None):
+    """A dataset's registered defaults: task, model, val_split, augment (the --augment of `auto`). A default
+    registered as a function is the data's own answer (csv:PATH infers its task from the target): called with
+    cfg, when cfg is given."""
     meta = dict(task="classification", model="cnn", val_split=0.1, augment="none")
     meta.update(_REGISTRY.meta.get(kind(name), {}))
+    if cfg is not None:
+        meta = {k: v(cfg) if callable(v) else v for k, v in meta.items()}
     return meta
 
 

@@ -147,7 +147,7 @@ class ImageFiles(object):
     batched = True
 
     def __init__(self, files, labels, decode, *, scale, mean, std):
-        self.files, self.y, self.decode = list(files), torch.as_tensor(labels, dtype=torch.long), decode
+        self.files, self.y, self.decode = list(files), _labels(labels), decode
         self.scale, self.mean, self.std = scale, mean, std
 
     def __len__(self):
@@ -200,18 +200,26 @@ def _decode_all(files, decode, cache_file):
 def build(cfg):
     root = Path(location(cfg.dataset)).expanduser()
     found, classes = scan(root)
+    return image_splits(cfg, found, classes, root)
+
+
+def image_splits(cfg, found, classes, root, outputs=None):
+    """The splits of images found {split: (files, labels)}: train always, val and test where the data gives them
+    (else carved as the module says); labels are class indices, or rows of 0/1 (several labels a sample). root:
+    what the error messages and the cache key name (a folder, or a CSV file of image paths); outputs: the model's
+    outputs where there are no classes (a regression)."""
     files_all = [f for split in found.values() for f in split[0]]
     sizes, grey = _headers(files_all)
     only = next(iter(sizes)) if len(sizes) == 1 else None
     size = cfg.image_size or (only[0] if only and only[0] == only[1] else None)
     if size is None:
         shown = ", ".join("%dx%d" % s for s in sorted(sizes)[:3]) + (" ..." if len(sizes) > 3 else "")
-        raise UsageError("--dataset folder:%s: the images are not all one square size (%s); give --image-size N "
-                         "(each image's shorter side is resized to N, then the centre cut)" % (root, shown))
+        raise UsageError("--dataset %s: the images are not all one square size (%s); give --image-size N "
+                         "(each image's shorter side is resized to N, then the centre cut)" % (cfg.dataset, shown))
     channels = 1 if grey else 3
     decode = Decoder(size, channels)
     files, labels = found["train"]
-    labels = torch.as_tensor(labels, dtype=torch.long)
+    labels = _labels(labels)
     pools = {}
     if "test" in found:
         pools["test"] = found["test"]
@@ -238,15 +246,21 @@ def build(cfg):
             bounds[name] = (start, start + len(pools[name][0]))
             start = bounds[name][1]
         mean, std = _stats(x[bounds["train"][0]:bounds["train"][1]][_every(len(pools["train"][0]))])
-        parts = {name: ArrayDataset(x[a:b], torch.as_tensor(pools[name][1], dtype=torch.long), scale=1 / 255.0,
-                                    mean=mean, std=std) for name, (a, b) in bounds.items()}
+        parts = {name: ArrayDataset(x[a:b], _labels(pools[name][1]), scale=1 / 255.0, mean=mean, std=std)
+                 for name, (a, b) in bounds.items()}
     else:
         files = pools["train"][0]
         mean, std = _stats(torch.stack([decode(files[i]) for i in _every(len(files)).tolist()]))
         parts = {name: ImageFiles(pools[name][0], pools[name][1], decode, scale=1 / 255.0, mean=mean, std=std)
                  for name in SPLITS}
     return Splits(train=parts["train"], val=parts["val"], test=parts["test"], input_shape=(channels, size, size),
-                  num_classes=len(classes), classes=classes)
+                  num_classes=len(classes) if classes else outputs, classes=classes)
+
+
+def _labels(labels):
+    """Class indices as int64, rows of 0/1 labels as float32."""
+    labels = torch.as_tensor(labels)
+    return labels.float() if labels.dim() > 1 else labels.long()
 
 
 def _every(n):

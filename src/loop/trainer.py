@@ -83,6 +83,8 @@ class Trainer(object):
                 "outputs": parts.splits.num_classes, "task": cfg.task}
         if parts.splits.classes:
             spec["classes"] = [str(c) for c in parts.splits.classes]
+        if parts.splits.encoding:  # how a table's raw rows become inputs (csv:PATH): for predictions elsewhere
+            spec["encoding"] = parts.splits.encoding
         transform = input_transform(parts.splits.train)
         if transform is not None:
             spec["input_transform"] = transform
@@ -425,9 +427,10 @@ class Trainer(object):
 
 
 def describe(values):
-    """val/loss 0.1234, val/acc 98.50% ...: accuracies as percentages, the rest with 4 decimals."""
+    """val/loss 0.1234, val/acc 98.50% ...: accuracies as percentages, the rest with 4 decimals; not the
+    breakdowns (val/f1/<label>: TensorBoard has them)."""
     return ", ".join(("%s %.2f%%" % (k, 100 * v)) if k.endswith("/acc") else "%s %.4f" % (k, v)
-                     for k, v in values.items())
+                     for k, v in values.items() if k.count("/") < 2)
 
 
 def metrics_report(cfg, val, test, best_state, best_path, *, step):

@@ -1,0 +1,318 @@
+"""Your own table, no code: `--dataset csv:PATH` reads a CSV file with a header line (comma, semicolon or tab
+separated), like HF datasets' `csv`. PATH is one file (test and val carved from it by fixed seeded splits:
+--test-split of the rows, then --val-split of the rest) or a folder with train.csv and, if you have them, val.csv
+and test.csv.
+
+--target COLUMN[,COLUMN...] names what is predicted (default: the last column); every other column is a feature:
+- a column of numbers stays a number; a missing value (empty, NA, NaN, null, ?) becomes the train mean of the
+  column, and a column with gaps in train gets a 0/1 "<name> missing" feature beside it;
+- any other column is a category, one-hot over the values train has (a missing value is a value of its own;
+  one train never saw gets all zeros);
+- a column whose values are image files (.png, .jpg, .jpeg; paths relative to the CSV) makes it an image
+  dataset: `path,label` rows, read like folder:PATH (--image-size, --image-cache).
+Every feature is then standardized by the train split's mean and standard deviation. The encoding (columns,
+categories, fill values) is kept in the checkpoint with the model.
+
+The task, unless --task says: several 0/1 target columns -> multilabel (the column names are the labels); one
+column of text, or of whole numbers with few distinct values (at most 32, and under half the rows) ->
+classification (the values of every split, sorted, are the class names); other numbers -> regression. With
+--task multilabel, one text column holds each row's labels joined by --label-sep. Rows with a missing target are
+left out."""
+import csv
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from . import ArrayDataset, Splits, carve, location, register
+from ..runtime.errors import UsageError
+
+MISSING = ("", "na", "n/a", "nan", "null", "none", "?")
+SPLITS = ("train", "val", "test")
+IMAGES = (".png", ".jpg", ".jpeg")
+FEW = 32  # at most this many distinct whole numbers (and under half the rows) make a target classes
+TEST_SEED = 20240602  # as folder:PATH: the same rows are test data whatever the seed
+
+log = logging.getLogger("train")
+
+
+def _missing(value):
+    return value.strip().lower() in MISSING
+
+
+def _number(value):
+    try:
+        v = float(value)
+    except ValueError:
+        return None
+    return v if math.isfinite(v) else None
+
+
+_READ = {}  # path -> (its size and time, what read() gave): the task, the model and the data read it once
+
+
+def read(path):
+    """(header, rows) of a CSV file: rows as lists of stripped strings, each as long as the header."""
+    try:
+        info = Path(path).stat()
+        stamp = (info.st_size, info.st_mtime_ns)
+    except OSError:
+        stamp = None
+    if stamp is not None and _READ.get(str(path), (None,))[0] == stamp:
+        return _READ[str(path)][1]
+    found = _read(path)
+    if stamp is not None:
+        _READ.clear()
+        _READ[str(path)] = (stamp, found)
+    return found
+
+
+def _read(path):
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError("cannot read %s (%s); give a UTF-8 CSV file with a header line" % (path, err))
+    try:
+        dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t")
+    except csv.Error:
+        dialect = csv.excel
+    lines = [row for row in csv.reader(text.splitlines(), dialect) if any(cell.strip() for cell in row)]
+    if len(lines) < 2:
+        raise UsageError("%s holds %s; give a header line, then one row per sample" % (
+            path, "only a header line" if lines else "no rows"))
+    header = [name.strip() for name in lines[0]]
+    for number, row in enumerate(lines[1:], 2):
+        if len(row) != len(header):
+            raise UsageError("%s: row %d has %d fields, the header %d; fix that row (a text field holding the "
+                             "separator needs quotes)" % (path, number, len(row), len(header)))
+    return header, [[cell.strip() for cell in row] for row in lines[1:]]
+
+
+def files(root):
+    """{split: path} of a --dataset csv:PATH: one file (train), or a folder's train.csv, val.csv, test.csv."""
+    root = Path(root).expanduser()
+    if root.is_dir():
+        found = {name: root / (name + ".csv") for name in SPLITS if (root / (name + ".csv")).is_file()}
+        if "train" not in found:
+            raise UsageError("--dataset csv:%s: the folder holds no train.csv; give a CSV file, or a folder with "
+                             "train.csv (and val.csv, test.csv if you have them)" % root)
+        return found
+    if not root.is_file():
+        raise UsageError("--dataset csv:%s: no such file; give a CSV file with a header line" % root)
+    return {"train": root}
+
+
+def targets(cfg, header):
+    """The target column names: --target's, each in the header, or the last column."""
+    names = [n.strip() for n in cfg.target.split(",") if n.strip()] if cfg.target else [header[-1]]
+    unknown = [n for n in names if n not in header]
+    if unknown:
+        raise UsageError("--target %s: %s has no column %s; name one of its columns: %s" % (
+            cfg.target, location(cfg.dataset), ", ".join(unknown), ", ".join(header)))
+    if len(names) == len(header):
+        raise UsageError("--target %s leaves no feature column; name the target column(s) only" % cfg.target)
+    return names
+
+
+def infer_task(cfg):
+    """The task a table's target implies (see the module docstring)."""
+    header, rows = read(files(location(cfg.dataset))["train"])
+    names = targets(cfg, header)
+    columns = [[row[header.index(n)] for row in rows if not _missing(row[header.index(n)])] for n in names]
+    if len(names) > 1:
+        binary = all(v in ("0", "1", "0.0", "1.0") for column in columns for v in column)
+        return "multilabel" if binary else "regression"
+    values = columns[0]
+    numbers = [_number(v) for v in values]
+    if any(v is None for v in numbers):
+        return "classification"
+    whole = all(float(v).is_integer() for v in numbers)
+    return "classification" if whole and len(set(numbers)) <= min(FEW, len(values) / 2.0) else "regression"
+
+
+def infer_model(cfg):
+    header, rows = read(files(location(cfg.dataset))["train"])
+    return "cnn" if image_column(header, rows, targets(cfg, header)) is not None else "mlp"
+
+
+def image_column(header, rows, names):
+    """The index of the feature column that holds image file names, or None."""
+    for i, name in enumerate(header):
+        values = [row[i] for row in rows if not _missing(row[i])]
+        if name not in names and values and all(v.lower().endswith(IMAGES) for v in values):
+            return i
+    return None
+
+
+class Encoder(object):
+    """Feature columns -> numbers, fitted on the train rows; `state()` is what the checkpoint keeps."""
+
+    def __init__(self, columns):
+        self.columns = columns  # [{"name", "kind": "number", "fill", "gap"} | {"name", "kind": "category", "values"}]
+
+    @classmethod
+    def fit(cls, header, rows, skip):
+        columns = []
+        for i, name in enumerate(header):
+            if name in skip:
+                continue
+            present = [row[i] for row in rows if not _missing(row[i])]
+            numbers = [_number(v) for v in present]
+            if present and all(v is not None for v in numbers):
+                gap = len(present) < len(rows)
+                columns.append({"name": name, "kind": "number", "fill": sum(numbers) / len(numbers), "gap": gap})
+            else:
+                values = sorted(set(row[i] if not _missing(row[i]) else "" for row in rows))
+                columns.append({"name": name, "kind": "category", "values": values})
+        return cls(columns)
+
+    def features(self):
+        """The names of the encoded features, in order."""
+        out = []
+        for c in self.columns:
+            if c["kind"] == "number":
+                out += [c["name"]] + (["%s missing" % c["name"]] if c["gap"] else [])
+            else:
+                out += ["%s=%s" % (c["name"], v or "(missing)") for v in c["values"]]
+        return out
+
+    def encode(self, header, rows, where):
+        """float32 (N, features) of rows under header (which must hold every column); where: for messages."""
+        lost = [c["name"] for c in self.columns if c["name"] not in header]
+        if lost:
+            raise UsageError("%s has no column %s; the model was trained with it" % (where, ", ".join(lost)))
+        out = []
+        for row in rows:
+            vec = []
+            for c in self.columns:
+                value = row[header.index(c["name"])]
+                if c["kind"] == "number":
+                    number = None if _missing(value) else _number(value)
+                    if number is None and not _missing(value):
+                        raise UsageError("%s: %r in column %s is not a number (train's values are); fix that "
+                                         "value or leave it empty" % (where, value, c["name"]))
+                    vec.append(c["fill"] if number is None else number)
+                    if c["gap"]:
+                        vec.append(1.0 if number is None else 0.0)
+                else:
+                    key = "" if _missing(value) else value
+                    vec += [1.0 if key == v else 0.0 for v in c["values"]]
+            out.append(vec)
+        return torch.tensor(out, dtype=torch.float32).view(len(rows), -1)
+
+    def state(self):
+        return {"columns": [dict(c) for c in self.columns]}
+
+
+class Target(object):
+    """Target column(s) -> a tensor for the task: class indices, 0/1 rows (multilabel) or numbers."""
+
+    def __init__(self, task, names, classes, sep):
+        self.task, self.names, self.classes, self.sep = task, names, classes, sep
+
+    @classmethod
+    def fit(cls, task, header, rows, names, sep):
+        if task not in ("classification", "regression", "multilabel"):
+            raise UsageError("--task %s does not apply to a table; use classification, regression or multilabel"
+                             % task)
+        if task == "multilabel" and len(names) == 1:
+            i = header.index(names[0])
+            labels = sorted({part.strip() for row in rows for part in row[i].split(sep) if part.strip()})
+            return cls(task, names, labels, sep)
+        if task == "multilabel":
+            return cls(task, names, list(names), sep)
+        if task == "classification":
+            values = {row[header.index(names[0])] for row in rows}
+            numbers = {v: _number(v) for v in values}
+            key = (lambda v: numbers[v]) if all(n is not None for n in numbers.values()) else None
+            return cls(task, names, sorted(values, key=key), sep)
+        return cls(task, names, None, sep)
+
+    def encode(self, header, rows, where):
+        cols = [header.index(n) for n in self.names]
+        if self.task == "classification":
+            index = {v: k for k, v in enumerate(self.classes)}
+            unknown = sorted({row[cols[0]] for row in rows} - set(index))
+            if unknown:
+                raise UsageError("%s: target %s holds %s, which the model was not trained on; predictions can only "
+                                 "name the classes it knows (%s)" % (where, self.names[0], ", ".join(
+                                     repr(u) for u in unknown[:5]), ", ".join(self.classes[:10])))
+            return torch.tensor([index[row[cols[0]]] for row in rows], dtype=torch.long)
+        if self.task == "multilabel" and len(cols) == 1:
+            index = {v: k for k, v in enumerate(self.classes)}
+            y = torch.zeros(len(rows), len(self.classes))
+            for r, row in enumerate(rows):
+                for part in row[cols[0]].split(self.sep):
+                    if part.strip() in index:
+                        y[r, index[part.strip()]] = 1.0
+            return y
+        y = []
+        for row in rows:
+            values = [_number(row[c]) for c in cols]
+            bad = [row[c] for c, v in zip(cols, values) if v is None]
+            if bad:
+                raise UsageError("%s: target value %r is not a number; with --task %s every target is one (or "
+                                 "leave it empty: the row is left out)" % (where, bad[0], self.task))
+            y.append(values)
+        y = torch.tensor(y, dtype=torch.float32)
+        return y if self.task == "multilabel" or len(cols) > 1 else y.view(-1)
+
+    def outputs(self):
+        return len(self.classes) if self.classes is not None else len(self.names)
+
+
+def _split_rows(cfg, parts):
+    """{split: rows}: the given files' rows, the missing splits carved from train's (test first, then val)."""
+    rows = dict(parts)
+    train = rows["train"]
+    if "test" not in rows:
+        keep, held = carve(len(train), cfg.test_split, TEST_SEED, "--test-split")
+        rows["test"] = [train[i] for i in held.tolist()]
+        train = [train[i] for i in keep.tolist()]
+    if "val" not in rows:
+        keep, held = carve(len(train), cfg.val_split)
+        rows["val"] = [train[i] for i in held.tolist()]
+        train = [train[i] for i in keep.tolist()]
+    rows["train"] = train
+    return rows
+
+
+@register("csv", task=infer_task, model=infer_model, path=True)
+def build(cfg):
+    paths = files(location(cfg.dataset))
+    read_in = {name: read(path) for name, path in paths.items()}
+    header = read_in["train"][0]
+    for name, (other, _) in read_in.items():
+        if other != header:
+            raise UsageError("%s has the columns %s, train.csv %s; give every file the same header line"
+                             % (paths[name], ", ".join(other), ", ".join(header)))
+    names = targets(cfg, header)
+    cols = [header.index(n) for n in names]
+    parts = {}
+    for name, (_, rows) in read_in.items():
+        kept = [row for row in rows if not any(_missing(row[c]) for c in cols)]
+        if len(kept) < len(rows):
+            log.info("%s: %d rows without a target value left out", paths[name], len(rows) - len(kept))
+        parts[name] = kept
+    rows = _split_rows(cfg, parts)
+    # the classes (or labels) of every split: one that train happens to lack is still a class the model has
+    target = Target.fit(cfg.task, header, [row for name in SPLITS for row in rows[name]], names, cfg.label_sep)
+    where = {name: "%s (%s)" % (paths.get(name, paths["train"]), name) for name in SPLITS}
+    ys = {name: target.encode(header, rows[name], where[name]) for name in SPLITS}
+    image = image_column(header, rows["train"], names)
+    if image is not None:
+        from .folder import image_splits
+        base = paths["train"].parent
+        found = {name: ([base / row[image] for row in rows[name]], ys[name]) for name in SPLITS}
+        return image_splits(cfg, found, target.classes, paths["train"], outputs=target.outputs())
+    encoder = Encoder.fit(header, rows["train"], names)
+    xs = {name: encoder.encode(header, rows[name], where[name]) for name in SPLITS}
+    mean, std = xs["train"].mean(0), xs["train"].std(0) if len(xs["train"]) > 1 else torch.ones(xs["train"].shape[1])
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))  # a constant feature is only centred
+    parts = {name: ArrayDataset(xs[name], ys[name], mean=mean, std=std) for name in SPLITS}
+    log.info("table %s: %d features from %d columns (%s), target %s (%s)", paths["train"], len(encoder.features()),
+             len(encoder.columns), ", ".join("%s: %s" % (c["name"], c["kind"]) for c in encoder.columns[:8])
+             + (" ..." if len(encoder.columns) > 8 else ""), ", ".join(names), cfg.task)
+    return Splits(train=parts["train"], val=parts["val"], test=parts["test"], input_shape=(len(encoder.features()),),
+                  num_classes=target.outputs(), classes=target.classes, encoding=encoder.state())
