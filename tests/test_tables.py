@@ -221,3 +221,10 @@ def test_the_readme_table_commands_work_as_written(tmp_path):
     assert '"test/r2"' in res.stdout and "run movies-mlp" in res.stdout and "(multilabel)" in res.stdout
     spec = load(project.best("houses-mlp"))["model_spec"]
     assert [c["kind"] for c in spec["encoding"]["columns"]] == ["number", "number", "category"]
+    # README "Predictions on new files", after it: new houses without a price, the films again
+    (project.root / "data" / "houses-new.csv").write_text("town,rooms,area\nb,3,70.5\nc,5,\n")
+    res = _bash(project, tmp_path, readme_block("### Predictions on new files"))
+    houses = (project.root / "logs" / "houses-mlp" / "predictions-houses-new.csv").read_text().splitlines()
+    assert houses[0] == "input,price" and len(houses) == 3 and float(houses[2].split(",")[1]) > 0
+    films = (project.root / "logs" / "movies-mlp" / "predictions-movies.csv").read_text().splitlines()
+    assert films[0] == "input,labels,p(a),p(b),p(c)" and len(films) == 401

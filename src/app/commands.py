@@ -1,5 +1,5 @@
-"""What train.py starts: one command per invocation (train, --evaluate, --prepare-data, --verify-resume,
---doctor), given the parsed config."""
+"""What train.py starts: one command per invocation (train, --evaluate, --predict, --prepare-data,
+--verify-resume, --doctor), given the parsed config."""
 import json
 import logging
 import sys
@@ -38,6 +38,9 @@ def main(cfg, user, stop):
         return verify.run(cfg)
     if cfg.evaluate:
         return evaluate_checkpoint(cfg, user, stop, dist)
+    if cfg.predict:
+        from . import predict
+        return predict.run(cfg)
     return Run(cfg, user, stop, dist).train(bar)
 
 

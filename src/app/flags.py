@@ -333,6 +333,8 @@ FLAGS = _records([
     flag("evaluate", help="evaluate a checkpoint without training (no value: this run's best), print and write the "
          "metrics as JSON, then exit", scope="invocation", metavar="PATH",
          const="best"),
+    flag("predict", str, None, "the run's best model on new inputs (an image, a folder of images, a CSV file): "
+         "writes logs/<run>/predictions-<name>.csv, then exits", scope="invocation", metavar="INPUT"),
     flag("split", str, "test", "--evaluate on this split", scope="invocation",
          choices=("val", "test")),
     flag("verify-resume", int, 0, "self-test of exact resume with these flags: train K steps in one go and with a "
@@ -578,6 +580,8 @@ def validate(cfg):
     need(bool(_DEVICE.fullmatch(cfg.device)), "--device %s: use auto, cpu, cuda or cuda:N" % _short(cfg.device))
     need(_url_ok(cfg.data_mirror), "--data-mirror %s: not a URL such as http://host:8000/datasets (scheme http, "
          "https or file, a host, a numeric port)" % _short(cfg.data_mirror))
+    need(not (cfg.predict and (cfg.resume or cfg.evaluate)), "--predict INPUT uses a trained run's best model; "
+         "drop --resume and --evaluate")
     need(not (cfg.resume and cfg.evaluate), "--resume and --evaluate do not go together: --evaluate [PATH] tests a "
          "checkpoint without training, --resume trains on; drop one")
     _resolve_auto(cfg, need)

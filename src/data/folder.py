@@ -35,7 +35,8 @@ STATS_IMAGES = 2000  # the normalization statistics come from up to this many tr
 log = logging.getLogger("train")
 
 
-def _images(folder):
+def image_files(folder):
+    """The PNG and JPEG files under folder (subfolders too; hidden ones skipped), sorted."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
@@ -56,7 +57,7 @@ def _classes(folder, shown):
     if len(dirs) < 2:
         raise UsageError("--dataset folder:%s: %s; a classifier needs two or more classes: %s" % (
             shown, "one class folder (%s)" % dirs[0].name if dirs else "no class folders", expected))
-    found = {d.name: _images(d) for d in dirs}
+    found = {d.name: image_files(d) for d in dirs}
     empty = [name for name, files in found.items() if not files]
     if empty:
         raise UsageError("--dataset folder:%s: class folder %s holds no PNG or JPEG images; add some or remove the "

@@ -315,4 +315,4 @@ def build(cfg):
              len(encoder.columns), ", ".join("%s: %s" % (c["name"], c["kind"]) for c in encoder.columns[:8])
              + (" ..." if len(encoder.columns) > 8 else ""), ", ".join(names), cfg.task)
     return Splits(train=parts["train"], val=parts["val"], test=parts["test"], input_shape=(len(encoder.features()),),
-                  num_classes=target.outputs(), classes=target.classes, encoding=encoder.state())
+                  num_classes=target.outputs(), classes=target.classes, encoding=dict(encoder.state(), target=names))

@@ -1,0 +1,109 @@
+"""--predict INPUT: a run's best model on new files, written to logs/<run>/predictions-<INPUT's name>.csv.
+
+INPUT is an image, a folder of images (all of them, subfolders too, in sorted order), or a CSV file: rows of a
+table for a model trained on csv:PATH (the columns it was trained on, by name; others are ignored), or rows with
+a column of image files (paths relative to the CSV) for an image model. The inputs are read exactly as training
+read them (the same decoding, resizing and centre cut; the table encoding kept in the checkpoint) and go through
+`models.from_checkpoint`, so Python code that calls it on the same raw inputs gets the same numbers.
+
+One row per input: the input (its path, or the row's line number in the CSV), then for classification the class
+and every class's probability; for regression the value(s) in the target's units; for multilabel the labels
+whose probability is above 0.5 (joined by --label-sep) and every label's probability."""
+import csv
+import io
+import logging
+from pathlib import Path
+
+import torch
+
+from .. import models
+from ..data import folder, table
+from ..files import atomic
+from ..files.paths import RunPaths, check_folder
+from ..runtime.errors import UsageError
+from ..state import fileformat
+
+log = logging.getLogger("train")
+
+
+def run(cfg):
+    path = RunPaths(cfg).best
+    if not path.is_file():
+        raise UsageError("run '%s' has no best checkpoint (%s); train it first, or name a trained run with "
+                         "--run-name" % (cfg.run_name, path))
+    state = fileformat.load(path, full=False)
+    spec, config = state.get("model_spec") or {}, state.get("config") or {}
+    source = Path(cfg.predict).expanduser()
+    names, x = _inputs(source, spec)
+    model = models.from_checkpoint(path)
+    with torch.no_grad():
+        out = torch.cat([model(x[i:i + cfg.batch_size]).float() for i in range(0, len(x), cfg.batch_size)])
+    header, rows = _rows(spec, config, names, out)
+    check_folder(cfg.logs_dir, "--logs-dir")
+    target = RunPaths(cfg).run_dir / ("predictions-%s.csv" % (source.stem or "input"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic.write_text(target, buf.getvalue())
+    log.info("predictions of %s for %d inputs from %s -> %s", path, len(rows), source, target)
+    return 0
+
+
+def _inputs(source, spec):
+    """(names, raw inputs) of INPUT, as the checkpoint's model takes them."""
+    if not source.exists():
+        raise UsageError("--predict %s: no such file or folder; give an image, a folder of images or a CSV file"
+                         % source)
+    encoding = spec.get("encoding")
+    if encoding is not None:
+        if source.suffix.lower() != ".csv" or not source.is_file():
+            raise UsageError("--predict %s: this model reads table rows; give a CSV file with its columns (%s)"
+                             % (source, ", ".join(c["name"] for c in encoding["columns"])))
+        header, rows = table.read(source)
+        x = table.Encoder(encoding["columns"]).encode(header, rows, str(source))
+        return [str(n) for n in range(2, len(rows) + 2)], x
+    shape = spec.get("input_shape") or []
+    transform = spec.get("input_transform") or {}
+    if len(shape) != 3 or abs(float(transform.get("scale", 0)) - 1 / 255.0) > 1e-9:
+        raise UsageError("--predict reads images and tables: the run was trained on data of another kind (inputs "
+                         "%s); call models.from_checkpoint on your inputs in Python instead" % (shape,))
+    if source.is_dir():
+        files = folder.image_files(source)
+        names = [f.relative_to(source).as_posix() for f in files]
+    elif source.suffix.lower() == ".csv":
+        header, rows = table.read(source)
+        column = table.image_column(header, rows, [])
+        if column is None:
+            raise UsageError("--predict %s: no column of image files (.png, .jpg); give one, paths relative to the "
+                             "CSV" % source)
+        names = [row[column] for row in rows]
+        files = [source.parent / n for n in names]
+    else:
+        files, names = [source], [source.name]
+    if not files:
+        raise UsageError("--predict %s: no PNG or JPEG images in it; give a folder that holds some" % source)
+    decode = folder.Decoder(shape[1], shape[0])
+    return names, torch.stack([decode(f) for f in files])
+
+
+def _rows(spec, config, names, out):
+    task, classes = config.get("task"), spec.get("classes")
+    if task == "classification":
+        prob = torch.softmax(out, 1)
+        classes = classes or [str(k) for k in range(out.shape[1])]
+        header = ["input", "prediction"] + ["p(%s)" % c for c in classes]
+        return header, [[n, classes[int(p.argmax())]] + ["%.6g" % v for v in p.tolist()] for n, p in zip(names, prob)]
+    if task == "multilabel":
+        prob = torch.sigmoid(out)
+        classes = classes or [str(k) for k in range(out.shape[1])]
+        sep = config.get("label_sep") or "|"
+        header = ["input", "labels"] + ["p(%s)" % c for c in classes]
+        return header, [[n, sep.join(c for c, v in zip(classes, p) if v > 0.5)] + ["%.6g" % v for v in p]
+                        for n, p in zip(names, prob.tolist())]
+    out = out.reshape(len(names), -1)
+    targets = (spec.get("encoding") or {}).get("target") or ["prediction"] * out.shape[1]
+    if len(targets) != out.shape[1]:
+        targets = ["prediction %d" % k for k in range(out.shape[1])]
+    return ["input"] + list(targets), [[n] + ["%.8g" % v for v in row] for n, row in zip(names, out.tolist())]
