@@ -57,6 +57,10 @@ out="benchmarks/RESULTS.md"
   "$python" benchmarks/checkpoint_stall.py --device "$device" --repeats "$repeats"
   echo
   "$python" benchmarks/data_throughput.py --device "$device" -- "${gpu_args[@]}" "${extra[@]}"
+  echo
+  "$python" benchmarks/folder_loading.py --repeats "$repeats"
+  echo
+  "$python" benchmarks/own_data_accuracy.py
 } | tee "$out"
 echo
 echo "benchmarks/run.sh: tables written to $out"

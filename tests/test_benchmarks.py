@@ -48,3 +48,19 @@ def test_whole_run_benchmark_times_a_run_from_start_to_exit():
     table = rows(out)
     assert table["train.py"][0].endswith(" s") and float(table["train.py"][0][:-2]) > 0
     assert table["train.py"][2] == "30" and float(table["train.py"][3]) > 0
+
+
+def test_folder_benchmark_compares_ours_streaming_and_cached_with_a_hand_written_loader():
+    out = bench("benchmarks/folder_loading.py", "--images", "120", "--repeats", "1", "--workers", "0")
+    table = rows(out)
+    assert float(table["hand-written (PIL + DataLoader)"][2]) == 1.0
+    assert float(table["folder:PATH, streaming"][0]) > 0 and float(table["folder:PATH, cached"][2]) > 0
+
+
+def test_own_data_accuracy_benchmark_puts_each_no_code_path_beside_its_baseline():
+    out = bench("benchmarks/own_data_accuracy.py", "--epochs", "1")
+    table = rows(out)
+    assert 0.5 < float(table["images: 1-nearest-neighbour on raw pixels (hand-written)"][1]) <= 1
+    assert 0 < float(table["images: digits as PNG files, `folder:PATH`, cnn"][1]) <= 1
+    assert float(table["table: least squares on the same rows (hand-written)"][1]) > 0.3
+    assert "table: diabetes as CSV files, `csv:PATH`, mlp" in table
