@@ -22,12 +22,12 @@ def _people(path, n=300, seed=0):
     age = torch.randint(18, 80, (n,), generator=g)
     income = torch.randn(n, generator=g) * 10 + 50
     city = torch.randint(0, 3, (n,), generator=g)
-    lines = ["age,city,income,score,label"]
+    lines = ["id,age,city,income,score,label"]
     for i in range(n):
         name = ("Paris", "Rome", "Oslo")[int(city[i])] if i % 17 else ""
         score = "" if i % 9 == 0 else "%.2f" % (i % 7 / 7.0)
         label = "high" if float(income[i]) + (8 if name == "Oslo" else 0) > 53 else "low"
-        lines.append("%d,%s,%.1f,%s,%s" % (int(age[i]), name, float(income[i]), score, label))
+        lines.append("p%04d,%d,%s,%.1f,%s,%s" % (i, int(age[i]), name, float(income[i]), score, label))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -61,6 +61,7 @@ def test_a_table_of_numbers_categories_and_gaps_trains_and_keeps_its_encoding(ta
     assert "age: number, city: category, income: number, score: number), target label (classification)" \
         in res.stderr
     assert "run people-mlp" in res.stderr  # the default run name: the file's, without .csv
+    assert "column id: 216 distinct texts in 216 train rows (an identifier?): left out" in res.stderr
     state = load(tables.best("people-mlp"))
     spec = state["model_spec"]
     assert spec["classes"] == ["high", "low"] and spec["input_shape"] == [8]  # age, city x4, income, score + gap

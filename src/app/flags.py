@@ -589,7 +589,7 @@ def validate(cfg):
 
 def _resolve_auto(cfg, need):
     """The dataset's and the task's own values for what is auto (or None), each checked against the task."""
-    meta = data.defaults(cfg.dataset, cfg)
+    meta = data.defaults(cfg.dataset, cfg if "auto" in (cfg.task, cfg.model) else None)  # csv:PATH reads its file
     if cfg.task == "auto":
         cfg.task = meta["task"]
     if cfg.model == "auto":

@@ -7,7 +7,8 @@ and test.csv.
 - a column of numbers stays a number; a missing value (empty, NA, NaN, null, ?) becomes the train mean of the
   column, and a column with gaps in train gets a 0/1 "<name> missing" feature beside it;
 - any other column is a category, one-hot over the values train has (a missing value is a value of its own;
-  one train never saw gets all zeros);
+  one train never saw gets all zeros), unless nearly every row has its own value (more than 50 distinct values
+  and than half the train rows: an identifier, left out);
 - a column whose values are image files (.png, .jpg, .jpeg; paths relative to the CSV) makes it an image
   dataset: `path,label` rows, read like folder:PATH (--image-size, --image-cache).
 Every feature is then standardized by the train split's mean and standard deviation. The encoding (columns,
@@ -32,6 +33,7 @@ MISSING = ("", "na", "n/a", "nan", "null", "none", "?")
 SPLITS = ("train", "val", "test")
 IMAGES = (".png", ".jpg", ".jpeg")
 FEW = 32  # at most this many distinct whole numbers (and under half the rows) make a target classes
+MANY = 50  # a text column with more distinct values than this and than half the train rows is left out
 TEST_SEED = 20240602  # as folder:PATH: the same rows are test data whatever the seed
 
 log = logging.getLogger("train")
@@ -164,6 +166,10 @@ class Encoder(object):
                 columns.append({"name": name, "kind": "number", "fill": sum(numbers) / len(numbers), "gap": gap})
             else:
                 values = sorted(set(row[i] if not _missing(row[i]) else "" for row in rows))
+                if len(values) > max(MANY, len(rows) // 2):
+                    log.info("column %s: %d distinct texts in %d train rows (an identifier?): left out", name,
+                             len(values), len(rows))
+                    continue
                 columns.append({"name": name, "kind": "category", "values": values})
         return cls(columns)
 
