@@ -128,8 +128,8 @@ BAD_CONFIGS = [
     ("epochs: 0\n", "--epochs must be >= 1"),
 ]
 CASES = [
-    (["--dataset", "nope"], 2, "--dataset 'nope': no such dataset (known: cifar10, diabetes, digits, fashion-mnist, "
-                               "folder:PATH"),
+    (["--dataset", "nope"], 2, "--dataset 'nope': no such dataset (known: cifar10, csv:PATH, diabetes, digits, "
+                               "fashion-mnist, folder:PATH"),
     (["--model", "nope"], 2, "argument --model: invalid choice: 'nope'"),
     (["--lr", "0"], 2, "--lr must be > 0"),
     (["--lr", "-1"], 2, "--lr must be > 0"),
@@ -198,7 +198,8 @@ CASES = [
     (["--resume", "--evaluate"], 2, "--resume and --evaluate do not go together"),
     (["--resume", "huge.pt"], 2, "more than half of this machine's"),
     (["--dataset", "mnist", "--no-download"], 1, "missing"),
-    (["--dataset", "folder"], 2, "no such dataset (known: cifar10, diabetes, digits, fashion-mnist, folder:PATH"),
+    (["--dataset", "folder"], 2, "no such dataset (known: cifar10, csv:PATH, diabetes, digits, fashion-mnist, "
+                                 "folder:PATH"),
     (["--dataset", "folder:nowhere"], 2, "folder:nowhere: no such folder"),
     (["--dataset", "folder:loose"], 2, "2 images at the top and no class folders; expected loose/<class>/<image>"),
     (["--dataset", "folder:one-class"], 2, "one class folder (a); a classifier needs two or more classes"),
