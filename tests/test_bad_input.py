@@ -84,6 +84,7 @@ def _bad_tables(root):
         (root / name).mkdir()
         (root / name / "train.csv").write_text(good)
         (root / name / "test.csv").write_text(test)
+    (root / "twice.csv").write_text("x,x,y\n1,2,0\n3,4,1\n")
     (root / "words.csv").write_text("x,y\n" + "".join("%d,w%d\n" % (i, i) for i in range(20)))
 
 
@@ -214,6 +215,7 @@ CASES = [
     (["--dataset", "csv:text-in-numbers"], 2, "'three' in column x is not a number (train's values are)"),
     (["--dataset", "csv:other-header"], 2, "has the columns x, sort, y, train.csv x, kind, y; give every file"),
     (["--dataset", "csv:ragged.csv", "--target", "z"], 2, "ragged.csv: row 3 has 2 fields"),
+    (["--dataset", "csv:twice.csv"], 2, "twice.csv: the header names column 'x' more than once; give each column"),
     (["--dataset", "csv:words.csv", "--target", "z"], 2, "--target z: words.csv has no column z; name one of"),
     (["--dataset", "csv:words.csv", "--target", "x,y"], 2, "--target x,y leaves no feature column"),
     (["--dataset", "csv:words.csv", "--task", "regression"], 2, "target value 'w0' is not a number; with --task "),

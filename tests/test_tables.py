@@ -229,3 +229,11 @@ def test_the_readme_table_commands_work_as_written(tmp_path):
     assert houses[0] == "input,price" and len(houses) == 3 and float(houses[2].split(",")[1]) > 0
     films = (project.root / "logs" / "movies-mlp" / "predictions-movies.csv").read_text().splitlines()
     assert films[0] == "input,labels,p(a),p(b),p(c)" and len(films) == 401
+
+
+def test_quoted_fields_semicolons_and_a_byte_order_mark_are_read_as_a_spreadsheet_writes_them(tmp_path):
+    path = tmp_path / "sheet.csv"
+    path.write_bytes('\ufeffcity;note;y\n"Paris; FR";"two\nlines";1\nOslo;;0\n'.encode("utf-8"))
+    header, rows = table.read(path)
+    assert header == ["city", "note", "y"]
+    assert rows == [["Paris; FR", "two\nlines", "1"], ["Oslo", "", "0"]]

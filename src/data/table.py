@@ -20,6 +20,7 @@ classification (the values of every split, sorted, are the class names); other n
 --task multilabel, one text column holds each row's labels joined by --label-sep. Rows with a missing target are
 left out."""
 import csv
+import io
 import logging
 import math
 from pathlib import Path
@@ -79,11 +80,15 @@ def _read(path):
         dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t")
     except csv.Error:
         dialect = csv.excel
-    lines = [row for row in csv.reader(text.splitlines(), dialect) if any(cell.strip() for cell in row)]
+    lines = [row for row in csv.reader(io.StringIO(text, newline=""), dialect) if any(cell.strip() for cell in row)]
     if len(lines) < 2:
         raise UsageError("%s holds %s; give a header line, then one row per sample" % (
             path, "only a header line" if lines else "no rows"))
     header = [name.strip() for name in lines[0]]
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise UsageError("%s: the header names column %s more than once; give each column its own name"
+                         % (path, ", ".join(repr(n) for n in twice)))
     for number, row in enumerate(lines[1:], 2):
         if len(row) != len(header):
             raise UsageError("%s: row %d has %d fields, the header %d; fix that row (a text field holding the "
