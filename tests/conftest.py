@@ -180,6 +180,22 @@ def same_weights(a, b):
     return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def finish_run(project, args, steps, stop=None, run="exact"):
+    """Run `run` to its end at `steps`: in one go, or stopped once (stop: (signal, log prefix, step), a SIGKILL
+    or a graceful stop) and resumed; its final weights."""
+    if stop is None:
+        project.ok(*args)
+    else:
+        sig, prefix, at = stop
+        code, _, _ = stop_at(project.start(*args), sig, prefix, at)
+        assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0)
+        assert 0 < load(project.latest(run))["progress"]["step"] < steps
+        project.ok("--resume", "--run-name", run)
+    state = load(project.latest(run))
+    assert state["progress"]["step"] == steps
+    return state["model"]
+
+
 def write_images(folder, per_class, classes=("cat", "dog", "fox"), size=(12, 12), seed=0):
     """per_class images in folder/<class>/ (real PNG and JPEG files made with Pillow): each class brightens its own
     colour channel; grey, RGB and RGBA alternate, and every fifth image sits in a subfolder of its class."""
@@ -199,7 +215,7 @@ def write_images(folder, per_class, classes=("cat", "dog", "fox"), size=(12, 12)
 
 __all__ = ["FAST", "Project", "assert_same_scalars", "children", "handler_installed",
            "load", "scalars", "raw_events", "same_weights", "signal",
-           "stop_at", "summary_steps", "wait_for_line", "step_of", "write_images"]
+           "stop_at", "summary_steps", "wait_for_line", "step_of", "write_images", "finish_run"]
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from conftest import Project, load, same_weights, stop_at, write_images
+from conftest import Project, finish_run, load, same_weights, write_images
 
 IMAGES = ["--model", "cnn", "--width", "8", "--batch-size", "16", "--deterministic", "--progress", "plain",
           "--image-size", "10", "--dropout", "0.1"]
@@ -50,20 +50,6 @@ def test_train_val_test_folders_are_the_splits_and_the_default_run_name_is_the_f
     assert load(project.latest("my-shots-cnn"))["model_spec"]["classes"] == ["a", "b"]
 
 
-def _finish(project, args, stop=None):
-    """Run to the end, stopped once (stop: (signal, log prefix, step)) and resumed when asked; the final weights."""
-    if stop is None:
-        project.ok(*args)
-    else:
-        sig, prefix, at = stop
-        code, _, _ = stop_at(project.start(*args), sig, prefix, at)
-        assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0)
-        assert 0 < load(project.latest("exact"))["progress"]["step"] < 18
-        project.ok("--resume", "--run-name", "exact")
-    state = load(project.latest("exact"))
-    assert state["progress"]["step"] == 18
-    return state["model"]
-
 
 def _args(pets):
     return IMAGES + ["--dataset", "folder:%s" % (pets.root / "data" / "pets"), "--epochs", "3", "--log-every", "2",
@@ -73,7 +59,7 @@ def _args(pets):
 @pytest.fixture(scope="module")
 def baseline(pets, tmp_path_factory):
     """The final weights of the run in one go, images decoded into memory."""
-    return _finish(Project(tmp_path_factory.mktemp("baseline")), _args(pets) + ["--image-cache", "on"])
+    return finish_run(Project(tmp_path_factory.mktemp("baseline")), _args(pets) + ["--image-cache", "on"], 18)
 
 
 @pytest.mark.parametrize("cache,workers,stop", [
@@ -85,7 +71,8 @@ def baseline(pets, tmp_path_factory):
 def test_folder_data_resumes_exactly_from_memory_and_from_files_with_any_workers(pets, baseline, tmp_path, cache,
                                                                                  workers, stop):
     # read from the files (by 0 or 2 workers) or from memory, stopped and resumed: the weights of the run in one go
-    got = _finish(Project(tmp_path), _args(pets) + ["--image-cache", cache, "--num-workers", workers], stop)
+    got = finish_run(Project(tmp_path), _args(pets) + ["--image-cache", cache, "--num-workers", workers],
+                     18, stop)
     assert same_weights(got, baseline), "a stopped and resumed run differs from the run in one go"
 
 

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import Project, load, same_weights, stop_at, write_images
+from conftest import Project, finish_run, load, same_weights, write_images
 from src.data import table
 from src.tasks.multilabel import AP_BINS, MultiLabel
 
@@ -158,20 +158,6 @@ def test_the_f1_and_map_summed_in_batches_equal_the_textbook_values():
     assert not math.isnan(values["map"])
 
 
-def _finish(project, args, stop=None):
-    """Run to the end, stopped once and resumed when asked; the final weights."""
-    if stop is None:
-        project.ok(*args)
-    else:
-        sig, prefix, at = stop
-        code, _, _ = stop_at(project.start(*args), sig, prefix, at)
-        assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 0)
-        assert 0 < load(project.latest("exact"))["progress"]["step"] < 30
-        project.ok("--resume", "--run-name", "exact")
-    state = load(project.latest("exact"))
-    assert state["progress"]["step"] == 30
-    return state["model"]
-
 
 @pytest.mark.parametrize("data,extra", [("people", []), ("movies", ["--task", "multilabel"])])
 @pytest.mark.parametrize("stop", [(signal.SIGTERM, "step ", 12), (signal.SIGKILL, "saved checkpoint step ", 20)])
@@ -181,8 +167,8 @@ def test_table_and_multilabel_runs_resume_exactly(tmp_path, data, extra, stop):
                     "2", "--ckpt-every", "5", "--eval-every", "10", "--dropout", "0.1", "--run-name", "exact"] + extra
     for name in ("whole", "stopped"):
         (tmp_path / name).mkdir()
-    whole = _finish(Project(tmp_path / "whole"), args)
-    assert same_weights(_finish(Project(tmp_path / "stopped"), args, stop), whole)
+    whole = finish_run(Project(tmp_path / "whole"), args, 30)
+    assert same_weights(finish_run(Project(tmp_path / "stopped"), args, 30, stop), whole)
 
 
 def test_the_shipped_diabetes_table_as_a_csv_learns_what_the_built_in_dataset_does(tmp_path):
