@@ -4,7 +4,7 @@ INPUT is an image, a folder of images (all of them, subfolders too, in sorted or
 table for a model trained on csv:PATH (the columns it was trained on, by name; others are ignored), or rows with
 a column of image files (paths relative to the CSV) for an image model. The inputs are read exactly as training
 read them (the same decoding, resizing and centre cut; the table encoding kept in the checkpoint) and go through
-`models.from_checkpoint`, so Python code that calls it on the same raw inputs gets the same numbers.
+`models.from_checkpoint`'s model, so Python code that calls it on the same raw inputs gets the same numbers.
 
 One row per input: the input (its path, or the row's line number in the CSV), then for classification the class
 and every class's probability; for regression the value(s) in the target's units; for multilabel the labels
@@ -35,7 +35,7 @@ def run(cfg):
     spec, config = state.get("model_spec") or {}, state.get("config") or {}
     source = Path(cfg.predict).expanduser()
     names, x = _inputs(source, spec)
-    model = models.from_checkpoint(path)
+    model = models.from_state(state, path)
     with torch.no_grad():
         out = torch.cat([model(x[i:i + cfg.batch_size]).float() for i in range(0, len(x), cfg.batch_size)])
     header, rows = _rows(spec, config, names, out)

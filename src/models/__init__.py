@@ -70,9 +70,14 @@ def from_checkpoint(path, device="cpu"):
     (uint8 images, unscaled table columns): the dataset's input scaling is stored in the checkpoint and applied
     first. A regression model comes wrapped so that its outputs are in the target's units. So model(raw inputs)
     gives the predictions that --evaluate measured."""
+    from ..state import fileformat
+    return from_state(fileformat.load(path, full=False), path, device)
+
+
+def from_state(state, path, device="cpu"):
+    """from_checkpoint's model from a checkpoint already loaded (fileformat.load) from path."""
     from ..runtime import compat
     from ..state import fileformat
-    state = fileformat.load(path, full=False)
     spec = state.get("model_spec")
     if not isinstance(spec, dict):
         raise fileformat.CorruptCheckpoint("%s has no model_spec (written before this project stored one)" % path)
