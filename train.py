@@ -25,6 +25,8 @@ from src.runtime.errors import TrainingError, UsageError  # noqa: E402
 def main(argv=None):
     log = logging.getLogger("train")
     try:
+        from src.runtime import slurm
+        slurm.adopt_srun_ranks()  # srun --ntasks N: each task's rank from Slurm
         from src.app import flags
         from src.app.commands import main as run
         cfg, user = flags.parse(argv)

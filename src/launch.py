@@ -4,9 +4,9 @@
     python -m src.launch 1 --epochs 30          # = python train.py --epochs 30 (this process becomes it)
 
 On torch < 1.10 (the cu92 stack) `python -m torch.distributed.launch --use_env` stands in for torchrun.
-A stop signal (docker stop, Ctrl-C, kill) is passed to the training processes themselves: they finish the
-step, rank 0 saves, all exit 0, and so does the launcher (torchrun would report its own SIGTERM as a
-failure). Several nodes: run torchrun on each one yourself (README, "Several GPUs and nodes").
+A stop signal (docker stop, Ctrl-C, kill; under Slurm also its warning USR1/USR2) is passed to the training
+processes themselves: they finish the step, rank 0 saves, all exit 0, and so does the launcher (torchrun would
+report its own SIGTERM as a failure). Several nodes: run torchrun on each one yourself (README, "Clusters").
 """
 import os
 import signal
@@ -41,6 +41,13 @@ def children(pid):
     return found
 
 
+def ignore_warnings():
+    """In torchrun before it starts: Slurm's warning signal (USR1/USR2), which srun sends to every process of the
+    step, must not kill it (its default action); the training processes install their own handler."""
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv):
     if not argv or not argv[0].isdigit() or int(argv[0]) < 1:
         print("usage: python -m src.launch NPROC [train.py flags]  (NPROC: processes on this node, >= 1)",
@@ -61,10 +68,10 @@ def main(argv):
             except OSError:
                 pass
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, relay)
     # the launcher in its own session: signals to this process group (tini -g, a terminal) reach only us
-    launcher = subprocess.Popen(cmd, env=env, start_new_session=True)
+    launcher = subprocess.Popen(cmd, env=env, start_new_session=True, preexec_fn=ignore_warnings)
     started.append(launcher)
     code = launcher.wait()
     return code if code >= 0 else 128 - code

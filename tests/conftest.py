@@ -196,6 +196,19 @@ def finish_run(project, args, steps, stop=None, run="exact"):
     return state["model"]
 
 
+def bash_block(project, tmp_path, block):
+    """A README block run by bash in the project, `python` being this interpreter; its completed process."""
+    shim = tmp_path / "bin"
+    shim.mkdir(exist_ok=True)
+    (shim / "python").write_text('#!/bin/sh\nexec "%s" "$@"\n' % sys.executable)
+    (shim / "python").chmod(0o755)
+    env = dict(project.env, PATH="%s:%s" % (shim, os.environ.get("PATH", "")))
+    res = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block], cwd=str(project.root), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:]
+    return res
+
+
 def write_images(folder, per_class, classes=("cat", "dog", "fox"), size=(12, 12), seed=0):
     """per_class images in folder/<class>/ (real PNG and JPEG files made with Pillow): each class brightens its own
     colour channel; grey, RGB and RGBA alternate, and every fifth image sits in a subfolder of its class."""

@@ -8,7 +8,8 @@ from conftest import REPO
 
 BIN = os.path.dirname(sys.executable)
 SHELL_SCRIPTS = ["setup.sh", "run.sh", "purge.sh", "test.sh", "docker/lib.sh", ".ci/run", ".ci/install-docker.sh",
-                 ".ci/make-base-image.sh", ".ci/make-wheelhouse.sh", "benchmarks/run.sh", "benchmarks/gpu_check.sh"]
+                 ".ci/make-base-image.sh", ".ci/make-wheelhouse.sh", ".ci/start-slurm.sh", "benchmarks/run.sh",
+                 "benchmarks/gpu_check.sh", "slurm/train.sbatch"]
 
 
 def _check(cmd):

@@ -1,15 +1,12 @@
 """A researcher's own data without code: --dataset folder:PATH on real image files (PNG and JPEG made with Pillow
 here), its splits, its class names in the checkpoint, the decoded cache, and exact resume whether the images are
 held in memory or read by loader workers."""
-import os
 import signal
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import Project, finish_run, load, same_weights, write_images
+from conftest import Project, bash_block, finish_run, load, same_weights, write_images
 
 IMAGES = ["--model", "cnn", "--width", "8", "--batch-size", "16", "--deterministic", "--progress", "plain",
           "--image-size", "10", "--dropout", "0.1"]
@@ -76,26 +73,13 @@ def test_folder_data_resumes_exactly_from_memory_and_from_files_with_any_workers
     assert same_weights(got, baseline), "a stopped and resumed run differs from the run in one go"
 
 
-def _bash(project, tmp_path, block):
-    """A README block run by bash in the project, `python` being this interpreter; its completed process."""
-    shim = tmp_path / "bin"
-    shim.mkdir(exist_ok=True)
-    (shim / "python").write_text('#!/bin/sh\nexec "%s" "$@"\n' % sys.executable)
-    (shim / "python").chmod(0o755)
-    env = dict(project.env, PATH="%s:%s" % (shim, os.environ.get("PATH", "")))
-    res = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block], cwd=str(project.root), env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
-    assert res.returncode == 0, res.stdout[-3000:]
-    return res
-
-
 def test_the_readme_folder_commands_work_as_written(tmp_path):
     """README "Your images, no code": its block, typed as written (python: this interpreter)."""
     from test_readme import readme_block
     (tmp_path / "clone").mkdir()
     project = Project(tmp_path / "clone")
     write_images(project.root / "data" / "pets", 30, size=(40, 30))  # larger than 32 and not square
-    res = _bash(project, tmp_path, readme_block("### Your images, no code"))
+    res = bash_block(project, tmp_path, readme_block("### Your images, no code"))
     assert "run pets-cnn" in res.stdout and '"test/acc"' in res.stdout, res.stdout[-3000:]
     assert load(project.best("pets-cnn"))["model_spec"]["input_shape"] == [3, 32, 32]
 
@@ -107,7 +91,7 @@ def test_the_readme_fine_tuning_commands_work_as_written(tmp_path):
     project = Project(tmp_path / "clone")
     write_images(project.root / "data" / "pets", 20, size=(32, 32))
     write_images(project.root / "data" / "birds", 20, classes=("crow", "tit"), size=(32, 32), seed=1)
-    res = _bash(project, tmp_path, readme_block("### Fine-tuning from other weights"))
+    res = bash_block(project, tmp_path, readme_block("### Fine-tuning from other weights"))
     assert "loaded 12 of the model's 14 tensors; fresh: 11.weight ([3, 64] in the checkpoint, the model's [2, 64])" \
         in res.stdout, res.stdout[-3000:]
     tuned = load(project.latest("birds-cnn"))

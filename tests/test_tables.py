@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import Project, finish_run, load, same_weights, write_images
+from conftest import Project, bash_block, finish_run, load, same_weights, write_images
 from src.data import table
 from src.tasks.multilabel import AP_BINS, MultiLabel
 
@@ -187,7 +187,6 @@ def test_the_shipped_diabetes_table_as_a_csv_learns_what_the_built_in_dataset_do
 def test_the_readme_table_commands_work_as_written(tmp_path):
     """README "Your table, no code": its block, typed as written (python: this interpreter), on a house-price table
     with a category and gaps, and a table of films whose genres are joined by '|'."""
-    from test_own_data import _bash
     from test_readme import readme_block
     (tmp_path / "clone").mkdir()
     project = Project(tmp_path / "clone")
@@ -203,14 +202,14 @@ def test_the_readme_table_commands_work_as_written(tmp_path):
     _tags(project.root / "data" / "movies.csv", joined=True)
     (project.root / "data" / "movies.csv").write_text(
         (project.root / "data" / "movies.csv").read_text().replace("x1,x2,tags", "x1,x2,genres"))
-    res = _bash(project, tmp_path, readme_block("### Your table, no code"))
+    res = bash_block(project, tmp_path, readme_block("### Your table, no code"))
     assert "run houses-mlp" in res.stdout and "target price (regression)" in res.stdout, res.stdout[-3000:]
     assert '"test/r2"' in res.stdout and "run movies-mlp" in res.stdout and "(multilabel)" in res.stdout
     spec = load(project.best("houses-mlp"))["model_spec"]
     assert [c["kind"] for c in spec["encoding"]["columns"]] == ["number", "number", "category"]
     # README "Predictions on new files", after it: new houses without a price, the films again
     (project.root / "data" / "houses-new.csv").write_text("town,rooms,area\nb,3,70.5\nc,5,\n")
-    res = _bash(project, tmp_path, readme_block("### Predictions on new files"))
+    res = bash_block(project, tmp_path, readme_block("### Predictions on new files"))
     houses = (project.root / "logs" / "houses-mlp" / "predictions-houses-new.csv").read_text().splitlines()
     assert houses[0] == "input,price" and len(houses) == 3 and float(houses[2].split(",")[1]) > 0
     films = (project.root / "logs" / "movies-mlp" / "predictions-movies.csv").read_text().splitlines()

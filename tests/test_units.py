@@ -235,3 +235,42 @@ def test_the_started_mark_is_the_checkouts_and_only_for_a_plain_name(tmp_path, m
         assert RunPaths(cfg).started_mark() is None
     lib = (ROOT / "docker" / "lib.sh").read_text()
     assert 'started_file() { echo "$LOGS/.started-$1"; }' in lib and 'LOGS="$ROOT/logs"' in lib
+
+
+# ----- Slurm (runtime/slurm.py; tests/test_slurm.py runs jobs on a real cluster) ----------------------------------
+def test_a_slurm_job_is_known_by_its_id_or_array_task_and_restart_count():
+    from src.runtime.slurm import Job
+    assert Job.detect({}) is None
+    job = Job.detect({"SLURM_JOB_ID": "41", "SLURM_RESTART_COUNT": "2", "SLURM_JOB_NAME": "train"})
+    assert (job.target, job.restart, job.hparams()) == ("41", 2, {"slurm_job": "41", "slurm_restart": 2})
+    task = Job.detect({"SLURM_JOB_ID": "43", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "3"})
+    assert (task.target, task.restart) == ("40_3", 0)  # what `scontrol requeue` must name: this task only
+    assert "array task 40_3" in task.describe()
+
+
+def test_srun_tasks_take_their_rank_from_slurm_unless_a_launcher_set_one():
+    from src.runtime.slurm import adopt_srun_ranks, first_host
+    step = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "1", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "4",
+            "SLURM_STEP_NODELIST": "gpu[03-04]"}
+    env = dict(step)
+    assert adopt_srun_ranks(env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["MASTER_ADDR"]) == ("1", "4", "1", "gpu03")
+    assert env["MASTER_PORT"] == str(15000 + 7)
+    torchrun = dict(step, RANK="5", WORLD_SIZE="8")
+    assert not adopt_srun_ranks(torchrun) and torchrun["RANK"] == "5"
+    batch_step = {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "4"}  # the job script itself
+    assert not adopt_srun_ranks(batch_step) and "RANK" not in batch_step
+    assert [first_host(x) for x in ("n[7]", "a,b", "node[1,2]", "gpu[03-05,09],cpu1")] == ["n7", "a", "node1",
+                                                                                        "gpu03"]
+
+
+def test_the_first_save_under_slurm_says_whether_the_warning_lead_covers_a_step_and_a_save(caplog):
+    from src.runtime.slurm import check_lead
+    with caplog.at_level("INFO", logger="train"):
+        check_lead(120, 0.2, 0.3)
+        check_lead(10, 4.0, 3.0)
+        check_lead(0, 0.2, 0.3)
+    enough, short, unknown = (r.getMessage() for r in caplog.records)
+    assert "0.5 s" in enough and "enough" in enough
+    assert short.startswith("WARNING") and "--signal=B:USR1@60" in short and "7.0 s" in short
+    assert "--slurm-lead" in unknown

@@ -14,9 +14,10 @@ from .run import Run
 from ..files import atomic, console
 from ..files.paths import RunPaths, check_folder
 from ..loop.evaluation import evaluate, loader_for
-from ..runtime import seeding
+from ..runtime import seeding, slurm
 from ..runtime.distributed import Dist
 from ..runtime.errors import UsageError
+from ..runtime.signals import Stopped
 from ..state import fileformat
 from ..state.resume import load_or_usage_error
 
@@ -41,7 +42,22 @@ def main(cfg, user, stop):
     if cfg.predict:
         from . import predict
         return predict.run(cfg)
-    return Run(cfg, user, stop, dist).train(bar)
+    return train(Run(cfg, user, stop, dist), bar)
+
+
+def train(run, bar):
+    """Train; after Slurm's warning signal (the run saved and stopped short of its end) requeue the job."""
+    job, stop = slurm.job(), run.stop
+    try:
+        code = run.train(bar)
+    except Stopped:
+        if not (stop.warning and job):
+            raise
+        log.info("stopped by %s before training started; nothing was saved", stop.name)
+        code, run.unfinished = 0, True
+    if code == 0 and stop.warning and job is not None and run.unfinished:
+        return slurm.requeue(job, stop) if run.dist.main else 0
+    return code
 
 
 def prepare_data(cfg, stop):

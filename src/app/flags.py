@@ -326,6 +326,9 @@ FLAGS = _records([
     flag("stop-grace", float, _env_float("STOP_GRACE", 10.0), "seconds a stop signal leaves before a kill (docker "
          "stop: 10; env STOP_GRACE); the first save says whether a checkpoint fits in them", _at_least(0),
          metavar="SECONDS"),
+    flag("slurm-lead", float, 0.0, "Slurm: the seconds between the job's warning signal (#SBATCH --signal=B:USR1@"
+         "SECONDS) and its time limit; the first save warns when a step plus a save do not fit (0: not checked)",
+         _at_least(0), scope="local", metavar="SECONDS"),
     flag("stop-after-step", int, 0, SUPPRESS, _at_least(0), scope="invocation"),
     flag("sync-check", bool, False, SUPPRESS, scope="invocation"),
     flag("prepare-data", bool, False, "download/verify the dataset, then exit",

@@ -28,7 +28,7 @@ from ..files.paths import RunPaths
 from ..loop import optim
 from ..loop.progress import Progress, finished, stopped_early
 from ..loop.trainer import Trainer
-from ..runtime import seeding
+from ..runtime import seeding, slurm
 from ..runtime.errors import TrainingError, UsageError
 from ..runtime.signals import Stopped
 from ..state import fileformat
@@ -47,6 +47,7 @@ class Run(object):
         self.loggers = Loggers([])
         self.hparams = {}
         self.begun = False
+        self.unfinished = False  # the loop stopped on a signal before the run's end
         self.config_text = ""
 
     @property
@@ -106,6 +107,9 @@ class Run(object):
         # resuming: drop events logged after the checkpoint; fresh: drop any left by a run that never saved
         self.loggers = Loggers([TensorBoard(self.paths.run_dir, enabled, self.step0 if self.state else -1)])
         self.hparams, self.config = flags.hparams(cfg), flags.plain(cfg)  # text forms, as saved
+        job = slurm.job()
+        if job is not None:
+            self.hparams.update(job.hparams())
         self.trainer = Trainer(cfg, self.parts, self)
         if self.state is not None:
             self.restore(splits)
@@ -157,7 +161,9 @@ class Run(object):
         try:
             if self.state is None:
                 self.trainer.rng.start()  # own dropout masks on ranks > 0, same weights
-            return self.trainer.fit(progress, test_only=self.state is not None and self.trainer.finished())
+            code = self.trainer.fit(progress, test_only=self.state is not None and self.trainer.finished())
+            self.unfinished = self.stop.requested and not self.trainer.finished()
+            return code
         finally:
             self.trainer.close()
             progress.close()
@@ -175,6 +181,10 @@ class Run(object):
             p = self.state["progress"]
             log.info("run %s: resuming from %s at step %d (epoch %d, sample %d)", cfg.run_name, self.source,
                      p["step"], p["epoch"] + 1, p["sample_in_epoch"])
+        job = slurm.job()
+        if job is not None:
+            log.info("%s%s; Slurm's warning signal (USR1 or USR2) saves and requeues", job.describe(),
+                     ", task %d of %d" % (dist.rank, dist.world) if dist.enabled else "")
         for key, old, new in self.changes:
             log.info("config change on resume: %s %r -> %r", key, old, new)
         log.info("learning rate of the next step (%d): %.4g (--lr %g on the %s schedule%s, at step %d of %d)",

@@ -32,7 +32,7 @@ from ..augment import Augment
 from ..data import input_transform
 from ..data.loading import EpochBatches, check_workers, make_loader, worker_died
 from ..files import atomic
-from ..runtime import compat
+from ..runtime import compat, slurm
 from ..runtime.errors import TrainingError
 from ..runtime.seeding import RandomStreams
 from ..state import fileformat
@@ -248,6 +248,7 @@ class Trainer(object):
         values["train/lr"] = self.lr_used
         elapsed = max(time.perf_counter() - window["start"] - window["excluded"], 1e-9)
         steps = max(window["steps"], 1)
+        self.checkpoints.step_seconds = elapsed / steps
         # z_perf/: TensorBoard sorts groups by name, so train/ and val/ come first
         perf = {"z_perf/samples_per_sec": window["samples"] / elapsed, "z_perf/step_time_ms": 1000 * elapsed / steps,
                 "z_perf/data_wait_ms": 1000 * window["data_wait"] / steps}
@@ -418,6 +419,9 @@ class Trainer(object):
         prefix = os.environ.get("HOST_COMMAND_PREFIX")  # in the container: what the user types on the host
         if prefix:
             again = "./run.sh --run-name %s (or: %s %s)" % (self.cfg.run_name, prefix, again)
+        if slurm.job() is not None:  # preempted, requeued or cancelled: only the first comes back by itself
+            again = ("nothing, if Slurm requeued the job (it resumes by itself); after a scancel: RUN_NAME=%s sbatch "
+                     "slurm/train.sbatch (or %s)" % (self.cfg.run_name, again))
         log.info("stopped at step %d; continue with: %s", self.step, again)
         return 0
 

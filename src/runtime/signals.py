@@ -1,5 +1,6 @@
 """Stop signals. SIGTERM, SIGINT and SIGHUP ask the loop to finish its step, save and exit 0; a second
-Ctrl-C aborts at once.
+Ctrl-C aborts at once. Inside a Slurm job, SIGUSR1 and SIGUSR2 (the job's warning before its time limit) do the
+same, and mark the stop as a `warning`: the run is then requeued (runtime/slurm.py).
 
 train.py installs the handler as its first statement, before torch is imported, and it stays until the
 process exits, so no stop is ever lost to a default handler (exit 143, nothing saved). While data is being
@@ -14,10 +15,13 @@ changes nothing: the process exits with its own code, also while workers are bei
 """
 import contextlib
 import logging
+import os
 import signal
 
 log = logging.getLogger("train")
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+WARNINGS = (signal.SIGUSR1, signal.SIGUSR2)  # Slurm's warning signal: srun hands it to every process of the step
+HELD = SIGNALS + WARNINGS  # what DataLoader workers start with blocked, then ignore
 
 
 class Stopped(Exception):
@@ -32,10 +36,11 @@ class StopFlag(object):
     def __init__(self):
         self.requested = False
         self.name = None
+        self.warning = False  # the stop came from Slurm's warning signal: save, then requeue
         self._raise = False
 
     def install(self):
-        for sig in SIGNALS:
+        for sig in SIGNALS + (WARNINGS if os.environ.get("SLURM_JOB_ID") else ()):
             signal.signal(sig, self._handle)
         return self
 
@@ -43,11 +48,17 @@ class StopFlag(object):
         """Ask for a stop as a signal would (`--stop-after-step` uses it)."""
         if not self.requested:
             self.requested, self.name = True, why
-            log.info("%s received: finishing this step, saving, then exiting (Ctrl-C again aborts at once)", why)
+            if self.warning:
+                log.info("%s received (Slurm's warning before the time limit): finishing this step, saving, then "
+                         "requeueing the job", why)
+            else:
+                log.info("%s received: finishing this step, saving, then exiting (Ctrl-C again aborts at once)", why)
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if signum in WARNINGS and not self.requested:
+            self.warning = True
         self.request(signal.Signals(signum).name)
         if self._raise:
             raise Stopped(self.name)
@@ -68,7 +79,7 @@ class StopFlag(object):
         """The run is over (saved, or nothing to save): from now on a stop signal is ignored, so that one arriving
         while the interpreter shuts down (DataLoader workers joined, files closed) cannot turn the exit code into
         a death by that signal."""
-        for sig in SIGNALS:
+        for sig in HELD:
             signal.signal(sig, signal.SIG_IGN)
 
 
@@ -81,7 +92,7 @@ def blocked():
     if not hasattr(signal, "pthread_sigmask"):  # not on this platform: no fork-time window to close
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
     try:
         yield
     finally:
@@ -92,8 +103,8 @@ def ignore_stop_signals(worker_id=None):
     """worker_init_fn of DataLoader workers: a `docker stop` or a Ctrl-C sent to the whole process group must not
     kill them mid-batch (the main process would fail with 'DataLoader worker ... killed' and save nothing). They
     start with the signals blocked (`blocked`); ignoring them discards any that came meanwhile, then they are
-    unblocked."""
-    for sig in SIGNALS:
+    unblocked. Slurm's warning signal, which srun sends to every process of the step, is ignored too."""
+    for sig in HELD:
         signal.signal(sig, signal.SIG_IGN)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)

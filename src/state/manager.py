@@ -15,7 +15,7 @@ import logging
 
 from . import fileformat
 from .writer import CheckpointWriter
-from ..runtime import compat
+from ..runtime import compat, slurm
 from ..runtime.errors import TrainingError, UsageError
 
 log = logging.getLogger("train")
@@ -75,6 +75,7 @@ class CheckpointManager(object):
         self.writer = CheckpointWriter(background=cfg.async_ckpt)
         self.saved_step = -1
         self.stalls = []  # seconds the loop stalled for each checkpoint of this session
+        self.step_seconds = 0.0  # a recent step's time (the loop tells): a stop's save comes after one more step
 
     def register(self, name, part, optional=False):
         """Save part under `name` in every checkpoint and restore it from there, in the order registered. An
@@ -167,6 +168,8 @@ class CheckpointManager(object):
         else:
             log.info("a checkpoint (%.0f MB) takes %.1f s to write: a stop fits in its %g s grace period",
                      size / 1e6, seconds, grace)
+        if slurm.job() is not None:
+            slurm.check_lead(self.cfg.slurm_lead, self.step_seconds, seconds)
         try:
             free = fileformat.free_bytes(self.paths.tmp_dir)
         except OSError:
