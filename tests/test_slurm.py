@@ -86,8 +86,17 @@ def wait_state(job, states, timeout=180):
 
 
 def release(job):
-    """A requeued job is held (BeginTime about two minutes on): once it is pending again, let it start now."""
-    wait_state(job, ("PENDING",))
+    """A requeued job is held (BeginTime about two minutes on): once it is pending again and the processes of its
+    last start are gone (slurmd refuses to start a job whose old step is still being torn down, and the job then
+    FAILS: the hold normally covers that), let it start now."""
+    _let_start(job, wait_state(job, ("PENDING",)))
+
+
+def _let_start(job, info):
+    deadline = time.time() + 120
+    while subprocess.run(["pgrep", "-f", r"slurmstepd: \[%s\." % info["JobId"]], capture_output=True).returncode == 0:
+        assert time.time() < deadline, "job %s: the last start's slurmstepd never ended" % info["JobId"]
+        time.sleep(0.1)
     subprocess.run(["scontrol", "update", "jobid=%s" % job, "StartTime=now"], check=True, capture_output=True)
 
 
@@ -100,8 +109,8 @@ def run_to_end(job, out, timeout=600):
         if state in ENDED:
             assert state == "COMPLETED", "job %s ended %s:\n%s" % (job, state, out.read_text()[-4000:])
             return info
-        if state == "PENDING" and info.get("Restarts", "0") != "0":
-            subprocess.run(["scontrol", "update", "jobid=%s" % job, "StartTime=now"], capture_output=True)
+        if state == "PENDING" and info.get("Restarts", "0") != "0" and info.get("Reason") == "BeginTime":
+            _let_start(job, info)
         time.sleep(0.2)
     raise AssertionError("job %s did not end:\n%s" % (job, out.read_text()[-4000:]))
 
@@ -241,3 +250,21 @@ def test_the_readme_slurm_commands_work_as_written(cluster, tmp_path):
     assert [load(cluster.latest(run))["config"]["seed"] for run in runs[3:]] == [0, 1, 2]
     assert "x 2 processes" in (cluster.run_dir(runs[1]) / "train.log").read_text()
     assert "x 2 processes" in (cluster.run_dir(runs[2]) / "train.log").read_text()
+
+
+def test_where_train_py_cannot_reach_scontrol_it_exits_75_and_the_job_script_requeues(cluster, tmp_path):
+    """As inside a container: train.py's PATH has no scontrol (the job script's has)."""
+    shim = tmp_path / "python-without-scontrol"
+    shim.write_text('#!/bin/sh\nPATH=/nonexistent exec "%s" "$@"\n' % sys.executable)
+    shim.chmod(0o755)
+    args = PACED + ["--epochs", "3"]
+    job = submit(cluster, ["--job-name", "box"], args, env={"PYTHON": str(shim)})
+    out = cluster.root / ("slurm-box-%s.out" % job)
+    wait_in_file(out, stepped(10), job)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, capture_output=True)
+    release(job)
+    info = run_to_end(job, out)
+    text = out.read_text()
+    assert info["Restarts"] == "1", info
+    assert "scontrol is not available here" in text and "requeued (train.py exited 75 after saving)" in text, text
+    assert_same_run(cluster, "box-%s" % job, baseline(cluster, args, "base"), "base", 135)
