@@ -17,6 +17,27 @@ sys.path.insert(0, str(REPO))  # tests may import the project's modules (src.*) 
 # Small, fast, deterministic runs: the MLP on the embedded digits (45 steps an epoch at batch 32).
 FAST = ["--model", "mlp", "--width", "64", "--batch-size", "32", "--deterministic", "--progress", "plain"]
 
+# A test plugin model: the MLP slowed by a sleep (so that a run lives long enough to be stopped at chosen steps)
+PACED_MODEL = '''"""A test plugin: the MLP, with a sleep of $PACE seconds before each training forward pass."""
+import os
+import time
+
+from . import register
+from .mlp import build as mlp
+
+
+@register("paced")
+def build(input_shape, num_classes, cfg):
+    net = mlp(input_shape, num_classes, cfg)
+    pace = float(os.environ.get("PACE", "0"))
+
+    def hold(module, inputs):
+        if module.training and pace:
+            time.sleep(pace)
+    net.register_forward_pre_hook(hold)
+    return net
+'''
+
 
 class Project(object):
     """A copy of train.py + src/ in a temporary folder, like a fresh clone."""

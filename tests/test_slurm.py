@@ -17,32 +17,13 @@ import time
 
 import pytest
 
-from conftest import FAST, REPO, assert_same_scalars, load, same_weights, scalars, step_of, summary_steps
+from conftest import FAST, PACED_MODEL, REPO, assert_same_scalars, load, same_weights, scalars, step_of, summary_steps
 
 if shutil.which("sbatch") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
     if os.environ.get("REQUIRE_SLURM"):
         raise RuntimeError("REQUIRE_SLURM is set but no Slurm cluster answers; start one with .ci/start-slurm.sh")
     pytest.skip("no Slurm cluster here (.ci/start-slurm.sh starts one)", allow_module_level=True)
 
-PACED_MODEL = '''"""A test plugin: the MLP, with a sleep of $PACE seconds before each training forward pass."""
-import os
-import time
-
-from . import register
-from .mlp import build as mlp
-
-
-@register("paced")
-def build(input_shape, num_classes, cfg):
-    net = mlp(input_shape, num_classes, cfg)
-    pace = float(os.environ.get("PACE", "0"))
-
-    def hold(module, inputs):
-        if module.training and pace:
-            time.sleep(pace)
-    net.register_forward_pre_hook(hold)
-    return net
-'''
 PACED = FAST + ["--model", "paced", "--log-every", "5", "--ckpt-every", "20"]
 TAGS = ("train/loss", "train/acc", "train/lr", "val/loss", "val/acc")
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 
 import torch
@@ -33,6 +34,7 @@ from ..data import input_transform
 from ..data.loading import EpochBatches, check_workers, make_loader, worker_died
 from ..files import atomic
 from ..runtime import compat, slurm
+from ..runtime.distributed import peer_lost
 from ..runtime.errors import TrainingError
 from ..runtime.seeding import RandomStreams
 from ..state import fileformat
@@ -287,13 +289,26 @@ class Trainer(object):
         except BaseException as err:
             if worker_died(err):
                 raise self._after_worker_death(err)
-            self.checkpoints.wait_quietly()  # an error: still let the last good checkpoint reach the disk
+            self.checkpoints.wait_quietly()
+            if self.dist.enabled and peer_lost(err):
+                raise self._after_peer_loss(err)  # an error: still let the last good checkpoint reach the disk
             if self.dist.main and self.run.begun:  # the old events were trimmed (hparams too): write them again
                 try:
                     self.log_hparams()
                 except Exception:
                     pass
             raise
+
+    def _after_peer_loss(self, err):
+        """A collective failed because another process is gone (its node died, was killed, lost the network): one
+        line, the last checkpoint kept (this step's state is half reduced: not saved), how to go on."""
+        what = re.sub(r"^\[[^\]]*\]\s*", "", str(err).strip().splitlines()[0]).split(". ")[0][:120]
+        kept = self.checkpoints.saved_step
+        return TrainingError("another process of this run is gone (%s) at step %d: a node died, was killed or lost "
+                             "its network. %s; continue with the same command again, --resume auto, on every node "
+                             "(or on the nodes left: --batch-size is global)" % (
+                                 what, self.step, "The last checkpoint (step %d) is kept" % kept if kept >= 0 else
+                                 "No checkpoint was saved yet"))
 
     def _after_worker_death(self, err):
         """A DataLoader worker died (killed, out of memory): stop with one line, and when the loop stood between two

@@ -20,6 +20,17 @@ import torch.distributed as dist
 from .errors import UsageError
 
 
+# what gloo and NCCL say when the process at the other end of a collective is gone
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "Connection refused",
+             "NCCL communicator was aborted", "DistNetworkError", "remote process exited")
+
+
+def peer_lost(err):
+    """Whether a collective failed because another process of the run is gone (not a bug of this one)."""
+    text = "%s: %s" % (type(err).__name__, err)
+    return isinstance(err, RuntimeError) and any(words in text for words in PEER_LOST)
+
+
 def env_rank():
     """This process's rank from the launcher's environment (0 when not launched by one)."""
     return int(os.environ.get("RANK", "0") or 0)
