@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from conftest import FAST, PACED_MODEL, REPO, assert_same_scalars, load, same_weights, scalars, step_of, summary_steps
+from conftest import (FAST, PACED_MODEL, REPO, assert_same_scalars, load, raw_events, same_weights, scalars, step_of,
+                      summary_steps)
 
 if shutil.which("sbatch") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
     if os.environ.get("REQUIRE_SLURM"):
@@ -162,6 +163,9 @@ def test_a_job_preempted_then_warned_at_its_time_limit_requeues_itself_and_ends_
     assert text.count("run pre-%s: resuming from" % job) == int(info["Restarts"])
     want = baseline(cluster, args, "base")
     assert_same_run(cluster, "pre-%s" % job, want, "base", 1800)
+    hparams = [v.metadata.plugin_data.content for e in raw_events(cluster.run_dir("pre-%s" % job))
+               for v in e.summary.value if v.tag == "_hparams_/session_start_info"]
+    assert hparams and b"slurm_restart" in hparams[-1] and b"slurm_job" in hparams[-1]
 
 
 def test_an_array_job_with_one_task_requeued_ends_like_two_uninterrupted_runs(cluster):
