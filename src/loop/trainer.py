@@ -289,9 +289,9 @@ class Trainer(object):
         except BaseException as err:
             if worker_died(err):
                 raise self._after_worker_death(err)
-            self.checkpoints.wait_quietly()
+            self.checkpoints.wait_quietly()  # an error: still let the last good checkpoint reach the disk
             if self.dist.enabled and peer_lost(err):
-                raise self._after_peer_loss(err)  # an error: still let the last good checkpoint reach the disk
+                raise self._after_peer_loss(err)
             if self.dist.main and self.run.begun:  # the old events were trimmed (hparams too): write them again
                 try:
                     self.log_hparams()

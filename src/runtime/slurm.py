@@ -22,7 +22,6 @@ from collections import namedtuple
 log = logging.getLogger("train")
 
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: "try again later"; the job script turns it into `scontrol requeue`
-WARNING_SIGNALS = ("SIGUSR1", "SIGUSR2")
 
 
 class Job(namedtuple("Job", "id array_id array_task restart name")):
