@@ -8,9 +8,11 @@ source "$ROOT/docker/lib.sh"
 
 usage() {
   cat <<EOF
-Usage: ./purge.sh [--all] [--yes] [--dry-run] [-h | --help]
+Usage: ./purge.sh [--all] [--everything] [--yes] [--dry-run] [-h | --help]
 
   --all       also delete data/ and the checkpoints in models/best and models/latest
+  --everything  --all, and what the air-gapped and test steps made: docker/wheels/, the local/ base image
+              named in .env (.ci/make-base-image.sh), .venv-test/ and test-artifacts/
   --yes       do not ask before deleting
   --dry-run   list what would be removed, remove nothing
 It never touches anything outside this folder and /tmp/<project>: it follows no symbolic link out of them,
@@ -19,14 +21,15 @@ TensorBoard processes.
 EOF
 }
 
-all=0 yes=0 dry=0
+all=0 yes=0 dry=0 everything=0
 while (($#)); do
   case "$1" in
     --all) all=1 ;;
+    --everything) all=1 everything=1 ;;
     --yes | -y) yes=1 ;;
     --dry-run | -n) dry=1 ;;
     -h | --help) usage; exit 0 ;;
-    *) echo "Usage: ./purge.sh [--all] [--yes] [--dry-run] (unknown option: $1)" >&2; exit 2 ;;
+    *) echo "Usage: ./purge.sh [--all] [--everything] [--yes] [--dry-run] (unknown option: $1)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -90,7 +93,17 @@ if [[ -n "$tmp_problem" ]]; then
 elif [[ -e "$TMP_DIR" ]]; then
   plan+=("$TMP_DIR")
 fi
+base_image=""
+if ((everything && docker_ok)); then
+  base_image="$(env_file_value BASE_IMAGE)"  # before .env goes; only a base image made here (local/...)
+  if [[ "$base_image" == local/* ]] && docker image inspect "$base_image" >/dev/null 2>&1; then
+    plan+=("image $base_image (the air-gapped route's base image)")
+  else
+    base_image=""
+  fi
+fi
 made=("$ROOT/logs" "$ROOT/models/tmp" "$ROOT/.env")
+if ((everything)); then made+=("$ROOT/docker/wheels" "$ROOT/.venv-test" "$ROOT/test-artifacts"); fi
 # .venv only when setup.sh made it (its stamp): a .venv made by hand for the quick start stays
 if [[ -f "$ROOT/.venv/.requirements.sha256" ]]; then made+=("$ROOT/.venv"); fi
 for path in "${made[@]}"; do
@@ -108,6 +121,9 @@ if ((all)); then
       all_folders+=("$folder")
     fi
   done
+fi
+if ((everything)) && [[ -d "/tmp/pytest-of-$(id -un)" ]]; then  # outside this checkout: said, not removed
+  notes+=("pytest keeps its temporary folders in /tmp/pytest-of-$(id -un) ($(du -sh "/tmp/pytest-of-$(id -un)" 2>/dev/null | cut -f1)), shared by every checkout; when no tests run: rm -rf /tmp/pytest-of-$(id -un)")
 fi
 if ((${#notes[@]})); then printf '%s: %s\n' "$(basename "$0")" "${notes[@]}"; fi
 
@@ -153,6 +169,7 @@ if ((docker_ok)); then
   docker volume ls -q --filter "label=com.docker.compose.project=$COMPOSE_NAME" | xargs -r docker volume rm >/dev/null
   docker network ls -q --filter "label=com.docker.compose.project=$COMPOSE_NAME" | xargs -r docker network rm >/dev/null
   if docker image inspect "$IMAGE:latest" >/dev/null 2>&1; then docker image rm -f "$IMAGE:latest" >/dev/null; fi
+  if [[ -n "$base_image" ]]; then docker image rm "$base_image" >/dev/null || say "kept $base_image: it is in use"; fi
 fi
 if ((conda_env)); then conda env remove -y -n "$PROJECT" >/dev/null; fi
 for path in "${made[@]}"; do

@@ -38,6 +38,44 @@ while (($#)); do
   shift
 done
 
+# This checkout's running Compose services (none where Docker or the setup is missing).
+own_services() {
+  command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1 || return 0
+  [[ -f "$ROOT/.env" ]] || return 0
+  COMPOSE=(docker compose)
+  compose ps --status running --services 2>/dev/null || true
+}
+
+# Before any slow step: a trainer of this checkout that already runs stops here; TensorBoard reuses one of this
+# checkout's (the Compose service or the native one: both serve logs/) or, where another program holds TB_PORT,
+# takes the next free port, said here. Sets tb_reuse (docker | native | empty).
+check_services() {
+  local services port pid
+  services="$(own_services)"
+  if ((native)); then
+    if pid="$(live_pid "$NATIVE_PID")"; then
+      die "training is already running (pid $pid); follow it with: tail -f logs/train-native.out; stop it with: kill $pid"
+    fi
+  elif grep -qx trainer <<<"$services"; then
+    die "training is already running in this checkout's trainer container; follow it with: docker compose logs -f trainer; stop it with: docker compose stop trainer"
+  fi
+  tb_reuse=""
+  if grep -qx tensorboard <<<"$services"; then
+    tb_reuse=docker
+  elif live_pid "$TB_NATIVE_PID" >/dev/null; then
+    tb_reuse=native
+  elif port_busy "$TB_PORT"; then
+    port="$TB_PORT"
+    while port_busy "$port"; do port=$((port + 1)); done
+    say "port $TB_PORT is taken by another program: TensorBoard goes on port $port (kept in .env as TB_PORT)"
+    TB_PORT="$port"
+  fi
+  export TB_PORT
+}
+
+load_project
+TB_PORT="$(setting TB_PORT 6006)"
+check_services
 setup_args=()
 ((native)) && setup_args+=(--native)
 CALLED_BY_RUN_SH=1 "$ROOT/setup.sh" "${setup_args[@]}"
@@ -47,10 +85,8 @@ load_project
 STARTED_MARK="$$-$(date +%s%N)"
 export STARTED_MARK
 [[ "$nproc" =~ ^[1-9][0-9]*$ ]] || die "--nproc $nproc: give the number of processes to start, 1 or more"
-TB_PORT="$(setting TB_PORT 6006)"
 TB_BIND="$(setting TB_BIND 127.0.0.1)"
 url="http://$([[ "$TB_BIND" == 0.0.0.0 ]] && echo 127.0.0.1 || echo "$TB_BIND"):$TB_PORT"
-tb_busy_message="port $TB_PORT is already in use by another program; pick a free one with TB_PORT=NNNN ./run.sh (or set TB_PORT in .env)"
 
 # After a start: "running" once the trainer has begun training (it wrote its started file, see started_file)
 # and still runs; else "exited CODE" (its last lines then say why: a finished run, a bad setting, an error).
@@ -101,18 +137,16 @@ wait_for_tensorboard() {
 
 run_docker() {
   require_docker
-  if [[ -n "$(compose ps --status running -q trainer 2>/dev/null)" ]]; then
-    die "training is already running in $(compose ps --status running --format '{{.Name}}' trainer); follow it with: docker compose logs -f trainer; stop it with: docker compose stop trainer"
-  fi
   # Check the arguments (and fetch the data) in the foreground: a bad flag stops here, not in the background.
   checked compose run --rm --no-deps trainer python train.py --resume auto "${args[@]}" --prepare-data --progress plain
-  if [[ -z "$(compose ps --status running -q tensorboard 2>/dev/null)" ]] && port_busy "$TB_PORT"; then
-    die "$tb_busy_message"
-  fi
-  local train_args=""
+  local train_args="" services=(trainer tensorboard)
   ((${#args[@]})) && train_args="$(printf '%q ' "${args[@]}")"
+  if [[ "$tb_reuse" == native ]]; then
+    services=(trainer)  # this checkout's native TensorBoard already serves logs/
+    say "TensorBoard: this checkout's native one already serves logs/ (reused)"
+  fi
   since="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  NPROC="$nproc" TRAIN_ARGS="$train_args" compose up --detach trainer tensorboard
+  NPROC="$nproc" TRAIN_ARGS="$train_args" compose up --detach "${services[@]}"
   local state
   state="$(settle trainer_state)"
   wait_for_tensorboard "docker compose logs tensorboard"
@@ -155,27 +189,27 @@ native_state() {  # the native trainer (pid in logs/.train-native.pid): running,
 run_native() {
   local python pid tb_pid pid_file="$NATIVE_PID" tb_pid_file="$TB_NATIVE_PID"
   python="$(native_env_python)"
-  if pid="$(live_pid "$pid_file")"; then
-    die "training is already running (pid $pid); follow it with: tail -f logs/train-native.out; stop it with: kill $pid"
-  fi
   cd "$ROOT"
   checked "$python" train.py --resume auto "${args[@]}" --prepare-data --progress plain
   since="$(stat -c %s "$NATIVE_OUT" 2>/dev/null || echo 0)"
   detach "$python" "$NATIVE_OUT" "$python" -m src.launch "$nproc" --resume auto "${args[@]}" --progress plain \
     >"$pid_file"
-  if ! live_pid "$tb_pid_file" >/dev/null; then
-    if port_busy "$TB_PORT"; then die "$tb_busy_message"; fi
+  local tb_stop="docker compose stop tensorboard (this checkout's Docker TensorBoard, reused)"
+  if [[ -z "$tb_reuse" ]]; then
     detach "$python" "$TB_NATIVE_OUT" "$(dirname "$python")/tensorboard" --logdir logs --host "$TB_BIND" \
       --port "$TB_PORT" >"$tb_pid_file"
   fi
+  if [[ "$tb_reuse" != docker ]]; then
+    read -r tb_pid _ <"$tb_pid_file"
+    tb_stop="kill $tb_pid (./purge.sh stops it too)"
+  fi
   local state
   read -r pid _ <"$pid_file"
-  read -r tb_pid _ <"$tb_pid_file"
   state="$(settle native_state)"
   wait_for_tensorboard "$TB_NATIVE_OUT"
   if [[ "$state" != running ]]; then
     report_exit "$state" "$(native_output | grep -v '^$' | tail -n 3)"
-    echo "  TensorBoard:  $url      (stop it: kill $tb_pid)"
+    echo "  TensorBoard:  $url      (stop it: $tb_stop)"
     return 0
   fi
   cat <<EOF
@@ -184,7 +218,7 @@ $(basename "$0"): training in the background (pid $pid).
   follow:       tail -f logs/train-native.out
   stop:         kill $pid                  (saves a checkpoint first)
   resume:       ./run.sh --native ${args[*]}
-  TensorBoard:  stop it with kill $tb_pid (./purge.sh stops it too)
+  TensorBoard:  stop it with $tb_stop
 EOF
 }
 

@@ -104,18 +104,42 @@ EOF
   fi
 }
 
+# What the image and the data step are made from (the build inputs, the wheelhouse's files, .env, the dataset,
+# the image's id): when none of them changed since the last setup, there is nothing to do.
+fingerprint() {
+  (
+    cd "$ROOT"
+    cat .env
+    echo "$data $(docker image inspect --format '{{.Id}}' "$IMAGE:latest" 2>/dev/null || true)"
+    find docker/Dockerfile environment.yml requirements.txt stacks configs src train.py -type f \
+      ! -name '*.pyc' -print0 2>/dev/null | sort -z | xargs -0 sha256sum || true
+    find docker/wheels -type f -printf '%f %s\n' 2>/dev/null | sort || true
+  ) | sha256sum | cut -d' ' -f1
+}
+
 setup_docker() {
   require_docker
   make_folders
   write_env
+  local stamp="$TMP_DIR/.setup-done"
+  if ((build && !check)) && [[ -f "$stamp" && "$(cat "$stamp")" == "$(fingerprint)" ]]; then
+    say "nothing changed since the last setup: image $IMAGE and dataset $data are ready"
+    return 0
+  fi
+  rm -f "$stamp"
   if ((build)); then
     say "building the image (cached layers make this quick after the first time)"
-    compose build trainer || die "the image did not build (see above). If its base image $(setting BASE_IMAGE "$stack_base") cannot be pulled here: set BASE_IMAGE to a mirror of it, or build from wheels without a registry (README: Air-gapped builds), or train without Docker: ./run.sh --native"
+    if ! compose build trainer; then
+      say "the image did not build (see above). If its base image $(setting BASE_IMAGE "$stack_base") cannot be pulled here, build the CPU image with no registry at all (README: Air-gapped builds), as root:"
+      printf '  %s\n' "${AIRGAPPED[@]}"
+      die "or set BASE_IMAGE to a mirror of the base image, or train without Docker: ./run.sh --native"
+    fi
   elif ! docker image inspect "$IMAGE:latest" >/dev/null 2>&1; then
     die "--no-build: there is no image $IMAGE:latest yet; run ./setup.sh without --no-build once"
   fi
   compose run --rm --no-deps trainer python train.py --prepare-data --dataset "$data" --progress plain
   if ((check)); then compose run --rm --no-deps trainer python train.py --doctor; fi
+  if ((build)); then fingerprint >"$stamp"; fi
 }
 
 native_python() {  # the env's python, made when missing

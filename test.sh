@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Run the whole test suite in its own environment: .venv-test with the pinned requirements
 # (torch==2.13.0 on the host, never an unpinned torch). Arguments go to pytest, e.g. ./test.sh -k resume
+# The Docker tests build with the settings of .env (./setup.sh wrote them), unless the environment sets them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+ROOT="$(pwd)"
+# shellcheck source=docker/lib.sh
+source docker/lib.sh
+export_build_settings  # BASE_IMAGE, ENV_MANAGER, STACK from .env (as ./setup.sh wrote them) unless set here
 
 venv=".venv-test"
 python="${PYTHON:-python3}"

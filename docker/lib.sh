@@ -11,6 +11,26 @@ env_file_value() {
   sed -n "s/^${key}=//p" "$ROOT/.env" | tail -n 1
 }
 
+# The build settings that setup.sh keeps in .env, exported for commands that do not read .env themselves (test.sh:
+# its Docker tests build the image as setup.sh did); a value set in the environment wins.
+export_build_settings() {
+  local key value
+  for key in BASE_IMAGE ENV_MANAGER STACK; do
+    value="$(env_file_value "$key")"
+    if [[ -z "${!key:-}" && -n "$value" ]]; then
+      export "$key=$value"
+    fi
+  done
+}
+
+# The air-gapped route (README "Air-gapped builds"), as setup.sh prints it when a base image cannot be pulled.
+# shellcheck disable=SC2034  # used by setup.sh
+AIRGAPPED=(
+  ".ci/make-base-image.sh bookworm local/debian:bookworm"
+  ".ci/make-wheelhouse.sh stacks/cpu/requirements.txt 3.11"
+  "BASE_IMAGE=local/debian:bookworm ENV_MANAGER=venv STACK=cpu ./setup.sh"
+)
+
 # The project's name: $PROJECT, else .env's, else the checkout folder's name.
 project_name() {
   local name="${PROJECT:-$(env_file_value PROJECT)}"
@@ -58,7 +78,16 @@ find_compose() {
 }
 
 # BuildKit (for RUN --mount in the Dockerfile) also when the fallback is docker-compose v1.
-compose() { (cd "$ROOT" && DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1 "${COMPOSE[@]}" "$@"); }
+# Where the output is not a terminal (a log file, a pipe): no control codes (Compose v2's --ansi never, plain build
+# progress), only lines.
+compose() {
+  local plain=()
+  if [[ ! -t 1 && "${COMPOSE[*]}" == "docker compose" ]]; then
+    plain=(--ansi never)
+  fi
+  (cd "$ROOT" && DOCKER_BUILDKIT=1 COMPOSE_DOCKER_CLI_BUILD=1 \
+    BUILDKIT_PROGRESS="$([[ -t 1 ]] && echo auto || echo plain)" "${COMPOSE[@]}" ${plain[@]+"${plain[@]}"} "$@")
+}
 
 # Fails with what to do when there is no usable Docker engine.
 require_docker() {

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import REPO
 from e2e.checkout import copy_project
 
 
@@ -145,3 +146,39 @@ def test_a_pid_file_names_only_the_process_it_was_written_for(tmp_path, names):
         for proc in (stranger, ours):
             proc.kill()
             proc.wait()
+
+
+def test_test_sh_takes_the_build_settings_of_env_unless_the_environment_sets_them(tmp_path):
+    """./setup.sh keeps BASE_IMAGE, ENV_MANAGER and STACK in .env; test.sh exports them for its Docker tests."""
+    (tmp_path / ".env").write_text("PROJECT=x\nBASE_IMAGE=local/debian:bookworm\nENV_MANAGER=venv\nSTACK=cpu\n")
+    script = ('set -euo pipefail; ROOT="$1"; source "%s/docker/lib.sh"; export_build_settings; '
+              'echo "$BASE_IMAGE|$ENV_MANAGER|$STACK"' % REPO)
+    env = {k: v for k, v in os.environ.items() if k not in ("BASE_IMAGE", "ENV_MANAGER", "STACK")}
+    res = subprocess.run(["bash", "-c", script, "test.sh", str(tmp_path)], env=dict(env, ENV_MANAGER="conda"),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert res.stdout.strip() == "local/debian:bookworm|conda|cpu", res.stdout
+    assert "export_build_settings" in (REPO / "test.sh").read_text()
+
+
+def test_purge_everything_also_removes_what_the_air_gapped_and_test_steps_made(tmp_path, names):
+    root = _project(tmp_path, "f")
+    env = dict(os.environ, PROJECT=names("everything"))
+    (root / ".venv-test" / "bin").mkdir(parents=True)
+    (root / "test-artifacts").mkdir()
+    (root / "test-artifacts" / "tensorboard-scalars.png").write_bytes(b"png")
+    (root / "docker" / "wheels" / "made-here.whl").write_bytes(b"zip")
+    (root / "models" / "best").mkdir(parents=True, exist_ok=True)
+    (root / "models" / "best" / "run.pt").write_bytes(b"pt")
+    plain = subprocess.run(["./purge.sh", "--all", "--dry-run"], cwd=str(root), env=env, stdout=subprocess.PIPE,
+                           text=True).stdout
+    assert "docker/wheels" not in plain and ".venv-test" not in plain, plain  # --all stays as it was
+    dry = subprocess.run(["./purge.sh", "--everything", "--dry-run"], cwd=str(root), env=env,
+                         stdout=subprocess.PIPE, text=True).stdout
+    for made in ("docker/wheels", ".venv-test", "test-artifacts", "models/best/*"):  # listed before removing
+        assert "  %s/%s" % (root, made) in dry, dry
+    res = subprocess.run(["./purge.sh", "--everything", "--yes"], cwd=str(root), env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    assert res.returncode == 0, res.stdout
+    for made in ("docker/wheels", ".venv-test", "test-artifacts", "models/best/run.pt"):
+        assert not (root / made).exists(), made
+    assert (root / "train.py").is_file() and (root / "docker" / "Dockerfile").is_file()

@@ -51,14 +51,21 @@ def test_setup_builds_links_and_writes_env_then_is_a_no_op(checkout):
     assert "PROJECT=%s\n" % checkout.project in env and "HOST_UID=%d\n" % os.getuid() in env
     assert "TB_PORT=%d\n" % checkout.tb_port in env
     assert "dataset digits ready" in first.stdout
+    assert "\x1b" not in first.stdout, "terminal control codes in output that is not a terminal"
     checkout.compose("config", "--quiet")
     inspect = ("docker", "image", "inspect", "--format", "{{.Id}}", checkout.project + "-trainer")
     image = checkout.sh(*inspect).stdout
     stamp = (checkout.root / ".env").stat().st_mtime_ns
+    started = time.time()
     second = checkout.sh("./setup.sh")
+    print("setup.sh again, nothing changed: %.1f s" % (time.time() - started))
     assert "wrote .env" not in second.stdout
+    assert "nothing changed since the last setup" in second.stdout and "building" not in second.stdout
     assert (checkout.root / ".env").stat().st_mtime_ns == stamp
     assert checkout.sh(*inspect).stdout == image
+    with open(str(checkout.root / "src" / "models" / "mlp.py"), "a") as f:  # a change: the next setup builds
+        f.write("# changed\n")
+    assert "building the image" in checkout.sh("./setup.sh").stdout
     # a reboot empties /tmp: setup.sh repairs the dangling links' targets
     shutil.rmtree(str(tmp))
     checkout.sh("./setup.sh", "--no-build")
@@ -69,6 +76,7 @@ def test_run_trains_to_completion_with_tensorboard_serving_it(checkout):
     res = checkout.sh("./run.sh", "--run-name", "viarun", "--epochs", "2", "--log-every", "5")
     assert "TensorBoard:  http://127.0.0.1:%d" % checkout.tb_port in res.stdout
     assert res.stdout.count("dataset digits ready") == 1, res.stdout  # setup's; the flag check is quiet
+    assert "\x1b" not in res.stdout, "terminal control codes in output that is not a terminal"
     # still training when run.sh looked (the usual case), or a run this short already done: said truthfully
     assert ("stop:" in res.stdout and "resume:" in res.stdout) or "done: 46 steps" in res.stdout, res.stdout
     # the training runs on after run.sh (the terminal) is gone
@@ -94,7 +102,12 @@ def test_a_base_image_that_cannot_be_pulled_names_the_next_steps(tmp_path_factor
         res = co.sh("./setup.sh", check=False, env=env, timeout=600)
         assert res.returncode == 1, res.stdout[-3000:]
         last = res.stdout.strip().splitlines()[-1]
-        assert "BASE_IMAGE" in last and "Air-gapped builds" in last and "./run.sh --native" in last, last
+        assert "BASE_IMAGE" in last and "./run.sh --native" in last, last
+        assert "Air-gapped builds" in res.stdout, res.stdout[-3000:]
+        from test_readme import readme_block
+        route = [line.split("  #")[0].strip() for line in readme_block("### Air-gapped builds").splitlines()]
+        for command in route[:3]:  # the README's commands, printed as they are typed
+            assert "\n  %s\n" % command in res.stdout, (command, res.stdout[-3000:])
     finally:
         co.sh("./purge.sh", "--yes", check=False)
 
@@ -204,7 +217,7 @@ def test_setup_no_build_without_an_image_says_so_instead_of_building(tmp_path_fa
         co.sh("./purge.sh", "--yes", check=False)
 
 
-def test_run_sh_checks_train_arguments_and_a_busy_port(checkout):
+def test_run_sh_checks_train_arguments_and_moves_tensorboard_off_a_busy_port(checkout):
     res = checkout.sh("./run.sh", "--no-such-flag", check=False)
     assert res.returncode == 2 and "unrecognized arguments: --no-such-flag" in res.stdout
     checkout.compose("stop", "tensorboard")
@@ -212,11 +225,18 @@ def test_run_sh_checks_train_arguments_and_a_busy_port(checkout):
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
     try:
-        env = dict(checkout.env, TB_PORT=str(busy.getsockname()[1]))
-        res = checkout.sh("./run.sh", "--max-steps", "1", check=False, env=env)
-        assert res.returncode == 1 and "TB_PORT" in res.stdout and "already in use" in res.stdout
+        taken = busy.getsockname()[1]
+        env = dict(checkout.env, TB_PORT=str(taken))
+        res = checkout.sh("./run.sh", "--run-name", "busyport", "--max-steps", "1", env=env)
+        said = [line for line in res.stdout.splitlines() if "is taken by another program" in line]
+        assert said and "port %d is taken" % taken in said[0], res.stdout[-3000:]  # said before the slow steps
+        assert res.stdout.index(said[0]) < res.stdout.index("setup.sh: "), res.stdout[-3000:]
+        port = int(said[0].split("goes on port ")[1].split()[0])
+        assert port != taken and "TensorBoard:  http://127.0.0.1:%d" % port in res.stdout, res.stdout[-3000:]
+        assert "TB_PORT=%d\n" % port in (checkout.root / ".env").read_text()
     finally:
         busy.close()
+        checkout.compose("stop", "tensorboard")
         checkout.sh("./setup.sh", "--no-build")  # back to this checkout's own port
 
 
