@@ -182,3 +182,10 @@ def test_purge_everything_also_removes_what_the_air_gapped_and_test_steps_made(t
     for made in ("docker/wheels", ".venv-test", "test-artifacts", "models/best/run.pt"):
         assert not (root / made).exists(), made
     assert (root / "train.py").is_file() and (root / "docker" / "Dockerfile").is_file()
+
+
+def test_the_slurm_job_script_run_outside_slurm_says_how_to_submit_it():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    res = subprocess.run(["bash", "slurm/train.sbatch", "--epochs", "1"], cwd=str(REPO), env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert res.returncode == 2 and "submit it with: sbatch slurm/train.sbatch" in res.stdout, res.stdout
