@@ -123,6 +123,7 @@ proc_start() {
   stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
   rest="${stat##*) }"
   read -r -a fields <<<"$rest"
+  [[ "${fields[0]}" != Z ]] || return 1  # exited, not yet reaped: no longer runs
   echo "${fields[19]}"
 }
 

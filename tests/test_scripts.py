@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,25 @@ def test_the_slurm_job_script_run_outside_slurm_says_how_to_submit_it():
     res = subprocess.run(["bash", "slurm/train.sbatch", "--epochs", "1"], cwd=str(REPO), env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert res.returncode == 2 and "submit it with: sbatch slurm/train.sbatch" in res.stdout, res.stdout
+
+
+def test_a_trainer_that_exited_but_is_not_yet_reaped_no_longer_runs(tmp_path):
+    """A zombie keeps its /proc entry and start time until its parent reaps it: run.sh must not call it a running
+    trainer (the next ./run.sh came right after the last one ended and was refused)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    start = _start_time(proc.pid)
+    live = 'source docker/lib.sh; echo "%d %s" >"$1"; live_pid "$1" || echo none'
+    pid_file = tmp_path / ".train-native.pid"
+    try:
+        res = subprocess.run(["bash", "-c", live % (proc.pid, start), "x", str(pid_file)], cwd=str(REPO),
+                             stdout=subprocess.PIPE, text=True)
+        assert res.stdout.strip() == str(proc.pid), res.stdout  # running
+        proc.stdin.close()  # it exits; not waited for: a zombie
+        deadline = time.time() + 60
+        while "\tZ" not in Path("/proc/%d/status" % proc.pid).read_text() and time.time() < deadline:
+            time.sleep(0.01)
+        res = subprocess.run(["bash", "-c", live % (proc.pid, start), "x", str(pid_file)], cwd=str(REPO),
+                             stdout=subprocess.PIPE, text=True)
+        assert res.stdout.strip() == "none", res.stdout
+    finally:
+        proc.wait()
