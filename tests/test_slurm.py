@@ -68,9 +68,10 @@ def wait_state(job, states, timeout=180):
 
 
 def release(job):
-    """A requeued job is held (BeginTime about two minutes on): once it is pending again and the processes of its
-    last start are gone (slurmd refuses to start a job whose old step is still being torn down, and the job then
-    FAILS: the hold normally covers that), let it start now."""
+    """A requeued job is held (BeginTime about two minutes on, Slurm's credential lifetime): once it is pending
+    again, the processes of its last start are gone and the clock is past the second of their end (slurmd refuses
+    a start that its revocation of the old credential still covers, and the job then FAILS: the hold normally
+    covers that), let it start now."""
     _let_start(job, wait_state(job, ("PENDING",)))
 
 
@@ -79,6 +80,11 @@ def _let_start(job, info):
     while subprocess.run(["pgrep", "-f", r"slurmstepd: \[%s\." % info["JobId"]], capture_output=True).returncode == 0:
         assert time.time() < deadline, "job %s: the last start's slurmstepd never ended" % info["JobId"]
         time.sleep(0.1)
+    # slurmd revoked the old start's credential; a new one is valid only if made in a later second (credential
+    # times are whole seconds: a start in the same second is refused, "Job credential revoked", and the job FAILS)
+    tick = int(time.time()) + 1
+    while time.time() < tick:
+        time.sleep(0.02)
     subprocess.run(["scontrol", "update", "jobid=%s" % job, "StartTime=now"], check=True, capture_output=True)
 
 

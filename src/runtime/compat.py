@@ -283,11 +283,14 @@ def memory_bytes():
 
 def exit_process(code):
     """Exit with code. torch < 1.8 (seen with 1.7.1 on Python 3.9) can segfault while the interpreter shuts
-    down after a run, turning a success into exit 139; there, flush everything and leave without finalizers."""
-    if hasattr(torch, "use_deterministic_algorithms"):  # torch >= 1.8: a normal exit
-        return code
-    import logging
+    down after a run, turning a success into exit 139; and a process of a multi-process run (seen with torch
+    2.13 under torchrun, about 1 exit in 10) can abort there ("terminate called without an active exception":
+    a distributed thread's destructor), turning a finished run into a failed job. There, flush everything and
+    leave without finalizers: the run's files are closed and on disk by now."""
     import os
+    if hasattr(torch, "use_deterministic_algorithms") and int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return code  # torch >= 1.8, one process: a normal exit
+    import logging
     import sys
     logging.shutdown()
     sys.stdout.flush()
