@@ -40,10 +40,8 @@ done
 
 # This checkout's running Compose services (none where Docker or the setup is missing).
 own_services() {
-  command -v docker >/dev/null 2>&1 && docker compose version >/dev/null 2>&1 || return 0
-  [[ -f "$ROOT/.env" ]] || return 0
-  COMPOSE=(docker compose)
-  compose ps --status running --services 2>/dev/null || true
+  [[ -f "$ROOT/.env" ]] && command -v docker >/dev/null 2>&1 || return 0
+  (find_compose && compose ps --status running --services) 2>/dev/null || true
 }
 
 # Before any slow step: a trainer of this checkout that already runs stops here; TensorBoard reuses one of this

@@ -117,6 +117,17 @@ def wait_in_file(path, predicate, job, after=0, timeout=180):
     raise AssertionError("no such line in %s:\n%s" % (path, path.read_text()[-3000:] if path.exists() else "(none)"))
 
 
+def warned_once(job, out):
+    """At step 10, the warning signal as `--signal=B:` sends it (to the job script's shell); the job, requeued once,
+    run to its end; its output."""
+    wait_in_file(out, stepped(10), job)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, capture_output=True)
+    release(job)
+    info = run_to_end(job, out)
+    assert info["Restarts"] == "1", info
+    return out.read_text()
+
+
 def stepped(at_least):
     return lambda line: (step_of(line, "step ") or -1) >= at_least
 
@@ -207,13 +218,7 @@ def test_two_processes_in_a_job_stop_at_the_warning_signal_and_resume_bit_identi
     else:
         job = submit(cluster, ["--job-name", "two", "--ntasks=1", "--cpus-per-task=2"], args,
                      env={"NPROC_PER_NODE": "2", "RDZV_PORT": str(_free_port())})
-    out = cluster.root / ("slurm-two-%s.out" % job)
-    wait_in_file(out, stepped(10), job)
-    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, capture_output=True)
-    release(job)
-    info = run_to_end(job, out)
-    text = out.read_text()
-    assert info["Restarts"] == "1", info
+    text = warned_once(job, cluster.root / ("slurm-two-%s.out" % job))
     assert "x 2 processes" in text and "task 0 of 2" in text, text[-3000:]
     assert "SIGUSR1 received (Slurm's warning before the time limit)" in text, text[-3000:]
     want = baseline(cluster, args, "base2", nproc=2)
@@ -250,12 +255,6 @@ def test_where_train_py_cannot_reach_scontrol_it_exits_75_and_the_job_script_req
     shim.chmod(0o755)
     args = PACED + ["--epochs", "3"]
     job = submit(cluster, ["--job-name", "box"], args, env={"PYTHON": str(shim)})
-    out = cluster.root / ("slurm-box-%s.out" % job)
-    wait_in_file(out, stepped(10), job)
-    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, capture_output=True)
-    release(job)
-    info = run_to_end(job, out)
-    text = out.read_text()
-    assert info["Restarts"] == "1", info
+    text = warned_once(job, cluster.root / ("slurm-box-%s.out" % job))
     assert "scontrol is not available here" in text and "requeued (train.py exited 75 after saving)" in text, text
     assert_same_run(cluster, "box-%s" % job, baseline(cluster, args, "base"), "base", 135)

@@ -24,7 +24,7 @@ log = logging.getLogger("train")
 REQUEUE_EXIT = 75  # EX_TEMPFAIL: "try again later"; the job script turns it into `scontrol requeue`
 
 
-class Job(namedtuple("Job", "id array_id array_task restart name")):
+class Job(namedtuple("Job", "id array_id array_task restart")):
     """This process's Slurm job (None outside one)."""
 
     @classmethod
@@ -33,7 +33,7 @@ class Job(namedtuple("Job", "id array_id array_task restart name")):
         if not env.get("SLURM_JOB_ID"):
             return None
         return cls(env["SLURM_JOB_ID"], env.get("SLURM_ARRAY_JOB_ID") or None, env.get("SLURM_ARRAY_TASK_ID") or None,
-                   int(env.get("SLURM_RESTART_COUNT") or 0), env.get("SLURM_JOB_NAME", ""))
+                   int(env.get("SLURM_RESTART_COUNT") or 0))
 
     @property
     def target(self):
