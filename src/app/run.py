@@ -10,6 +10,7 @@ every piece of state restored, then the lock, the first writes and the loop.
 """
 import contextlib
 import errno
+import json
 import logging
 import shlex
 import sys
@@ -28,7 +29,7 @@ from ..files.paths import RunPaths
 from ..loop import optim
 from ..loop.progress import Progress, finished, stopped_early
 from ..loop.trainer import Trainer
-from ..runtime import seeding, slurm
+from ..runtime import record, seeding, slurm
 from ..runtime.errors import TrainingError, UsageError
 from ..runtime.signals import Stopped
 from ..state import fileformat
@@ -49,6 +50,7 @@ class Run(object):
         self.begun = False
         self.unfinished = False  # the loop stopped on a signal before the run's end
         self.config_text = ""
+        self.record = None  # the reproducibility record: one entry per session (runtime/record.py)
 
     @property
     def step0(self):
@@ -110,6 +112,9 @@ class Run(object):
         job = slurm.job()
         if job is not None:
             self.hparams.update(job.hparams())
+        if self.dist.main:  # code, packages, hardware of this session, after those of the sessions before
+            now = dict(record.collect(), step=self.step0, config_changes=[list(c) for c in self.changes])
+            self.record = record.sessions(self.state.get("record") if self.state else None, now)
         self.trainer = Trainer(cfg, self.parts, self)
         if self.state is not None:
             self.restore(splits)
@@ -211,6 +216,11 @@ class Run(object):
         self.begun = True
         if self.dist.main:
             atomic.write_text(self.paths.config_file, self.config_text)
+            atomic.write_text(self.paths.record_file, json.dumps({"run": self.cfg.run_name, "sessions": self.record},
+                                                                 indent=1, sort_keys=True) + "\n")
+            diff = self.record[-1]["code"].get("diff")
+            if diff:  # git apply logs/<run>/code.diff on its commit: this session's code
+                atomic.write_text(self.paths.code_diff, diff)
         self.loggers.open()
         self.loggers.text("config", "```yaml\n%s```" % self.config_text, self.step0)
         self.loggers.text("command", " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), self.step0)
@@ -231,11 +241,11 @@ def init_weights(model, state, cfg):
     return dict(report, path=str(cfg.init_from), partial=cfg.init_partial)
 
 
-def describe_init(record):
+def describe_init(loaded):
     """--init-from X: loaded 6 of 8 tensors; fresh: ...; not in this model: ..."""
-    total = len(record["loaded"]) + len(record["fresh"])
-    parts = ["--init-from %s: loaded %d of the model's %d tensors" % (record["path"], len(record["loaded"]), total)]
-    for what, names in (("fresh", record["fresh"]), ("not in this model", record["unused"])):
+    total = len(loaded["loaded"]) + len(loaded["fresh"])
+    parts = ["--init-from %s: loaded %d of the model's %d tensors" % (loaded["path"], len(loaded["loaded"]), total)]
+    for what, names in (("fresh", loaded["fresh"]), ("not in this model", loaded["unused"])):
         if names:
             parts.append("%s: %s%s" % (what, ", ".join(names[:8]), " and %d more" % (len(names) - 8)
                                        if len(names) > 8 else ""))
@@ -300,7 +310,6 @@ def check_history(cfg, paths):
 
 def tested(paths, state):
     """Whether a finished run's final test results are on disk (logs/<run>/metrics.json of its last step)."""
-    import json
     try:
         return json.loads(paths.metrics_file.read_text())["step"] == state["progress"]["step"]
     except (OSError, ValueError, KeyError, TypeError):

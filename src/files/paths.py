@@ -148,7 +148,8 @@ def read_bounded(path, what, limit):
 class RunPaths:
     """The files of one named run: the one spelling of the layout in Python (docker/lib.sh has the shell's).
 
-        <logs>/<run>/            train.log, config.yaml, metrics.json, evaluate-<split>.json, run.lock, TensorBoard
+        <logs>/<run>/            train.log, config.yaml, metrics.json, record.json, evaluate-<split>.json, run.lock,
+                                 TensorBoard
         <models>/latest/<run>.pt the newest checkpoint (and .<run>.lock)
         <models>/best/<run>.pt   the best by --monitor
         <models>/tmp/<run>/      step-N.pt, the last --keep-last periodic checkpoints
@@ -165,6 +166,8 @@ class RunPaths:
         self.log_file = self.run_dir / "train.log"
         self.config_file = self.run_dir / "config.yaml"
         self.metrics_file = self.run_dir / "metrics.json"
+        self.record_file = self.run_dir / "record.json"
+        self.code_diff = self.run_dir / "code.diff"  # the uncommitted changes of the session that wrote it
         self.lock_file = self.run_dir / "run.lock"
         self.models_lock_file = self.latest.parent / (".%s.lock" % self.name)
         self.data_dir = Path(cfg.data_dir)
