@@ -2,6 +2,7 @@
 --verify-resume, --doctor), given the parsed config."""
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -42,7 +43,15 @@ def main(cfg, user, stop):
     if cfg.predict:
         from . import predict
         return predict.run(cfg)
-    return train(Run(cfg, user, stop, dist), bar)
+    if cfg.sweep or cfg.seeds:
+        from . import sweep
+        return sweep.run(cfg, user, stop)
+    then = None
+    if cfg.reproduce:
+        from . import reproduce
+        cfg, user, then = reproduce.prepare(cfg, user)
+    code = train(Run(cfg, user, stop, dist), bar)
+    return then(code) if then else code
 
 
 def train(run, bar):
@@ -56,6 +65,8 @@ def train(run, bar):
         log.info("stopped by %s before training started; nothing was saved", stop.name)
         code, run.unfinished = 0, True
     if code == 0 and stop.warning and job is not None and run.unfinished:
+        if os.environ.get("TRAIN_REQUEUE") == "parent":  # a sweep's trial: the sweep requeues its job once
+            return 0
         return slurm.requeue(job, stop) if run.dist.main else 0
     return code
 

@@ -119,6 +119,20 @@ def _steps(text):
     return Steps(steps)
 
 
+class Seeds(_Items):
+    """--seeds: distinct seeds, 0,1,2."""
+
+
+def _seeds(text):
+    try:
+        seeds = [int(s) for s in str(text).split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected seeds such as 0,1,2, got %r" % text)
+    if not seeds or len(set(seeds)) != len(seeds) or not all(0 <= s < 2 ** 32 for s in seeds):
+        raise argparse.ArgumentTypeError("expected distinct seeds in 0 .. 2**32-1 such as 0,1,2, got %r" % text)
+    return Seeds(seeds)
+
+
 def _monitor(text):
     """--monitor: auto (the task's own, resolved by validate) or METRIC:MODE (checked against the task there)."""
     if text == "auto":
@@ -139,6 +153,11 @@ def plain(cfg):
     """vars(cfg) with every parsed value back in its text form: what a checkpoint, config.yaml, a --config file and
     the hparams panel hold (plain str, int, float, bool, None)."""
     return {k: _text(v) for k, v in vars(cfg).items()}
+
+
+def plain_values(values):
+    """A mapping of dests to values (parsed or not) in the text forms of plain()."""
+    return {k: _text(v) for k, v in values.items()}
 
 
 def typed(values):
@@ -195,6 +214,17 @@ FLAGS = _records([
     flag("seed", int, 0, "seed for weights, data order and dropout (0 to 2**32-1)",
          (lambda v: 0 <= v < 2 ** 32, "in 0 .. 2**32-1")),
     flag("deterministic", bool, False, "deterministic kernels: bit-exact runs and resumes"),
+    flag("sweep", str, None, "run the trials of this sweep (README \"Experiments\") as runs <sweep>-<trial>; the "
+         "same command again continues it", scope="invocation", metavar="SPEC.yaml"),
+    flag("seeds", _seeds, None, "train these flags once per seed (a sweep named <run-name>-seeds), then report "
+         "mean, std and a 95%% interval of every test metric", scope="invocation", metavar="S1,S2,..."),
+    flag("parallel", int, 1, "sweeps: trials at once in this process (one per GPU where there are GPUs; "
+         "other processes running the same sweep share its trials)", _in(1, 1024), scope="invocation",
+         metavar="N"),
+    flag("retry-failed", bool, False, "sweeps: run the trials that failed again (otherwise they are reported and "
+         "skipped)", scope="invocation"),
+    flag("reproduce", str, None, "train again with the config recorded by run RUN (as RUN-reproduce, or "
+         "--run-name), after saying what differs in code and environment", scope="invocation", metavar="RUN"),
 
     "data",
     flag("dataset", str, "digits", "dataset; folder:PATH reads your images from PATH/<class>/<image>, csv:PATH "
@@ -453,6 +483,13 @@ def _read_yaml(path, parser):
         return {}
     if not isinstance(raw, dict):
         raise UsageError("%s: expected a mapping of flag names to values" % where)
+    return coerce_values(raw, where, parser)
+
+
+def coerce_values(raw, where, parser=None):
+    """A mapping of flag names (dashes or underscores) to YAML values, each checked as its flag's value: the dests
+    and values; UsageError for an unknown key, a per-invocation one, or a bad value (`where` names the source)."""
+    parser = parser or build_parser()
     actions = {a.dest: a for a in parser._actions if a.dest != "help"}
     values = {}
     for key, value in raw.items():
@@ -463,14 +500,19 @@ def _read_yaml(path, parser):
     return values
 
 
-def parse(argv=None):
-    """(config, keys the user set in the file or on the command line)."""
+def parse(argv=None, base=None):
+    """(config, keys the user set in the file or on the command line). base: values below --config and the command
+    line (a sweep's trial, a run reproduced), already checked by coerce_values; they count as set by the user."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     cli = parser.parse_args(argv)
     explicit = _explicit_keys(parser, argv)
     values = vars(cli)
     user = set(explicit)
+    for key, value in (base or {}).items():
+        if key not in explicit:
+            values[key] = value
+            user.add(key)
     if cli.config:
         from_file = _read_yaml(cli.config, parser)
         for key, value in from_file.items():
