@@ -7,6 +7,8 @@ requeued, and two processes under srun (ranks from Slurm) and under torchrun in 
 The model is the MLP slowed down by a sleep in its forward pass (a test plugin), so that a job lives long enough
 to be preempted at chosen moments; the sleep changes no number.
 """
+import csv
+import json
 import os
 import re
 import shutil
@@ -16,6 +18,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from conftest import (FAST, PACED_MODEL, REPO, assert_same_scalars, load, raw_events, same_weights, scalars, step_of,
                       summary_steps)
@@ -258,3 +261,33 @@ def test_where_train_py_cannot_reach_scontrol_it_exits_75_and_the_job_script_req
     text = warned_once(job, cluster.root / ("slurm-box-%s.out" % job))
     assert "scontrol is not available here" in text and "requeued (train.py exited 75 after saving)" in text, text
     assert_same_run(cluster, "box-%s" % job, baseline(cluster, args, "base"), "base", 135)
+
+
+def test_a_sweep_as_a_slurm_array_shares_its_trials_and_survives_the_warning_signal(cluster):
+    """SWEEP=spec sbatch --array 0-1: two jobs take the trials of one sweep; both warned mid-trial, each saves its
+    trial, requeues itself once, and continues: every trial done, results as an uninterrupted sweep's."""
+    spec = {"base": {"model": "paced", "width": 64, "batch_size": 32, "deterministic": True, "epochs": 1,
+                     "ckpt_every": 10, "log_every": 5}, "grid": {"lr": [0.05, 0.1]}, "seeds": [0, 1]}
+    (cluster.root / "sw.yaml").write_text(yaml.safe_dump(spec))
+    job = submit(cluster, ["--array", "0-1", "--job-name", "sw"], [], env={"SWEEP": "sw.yaml"})
+    tasks = ["%s_%d" % (job, t) for t in range(2)]
+    logs = cluster.run_dir("sw")
+    deadline = time.time() + 180
+    while not any((step_of(line, "step ") or -1) >= 10 for log in logs.glob("trial-*.log")
+                  for line in log.read_text().splitlines()):
+        assert time.time() < deadline, "no trial reached step 10"
+        time.sleep(0.1)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, capture_output=True)
+    for task in tasks:
+        release(task)
+    for task in tasks:
+        info = run_to_end(task, cluster.root / ("slurm-sw-%s.out" % task))
+        assert info["Restarts"] == "1", info
+    trials = json.loads((logs / "sweep.json").read_text())["trials"]
+    assert [t["state"] for t in trials] == ["done"] * 4 and max(t["attempts"] for t in trials) == 2
+    cluster.ok("--sweep", "sw.yaml", "--run-name", "plain", env=dict(cluster.env, PACE="0"))
+
+    def rows(name):
+        with open(str(cluster.run_dir(name) / "results.csv")) as f:
+            return [{k: v for k, v in r.items() if k not in ("run", "seconds", "attempts")} for r in csv.DictReader(f)]
+    assert rows("sw") == rows("plain")

@@ -1,0 +1,270 @@
+"""Sweeps, multi-seed runs and run records (README "Experiments"): the real train.py in subprocesses, killed with
+kill -9 mid-trial and between trials, continued by the same command, and compared bit for bit with a sweep that
+was never interrupted; a multi-seed summary; failed trials; two processes sharing a sweep; the record of a run on
+a dirty git checkout and --reproduce."""
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from conftest import FAST, PACED_MODEL, REPO, Project, load, same_weights, wait_for_line
+
+SPEC = {"base": {"model": "paced", "width": 64, "batch_size": 32, "deterministic": True, "epochs": 2,
+                 "ckpt_every": 10, "log_every": 5},
+        "grid": {"lr": [0.05, 0.1]}, "seeds": [0, 1]}
+RESULT_COLUMNS = ("trial", "run", "state", "lr", "seed", "metric", "best_val", "best_step", "test/acc", "test/loss",
+                  "steps")
+
+
+def sweep_project(root, spec=SPEC, pace="0.01"):
+    project = Project(root)
+    (project.root / "src" / "models" / "paced.py").write_text(PACED_MODEL)
+    project.env["PACE"] = pace
+    (project.root / "grid.yaml").write_text(yaml.safe_dump(spec))
+    return project
+
+
+def rows(project, name="grid"):
+    with open(str(project.run_dir(name) / "results.csv")) as f:
+        return [{k: r.get(k) for k in RESULT_COLUMNS} for r in csv.DictReader(f)]
+
+
+def state(project, name="grid"):
+    return json.loads((project.run_dir(name) / "sweep.json").read_text())
+
+
+def wait_for_file_line(path, predicate, proc, timeout=180):
+    """Wait until a line of the file at path satisfies predicate (the trial's own output), while proc runs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists() and any(predicate(ln) for ln in path.read_text(errors="replace").splitlines()):
+            return
+        assert proc.poll() is None, "the sweep ended first"
+        time.sleep(0.05)
+    raise AssertionError("no such line in %s" % path)
+
+
+def gone(pattern, timeout=30):
+    """Wait until no process's command line holds pattern (a trial killed with its driver)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = []
+        for pid in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    cmd = f.read()
+                with open("/proc/%s/stat" % pid) as f:
+                    zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            except (OSError, IndexError):
+                continue
+            if pattern.encode() in cmd and not zombie:
+                found.append(pid)
+        if not found:
+            return
+        time.sleep(0.05)
+    raise AssertionError("processes of %s still alive: %s" % (pattern, found))
+
+
+def test_a_sweep_killed_mid_trial_and_between_trials_ends_bit_identical_to_one_never_interrupted(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain, killed = sweep_project(tmp_path / "a"), sweep_project(tmp_path / "b")
+    plain.ok("--sweep", "grid.yaml", timeout=600)
+
+    proc = killed.start("--sweep", "grid.yaml")
+    wait_for_line(proc, lambda ln: ln.startswith("trial 1 (grid-1)"))
+    log1 = killed.run_dir("grid") / "trial-1.log"
+    wait_for_file_line(log1, lambda ln: "saved checkpoint step 20" in ln, proc)  # mid-trial, after a checkpoint
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    gone("--run-name grid-1")  # the trial died with its driver (parent-death signal): nothing trains on
+    assert [t["state"] for t in state(killed)["trials"]] == ["done", "running"]
+    step = load(killed.latest("grid-1"))["progress"]["step"]
+    assert 20 <= step < 90
+
+    proc = killed.start("--sweep", "grid.yaml")
+    _, seen = wait_for_line(proc, lambda ln: ln.startswith("trial 2 (grid-2) done"))  # between trials 2 and 3
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    text = "".join(seen)
+    assert "trial 1 (grid-1) was interrupted" in text and "sweep grid: continuing (1 of 4 trials done)" in text
+    assert "trial 0 (grid-0):" not in text  # a finished trial is not run again
+    gone("--run-name grid-")
+
+    res = killed.ok("--sweep", "grid.yaml", timeout=600)
+    assert "trial 0 (grid-0):" not in res.stderr and "trial 1 (grid-1):" not in res.stderr
+    assert rows(killed) == rows(plain)  # same trials, same flags, same metrics to the last bit
+    trials = state(killed)["trials"]
+    assert [t["state"] for t in trials] == ["done"] * 4 and [t["attempts"] for t in trials][:2] == [1, 2]
+    for n in range(4):
+        run = "grid-%d" % n
+        assert same_weights(load(killed.best(run))["model"], load(plain.best(run))["model"]), run
+        assert json.loads((killed.run_dir(run) / "metrics.json").read_text())["test"] == \
+            json.loads((plain.run_dir(run) / "metrics.json").read_text())["test"]
+    assert "over 2 seeds (0,1)" in res.stderr and "best trial (by val/acc:max, on validation data)" in res.stderr
+    again = killed.ok("--sweep", "grid.yaml")  # nothing left: the summary again, nothing trained
+    assert "continuing (4 of 4 trials done)" in again.stderr and "trial 0 (grid-0):" not in again.stderr
+
+
+def test_seeds_end_with_mean_std_and_a_95_percent_interval_of_every_test_metric(project):
+    res = project.ok("--seeds", "0,1,2", "--epochs", "1", *FAST)
+    summary = json.loads((project.run_dir("digits-mlp-seeds") / "summary.json").read_text())
+    (point,) = summary["points"]
+    accs = [json.loads((project.run_dir("digits-mlp-seeds-%d" % n) / "metrics.json").read_text())["test"]["test/acc"]
+            for n in range(3)]
+    acc = point["test"]["test/acc"]
+    assert acc["n"] == 3 and acc["mean"] == pytest.approx(statistics.mean(accs))
+    assert acc["std"] == pytest.approx(statistics.stdev(accs)) and acc["std"] > 0
+    assert acc["ci95"] == pytest.approx(4.303 * statistics.stdev(accs) / 3 ** 0.5)
+    assert "test/acc %.4f +- %.4f" % (acc["mean"], acc["std"]) in res.stderr
+    seeds = [load(project.latest("digits-mlp-seeds-%d" % n))["config"]["seed"] for n in range(3)]
+    assert seeds == [0, 1, 2]
+    # the HParams view of the sweep, as TensorBoard's own reader sees it: one session per trial with its seed
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    for n in range(3):
+        acc_ = EventAccumulator(str(project.run_dir("digits-mlp-seeds") / ("digits-mlp-seeds-%d" % n)))
+        acc_.Reload()
+        content = acc_.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        assert info.hparams["seed"].number_value == n
+        assert acc_.Scalars("test/acc")[0].value == pytest.approx(accs[n])
+
+
+def test_a_failed_trial_is_reported_and_skipped_until_retry_failed(tmp_path):
+    spec = {"base": {"model": "mlp", "width": 32, "batch_size": 64, "epochs": 1, "deterministic": True},
+            "grid": {"lr": [0.05, 1e30]}}
+    project = sweep_project(tmp_path, spec)
+    res = project.run("--sweep", "grid.yaml")
+    assert res.returncode == 1
+    assert "trial 1 (grid-1) FAILED (exit 1: train.py: error: non-finite loss" in res.stderr
+    assert "again with --retry-failed" in res.stderr
+    again = project.run("--sweep", "grid.yaml")
+    assert again.returncode == 1 and "trial 1 (grid-1):" not in again.stderr  # reported, not run again
+    assert [t["attempts"] for t in state(project)["trials"]] == [1, 1]
+    retry = project.run("--sweep", "grid.yaml", "--retry-failed")
+    assert "trial 1 (grid-1): lr=1e+30 (again, attempt 2)" in retry.stderr and retry.returncode == 1
+    assert rows(project)[1]["state"] == "failed"
+
+
+def test_two_processes_and_parallel_trials_share_one_sweep_each_trial_once(tmp_path):
+    spec = dict(SPEC, base=dict(SPEC["base"], epochs=1))
+    project = sweep_project(tmp_path, spec, pace="0.02")
+    first = project.start("--sweep", "grid.yaml", "--parallel", "2")
+    wait_for_line(first, lambda ln: ln.startswith("trial 1 (grid-1)"))
+    second = project.run("--sweep", "grid.yaml", timeout=600)
+    out = first.communicate(timeout=600)[0]
+    assert first.returncode == 0 and second.returncode == 0, out + second.stderr
+    trials = state(project)["trials"]
+    assert [t["state"] for t in trials] == ["done"] * 4 and all(t["attempts"] == 1 for t in trials)
+    ran = [n for n in range(4) if "trial %d (grid-%d): " % (n, n) in second.stderr]
+    assert ran, "the second process took no trial"
+    assert not any("trial %d (grid-%d): " % (n, n) in out for n in ran)
+    assert "best trial" in out + second.stderr
+
+
+def test_bad_sweep_specs_are_one_line_errors_and_a_changed_spec_is_refused(tmp_path):
+    project = sweep_project(tmp_path, {"base": {"epochs": 1, "model": "mlp"}, "grid": {"lr": [0.1]}})
+    cases = [({"grid": {"lr": [0.1]}, "bogus": 1}, "unknown key 'bogus'"),
+             ({"grid": {"lrr": [0.1]}}, "'lrr' is not a flag a sweep can set"),
+             ({"grid": {"lr": [0.1, -1]}}, "--lr must be > 0"),
+             ({"random": {"trials": 2, "space": {"lr": {"loguniform": [0, 1]}}}}, "LOW > 0"),
+             ({"grid": {"lr": [0.1]}, "random": {"trials": 1}}, "give one of grid, random or optuna")]
+    for spec, words in cases:
+        (project.root / "bad.yaml").write_text(yaml.safe_dump(spec))
+        res = project.run("--sweep", "bad.yaml")
+        assert res.returncode == 2 and words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not (project.root / "logs" / "bad").exists()
+    project.ok("--sweep", "grid.yaml")
+    (project.root / "grid.yaml").write_text(yaml.safe_dump({"base": {"epochs": 2, "model": "mlp"},
+                                                            "grid": {"lr": [0.1]}}))
+    res = project.run("--sweep", "grid.yaml")
+    assert res.returncode == 2 and "sweep grid was started with another spec" in res.stderr
+    assert state(project)["trials"][0]["state"] == "done"
+
+
+def test_random_and_optuna_sweeps_propose_the_same_trials_after_a_kill(tmp_path):
+    pytest.importorskip("optuna")
+    for method in ("random", "optuna"):
+        spec = {"base": {"model": "mlp", "width": 32, "batch_size": 64, "epochs": 1, "deterministic": True},
+                method: {"trials": 3, "seed": 7, "space": {"lr": {"loguniform": [0.01, 0.3]},
+                                                           "optimizer": ["sgd", "adam"]}}}
+        (tmp_path / method).mkdir()
+        (tmp_path / (method + "-killed")).mkdir()
+        plain = sweep_project(tmp_path / method, spec)
+        killed = sweep_project(tmp_path / (method + "-killed"), spec)
+        plain.ok("--sweep", "grid.yaml")
+        proc = killed.start("--sweep", "grid.yaml")
+        wait_for_line(proc, lambda ln: ln.startswith("trial 1 (grid-1) done"))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        killed.ok("--sweep", "grid.yaml")
+        assert rows(killed) == rows(plain), method
+        assert len({r["lr"] for r in rows(plain)}) == 3
+
+
+def git(root, *args):
+    subprocess.run(["git", "-C", str(root)] + list(args), check=True, capture_output=True,
+                   env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                            GIT_COMMITTER_EMAIL="t@t"))
+
+
+def test_the_record_of_a_run_on_a_dirty_checkout_is_complete_and_reproduce_says_what_differs(project):
+    root = project.root
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "base")
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    loop = root / "src" / "loop" / "meter.py"
+    loop.write_text(loop.read_text() + "\n# a local change\n")
+    (root / "src" / "models" / "extra.py").write_text("# untracked\n")
+    project.ok("--epochs", "1", "--run-name", "dirty", *FAST)
+    record = json.loads((project.run_dir("dirty") / "record.json").read_text())
+    (session,) = record["sessions"]
+    code, hw = session["code"], session["hardware"]
+    assert code["commit"] == head and code["dirty"] and "+# a local change" in code["diff"]
+    assert [u["path"] for u in code["untracked"]] == ["src/models/extra.py"]
+    assert (project.run_dir("dirty") / "code.diff").read_text() == code["diff"]
+    import torch
+    assert session["packages"]["torch"] == torch.__version__ and "numpy" in session["packages"]
+    assert hw["torch"] == torch.__version__ and hw["python"] and hw["cpu"] and hw["cpus"] == os.cpu_count()
+    assert "gpus" in hw and "cuda" in hw and "driver" in hw
+    assert session["command"][1:] == [str(root / "train.py"), "--epochs", "1", "--run-name", "dirty"] + FAST
+    assert load(project.latest("dirty"))["record"] == record["sessions"]  # the checkpoint carries it too
+
+    git(root, "checkout", "-q", "--", "src/loop/meter.py")
+    (root / "src" / "models" / "extra.py").unlink()
+    res = project.ok("--reproduce", "dirty")
+    err = res.stderr
+    assert "reproducing run dirty with the config of" in err and "as run dirty-reproduce" in err
+    assert "code: train.py or src/ differ from the run's" in err and "untracked src/models/extra.py: only in the run" in err
+    assert "git checkout %s && git apply" % head in err and "packages: the same" in err
+    assert "test/acc: original" in err and "(the same)" in err  # a comment changed nothing: bit-identical
+    assert "differs by" not in err
+
+    (root / ".git").rename(root / "not-git")  # no git: the record says so, the digest still tells the code
+    project.ok("--epochs", "1", "--run-name", "nogit", *FAST)
+    code = json.loads((project.run_dir("nogit") / "record.json").read_text())["sessions"][0]["code"]
+    assert code["git"].startswith("not a git checkout") and len(code["source_sha256"]) == 64
+
+
+def test_the_readme_experiments_commands_work_as_written(project, tmp_path):
+    from conftest import bash_block
+    from test_readme import readme_block
+    (project.root / "configs").mkdir()
+    (project.root / "configs" / "sweep-digits.yaml").write_text((REPO / "configs" / "sweep-digits.yaml").read_text())
+    res = bash_block(project, tmp_path, readme_block("## Experiments"))
+    trials = state(project, "digits-lr")["trials"]
+    assert [t["state"] for t in trials] == ["done"] * 6
+    assert [(t["flags"]["lr"], t["flags"]["seed"]) for t in trials] == [(lr, s) for lr in (0.02, 0.05, 0.1)
+                                                                        for s in (0, 1)]
+    assert res.stdout.count("trial 5 (digits-lr-5): ") == 1 and "continuing (6 of 6 trials done)" in res.stdout
+    assert "trial,run,state,lr,seed,metric,best_val" in res.stdout  # the cat of results.csv
+    assert "over 3 seeds (0,1,2)" in res.stdout and (project.run_dir("cnn3-2") / "metrics.json").is_file()
+    assert "as run digits-lr-0-reproduce" in res.stdout and "test/acc: original" in res.stdout
