@@ -61,6 +61,8 @@ out="benchmarks/RESULTS.md"
   "$python" benchmarks/folder_loading.py --repeats "$repeats"
   echo
   "$python" benchmarks/own_data_accuracy.py
+  echo
+  "$python" benchmarks/sweep_overhead.py --repeats "$(( repeats < 3 ? repeats : 3 ))" -- --epochs 3
 } | tee "$out"
 echo
 echo "benchmarks/run.sh: tables written to $out"

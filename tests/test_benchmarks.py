@@ -64,3 +64,10 @@ def test_own_data_accuracy_benchmark_puts_each_no_code_path_beside_its_baseline(
     assert 0 < float(table["images: digits as PNG files, `folder:PATH`, cnn"][1]) <= 1
     assert float(table["table: least squares on the same rows (hand-written)"][1]) > 0.3
     assert "table: diabetes as CSV files, `csv:PATH`, mlp" in table
+
+
+def test_sweep_overhead_benchmark_puts_a_sweep_beside_its_trials_by_hand():
+    out = bench("benchmarks/sweep_overhead.py", "--trials", "2", "--repeats", "1", "--", "--max-steps", "5")
+    table = rows(out)
+    assert float(table["by hand (one train.py per trial)"][3]) == 1.0 and float(table["train.py --sweep"][3]) > 0
+    assert "The sweep's own cost per trial" in out

@@ -243,7 +243,8 @@ def test_the_record_of_a_run_on_a_dirty_checkout_is_complete_and_reproduce_says_
     res = project.ok("--reproduce", "dirty")
     err = res.stderr
     assert "reproducing run dirty with the config of" in err and "as run dirty-reproduce" in err
-    assert "code: train.py or src/ differ from the run's" in err and "untracked src/models/extra.py: only in the run" in err
+    assert "code: train.py or src/ differ from the run's" in err
+    assert "untracked src/models/extra.py: only in the run" in err
     assert "git checkout %s && git apply" % head in err and "packages: the same" in err
     assert "test/acc: original" in err and "(the same)" in err  # a comment changed nothing: bit-identical
     assert "differs by" not in err

@@ -2,7 +2,7 @@
 and the little state that ties them together.
 
     logs/<sweep>/sweep.json       the spec and every trial: flags, state, attempts, results (atomic, under sweep.lock)
-    logs/<sweep>/trial-N.yaml     trial N's flags: python train.py --config logs/<sweep>/trial-N.yaml --run-name <sweep>-N
+    logs/<sweep>/trial-N.yaml     trial N's flags (train.py --config logs/<sweep>/trial-N.yaml --run-name <sweep>-N)
     logs/<sweep>/trial-N.log      its output; the run itself lives in logs/<sweep>-N/ and models/*/<sweep>-N.pt
     logs/<sweep>/results.csv      one row per trial; summary.json: the best trial, mean/std/95 % interval per point
     logs/<sweep>/<sweep>-N/       TensorBoard: trial N's flags and final metrics (HParams view of the sweep)
