@@ -269,3 +269,41 @@ def test_the_readme_experiments_commands_work_as_written(project, tmp_path):
     assert "trial,run,state,lr,seed,metric,best_val" in res.stdout  # the cat of results.csv
     assert "over 3 seeds (0,1,2)" in res.stdout and (project.run_dir("cnn3-2") / "metrics.json").is_file()
     assert "as run digits-lr-0-reproduce" in res.stdout and "test/acc: original" in res.stdout
+    hparams_view_over_http(project.run_dir("digits-lr"), trials)
+
+
+def hparams_view_over_http(folder, trials):
+    """The sweep's HParams view as a real TensorBoard server gives it: one session group per trial with its lr and
+    seed, and its test accuracy."""
+    import sys
+    import urllib.request
+    from e2e.checkout import free_port
+    port = free_port()
+    tb = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "tensorboard"), "--logdir", str(folder),
+                           "--port", str(port), "--host", "127.0.0.1"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+
+    def post(path, body):
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read().decode())
+    try:
+        deadline, groups = time.time() + 120, []
+        while time.time() < deadline and len(groups) < len(trials):
+            try:
+                groups = post("/data/plugin/hparams/session_groups", {
+                    "experimentName": "", "startIndex": 0, "sliceSize": 100, "colParams": [],
+                    "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+                })["sessionGroups"]
+            except OSError:
+                time.sleep(0.5)
+        assert len(groups) == len(trials), groups
+        for group in groups:
+            trial = trials[int(group["hparams"]["trial"])]
+            assert group["hparams"]["lr"] == trial["flags"]["lr"] and group["hparams"]["seed"] == trial["flags"]["seed"]
+            acc = [m["value"] for m in group["metricValues"] if m["name"]["tag"] == "test/acc"]
+            assert acc == [pytest.approx(trial["test"]["test/acc"], rel=1e-6)]
+    finally:
+        tb.terminate()
+        tb.wait(timeout=30)
