@@ -181,6 +181,12 @@ def test_bad_sweep_specs_are_one_line_errors_and_a_changed_spec_is_refused(tmp_p
         res = project.run("--sweep", "bad.yaml")
         assert res.returncode == 2 and words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert not (project.root / "logs" / "bad").exists()
+    for args, words in ((["--parallel", "2"], "--parallel and --retry-failed apply to sweeps"),
+                        (["--sweep", "grid.yaml", "--seeds", "0,1"], "put seeds: [...] in the sweep spec"),
+                        (["--seeds", "1,1"], "expected distinct seeds")):
+        res = project.run(*args)
+        assert res.returncode == 2 and words in res.stderr, res.stderr
+    assert not (project.root / "logs").exists()
     project.ok("--sweep", "grid.yaml")
     (project.root / "grid.yaml").write_text(yaml.safe_dump({"base": {"epochs": 2, "model": "mlp"},
                                                             "grid": {"lr": [0.1]}}))

@@ -46,6 +46,8 @@ def main(cfg, user, stop):
     if cfg.sweep or cfg.seeds:
         from . import sweep
         return sweep.run(cfg, user, stop)
+    if cfg.parallel != 1 or cfg.retry_failed:
+        raise UsageError("--parallel and --retry-failed apply to sweeps: add --sweep SPEC.yaml or --seeds S1,S2,...")
     then = None
     if cfg.reproduce:
         from . import reproduce

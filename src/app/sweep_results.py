@@ -147,7 +147,7 @@ def describe_flags(values):
     return ", ".join("%s=%s" % (k, v) for k, v in values.items()) or "the base flags"
 
 
-def describe_outcome(t):
+def describe_outcome(t, folder):
     if t["state"] == "done":
         tests = ", ".join("%s %.4g" % (k, v) for k, v in sorted(t["test"].items()) if k.count("/") < 2)
         return "done in %.1f s: best %s %s at step %s; %s" % (t["seconds"], t["metric"].rpartition(":")[0],
@@ -155,8 +155,8 @@ def describe_outcome(t):
     if t["state"] == "stopped":
         return "stopped after %.1f s (exit %d): it resumes from its checkpoint when the sweep continues" % (
             t["seconds"], t["exit"])
-    return "FAILED (%s); its output: logs/.../trial-%d.log. The sweep goes on; --retry-failed runs it again" % (
-        t["error"], t["trial"])
+    return "FAILED (%s); its output: %s. The sweep goes on; --retry-failed runs it again" % (
+        t["error"], folder / ("trial-%d.log" % t["trial"]))
 
 
 def _fmt(value):
