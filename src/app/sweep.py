@@ -331,7 +331,8 @@ class Driver(object):
             if saved["state"] == "done":
                 sweep_results.write_view(self.sweep, state, saved)
         self.outcomes.append((dict(saved), code))
-        log.info("trial %d (%s) %s", trial["trial"], trial["run"], sweep_results.describe_outcome(saved, self.sweep.dir))
+        log.info("trial %d (%s) %s", trial["trial"], trial["run"],
+                 sweep_results.describe_outcome(saved, self.sweep.dir))
 
 
 def _gpus():
