@@ -287,7 +287,6 @@ class Driver(object):
         self.tried = set()
         self.gpus = _gpus()
         self.workers = []
-        self.outcomes = []  # (trial, state) of the trials this process ran
         self.forwarded = set()
 
     def forward(self, child):
@@ -330,7 +329,6 @@ class Driver(object):
             self.sweep.save(state)
             if saved["state"] == "done":
                 sweep_results.write_view(self.sweep, state, saved)
-        self.outcomes.append((dict(saved), code))
         log.info("trial %d (%s) %s", trial["trial"], trial["run"],
                  sweep_results.describe_outcome(saved, self.sweep.dir))
 
