@@ -31,7 +31,7 @@ def test_run_logs_scalars_images_text_and_hparams_in_one_run(project):
     assert [e.step for e in acc.Scalars("z_perf/ckpt_stall_ms")][:2] == [25, 35]
     assert "val/confusion_matrix" in tags["images"]
     image = acc.Images("val/confusion_matrix")[-1]
-    assert image.width == image.height == 160 and image.encoded_image_string[:4] == b"\x89PNG"
+    assert image.width == image.height > 160 and image.encoded_image_string[:4] == b"\x89PNG"
     assert {"config/text_summary", "command/text_summary"} <= set(tags["tensors"])
     text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "lr: 0.05" in text and "model: mlp" in text

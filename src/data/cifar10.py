@@ -54,6 +54,9 @@ def read_batches(path, names):
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
 @register("cifar10", task="classification", model="cnn", augment="crop:4,flip")
 def build(cfg):
     """The five training batches give train and val; the official test batch is the test split."""
@@ -61,4 +64,4 @@ def build(cfg):
     train = ArrayDataset(*read_batches(path, ["data_batch_%d" % i for i in range(1, 6)]),
                          scale=1 / 255.0, mean=MEAN, std=STD)
     test = ArrayDataset(*read_batches(path, ["test_batch"]), scale=1 / 255.0, mean=MEAN, std=STD)
-    return Splits(train=train, test=test, input_shape=(3, 32, 32), num_classes=10)
+    return Splits(train=train, test=test, input_shape=(3, 32, 32), num_classes=10, classes=CLASSES)

@@ -45,6 +45,11 @@ def read_idx(path):
     return body.reshape(dims)
 
 
+# the class names of Fashion-MNIST (zalandoresearch/fashion-mnist); MNIST's classes are its digits
+CLASSES = {"fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                             "Bag", "Ankle boot")}
+
+
 def _build(cfg, name):
     base, files, (mean, std) = SOURCES[name]
     folder = fetch_all(cfg, name, base, sorted((f, md5, size) for f, (md5, size) in files.items()))
@@ -56,7 +61,8 @@ def _build(cfg, name):
         return ArrayDataset(x, torch.from_numpy(y.astype(np.int64)), scale=1 / 255.0, mean=mean, std=std)
 
     train = split("train")
-    return Splits(train=train, test=split("t10k"), input_shape=tuple(train.x.shape[1:]), num_classes=10)
+    return Splits(train=train, test=split("t10k"), input_shape=tuple(train.x.shape[1:]), num_classes=10,
+                  classes=CLASSES.get(name))
 
 
 @register("mnist", task="classification", model="cnn", augment="crop:2")

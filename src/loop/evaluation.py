@@ -29,7 +29,7 @@ def evaluate(model, loader, task, precision, device, *, dist, channels_last=Fals
                 pred = task.prediction(output)
                 add_sums(sums, task.eval_sums(pred, target))
                 if first is None and dist.main:
-                    first = (inputs[:8].cpu(), target[:8].cpu(), pred[:8].detach().float().cpu())
+                    first = (inputs[:32].cpu(), target[:32].cpu(), pred[:32].detach().float().cpu())
     finally:
         model.train()
     if dist.enabled and dist.any(not sums):  # a rank without samples (a split smaller than the processes)

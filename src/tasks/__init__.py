@@ -62,6 +62,7 @@ class Task(object):
 
     def __init__(self, cfg, splits):
         self.cfg, self.num_outputs = cfg, splits.num_classes
+        self.class_names = list(splits.classes) if splits.classes else None  # for the pictures' labels
 
     # ----- batches and outputs -------------------------------------------------------------------------------
     def to_device(self, batch, device, channels_last=False):
@@ -98,8 +99,8 @@ class Task(object):
         raise NotImplementedError
 
     def pictures(self, sums, first):
-        """{tag: CHW float image} logged at each evaluation; first is (inputs, target, prediction) of the first
-        batch (of rank 0), for tasks that show examples."""
+        """{tag: CHW float image} logged at each evaluation; first is (inputs, target, prediction) of up to 32
+        samples of the first batch (of rank 0; None elsewhere), for tasks that show examples."""
         return {}
 
     # ----- state ---------------------------------------------------------------------------------------------

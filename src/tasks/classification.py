@@ -4,7 +4,8 @@ import torch.nn.functional as F
 
 from . import Task, register
 from ..runtime.compat import cross_entropy
-from ._confusion import confusion_counts, confusion_image
+from . import _draw
+from ._confusion import confusion_counts
 
 
 @register("classification")
@@ -32,6 +33,20 @@ class Classification(Task):
         n = max(int(confusion.sum()), 1)
         return {"loss": float(sums["loss"]) / n, "acc": float(confusion.diag().sum()) / n}
 
+    EXAMPLES = 8
+
     def pictures(self, sums, first):
+        """The confusion matrix (class names, counts) and up to 8 misclassified validation images of the first batch
+        with their true and predicted classes."""
         k = self.num_outputs
-        return {"confusion_matrix": confusion_image(sums["confusion"].round().long().view(k, k))}
+        names = _draw.names_of(self.class_names, k)
+        out = {"confusion_matrix": _draw.confusion(sums["confusion"].round().long().view(k, k), names)}
+        if first is not None and first[0].dim() in (3, 4):  # images (N, C, H, W) or (N, H, W)
+            inputs, target, pred = first
+            guess = pred.argmax(1)
+            wrong = (guess != target).nonzero().view(-1)[:self.EXAMPLES].tolist()
+            if wrong:
+                captions = [[("true: " + _draw.short(names[int(target[i])]), _draw.BLACK),
+                             ("pred: " + _draw.short(names[int(guess[i])]), (200, 30, 30))] for i in wrong]
+                out["misclassified"] = _draw.examples([inputs[i] for i in wrong], captions)
+        return out

@@ -7,7 +7,7 @@ reported in the target's own units. A model may output (N,) or (N, 1) for one ta
 import torch
 import torch.nn.functional as F
 
-from . import Task, register
+from . import Task, _draw, register
 
 BINS = 48  # the predicted-vs-true picture: a BINS x BINS histogram over mean +- 3 standard deviations
 
@@ -67,11 +67,10 @@ class Regression(Task):
                 "r2": 1.0 - float(sums["sq_err"]) / total if total > 0 else 0.0}
 
     def pictures(self, sums, first):
-        """Counts of (true, predicted) pairs: true along x, predicted along y (up), the diagonal in green."""
-        counts = sums["picture"].double().view(BINS, BINS).t().flip(0)  # rows: predicted, high at the top
-        shade = (counts / counts.max().clamp(min=1)).float() ** 0.5
-        diag = torch.eye(BINS).flip(0)
-        return {"pred_vs_true": torch.stack([shade, torch.maximum(shade, diag * 0.6), shade])}
+        """Predicted vs true over the mean +- 3 standard deviations of the training targets: a dot per occupied cell
+        of the histogram, axes in the target's units, the identity line."""
+        counts = sums["picture"].double().view(BINS, BINS)  # [true cell, predicted cell]
+        return {"pred_vs_true": _draw.pred_vs_true(counts, self.mean - 3 * self.std, self.mean + 3 * self.std)}
 
     def state_dict(self):
         return {"target_mean": self.mean, "target_std": self.std}

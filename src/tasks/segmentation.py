@@ -4,13 +4,8 @@ strip of examples (input | true mask | predicted mask) from the first validation
 import torch
 import torch.nn.functional as F
 
-from . import Task, register
-from ._confusion import confusion_counts, confusion_image
-
-
-def _masks(labels, k):
-    """Class indices (H, W) as a grey image in [0, 1]."""
-    return labels.float() / max(k - 1, 1)
+from . import Task, _draw, register
+from ._confusion import confusion_counts
 
 
 @register("segmentation")
@@ -45,15 +40,12 @@ class Segmentation(Task):
                 "miou": float(iou.mean()) if len(iou) else 0.0}
 
     def pictures(self, sums, first):
+        """The pixel confusion matrix, and up to 4 examples of the first batch: input | true mask | predicted mask,
+        the masks in class colours over the input, with a colour key."""
         k = self.num_outputs
-        out = {"confusion_matrix": confusion_image(sums["confusion"].round().long().view(k, k))}
+        names = _draw.names_of(self.class_names, k)
+        out = {"confusion_matrix": _draw.confusion(sums["confusion"].round().long().view(k, k), names)}
         if first is not None:
-            inputs, target, pred = first
-            rows = []
-            for i in range(min(self.EXAMPLES, len(target))):
-                image = inputs[i].float().mean(0)
-                image = (image - image.min()) / (image.max() - image.min()).clamp(min=1e-6)
-                rows.append(torch.cat([image.cpu(), _masks(target[i], k).cpu(), _masks(pred[i].argmax(0), k).cpu()],
-                                      1))
-            out["examples"] = torch.cat(rows, 0).unsqueeze(0)  # input | true | predicted, one row each
+            inputs, target, pred = (t[:self.EXAMPLES] for t in first)
+            out["examples"] = _draw.overlays(inputs, target, pred.argmax(1), names)
         return out
