@@ -34,7 +34,7 @@ import yaml
 
 from . import flags, sweep_results, sweep_spec
 from ..files import atomic, console
-from ..files.paths import ROOT, check_folder, check_private, ensure_dir
+from ..files.paths import ROOT, RunPaths, check_folder, check_private, ensure_dir
 from ..runtime import slurm
 from ..runtime.errors import UsageError
 
@@ -351,6 +351,9 @@ def run(cfg, user, stop):
                          "--predict, --reproduce and --init-from (put init_from in the spec's base)")
     sweep = open_sweep(cfg, user)
     console.setup(sweep.dir / "sweep.log", False, True)
+    mark = RunPaths(cfg).started_mark()
+    if mark is not None:  # run.sh waits for it: the sweep runs, its checks passed (its trials write none)
+        atomic.write_text(mark, sweep.name + "\n")
     driver = Driver(cfg, stop, sweep)
     driver.run()
     with sweep.locked():
