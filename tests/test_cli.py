@@ -70,6 +70,9 @@ def test_example_configs_are_valid():
     for path in sorted((REPO / "configs").glob("*.yaml")):
         cfg, user = flags.parse(["--config", str(path)])
         assert "dataset" in user, path
+    from src.app import sweep_spec
+    for path in sorted((REPO / "configs" / "sweeps").glob("*.yaml")):  # sweep specs, each trial's flags checked
+        assert sweep_spec.total(sweep_spec.read(str(path), {})) > 1, path
     cfg, _ = flags.parse(["--config", str(REPO / "configs" / "default.yaml")])
     defaults, _ = flags.parse([])
     cfg.config = None

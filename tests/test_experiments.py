@@ -264,8 +264,9 @@ def test_the_record_of_a_run_on_a_dirty_checkout_is_complete_and_reproduce_says_
 def test_the_readme_experiments_commands_work_as_written(project, tmp_path):
     from conftest import bash_block
     from test_readme import readme_block
-    (project.root / "configs").mkdir()
-    (project.root / "configs" / "sweep-digits.yaml").write_text((REPO / "configs" / "sweep-digits.yaml").read_text())
+    (project.root / "configs" / "sweeps").mkdir(parents=True)
+    (project.root / "configs" / "sweeps" / "digits-lr.yaml").write_text(
+        (REPO / "configs" / "sweeps" / "digits-lr.yaml").read_text())
     res = bash_block(project, tmp_path, readme_block("## Experiments"))
     trials = state(project, "digits-lr")["trials"]
     assert [t["state"] for t in trials] == ["done"] * 6

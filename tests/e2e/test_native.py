@@ -40,6 +40,17 @@ def test_native_run_on_a_finished_run_reports_why_nothing_trains(native):
     assert "stop it: kill" in res.stdout  # how to stop the native TensorBoard
 
 
+def test_a_second_native_run_reuses_this_checkouts_tensorboard(native):
+    tb_file = native.root / "logs" / ".tensorboard-native.pid"
+    tb_pid = int(tb_file.read_text().split()[0])
+    res = native.sh("./run.sh", "--native", "--run-name", "nat2", "--epochs", "1", "--log-every", "5")
+    assert "TensorBoard:  http://127.0.0.1:%d" % native.tb_port in res.stdout, res.stdout[-3000:]
+    assert "is taken by another program" not in res.stdout
+    assert int(tb_file.read_text().split()[0]) == tb_pid and not _gone(tb_pid)  # the same server, not a second
+    native.wait_for_text(native.root / "logs" / "train-native.out", "done: 23 steps")
+    assert native.tb_steps("nat2", "val/acc", 23) == [23]  # and it serves the new run
+
+
 def test_purge_stops_the_native_tensorboard_and_removes_the_env(native):
     tb_pid = int((native.root / "logs" / ".tensorboard-native.pid").read_text().split()[0])
     native.sh("./purge.sh", "--yes")  # it waits for the processes it stops to exit
