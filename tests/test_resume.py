@@ -133,7 +133,8 @@ def test_a_checkpoint_of_the_previous_main_resumes_bit_identically(project):
     res = project.ok(*OLD_FLAGS, "--resume")
     assert "resuming from" in res.stdout + res.stderr and "at step 4" in res.stdout + res.stderr
     got, want = load(project.latest("old")), load(FIXTURES / "old-main-step8.pt")
-    skip = {"config", "versions", "git_commit", "digest", "record"}  # where and with which code it ran: not training state
+    # where and with which code it ran: not training state
+    skip = {"config", "versions", "git_commit", "digest", "record"}
     _same({k: v for k, v in got.items() if k not in skip}, {k: v for k, v in want.items() if k not in skip})
     assert {k: v for k, v in got["config"].items() if k in want["config"] and not k.endswith("_dir")} == \
         {k: v for k, v in want["config"].items() if not k.endswith("_dir")}
