@@ -271,7 +271,8 @@ FLAGS = _records([
          scope="fixed", choices=("auto",) + tuple(tasks.names())),
     flag("loss", str, "auto", "regression loss (auto: mse)", choices=("auto", "mse", "l1", "huber")),
     flag("width", int, 0, "hidden units / base channels (0: model's own)", _in(0, 65536), metavar="N"),
-    flag("depth", int, 0, "layers (0: model's own)", _in(0, 1000), metavar="N"),
+    flag("depth", int, 0, "layers (0: the dataset's own for its model, else the model's own)", _in(0, 1000),
+         metavar="N"),
     flag("dropout", float, 0.0, "dropout probability", _fraction()),
     flag("init-from", metavar="PATH", help="start from the weights of this checkpoint (fine-tuning; its evaluated "
          "weights: the EMA where it has one)", scope="invocation"),
@@ -639,6 +640,8 @@ def _resolve_auto(cfg, need):
         cfg.task = meta["task"]
     if cfg.model == "auto":
         cfg.model = meta["model"]
+    if not cfg.depth and cfg.model == meta["model"] and meta.get("depth"):
+        cfg.depth = meta["depth"]  # the dataset's own depth for its own model (MNIST, CIFAR-10: 3 conv blocks)
     if cfg.val_split is None:
         cfg.val_split = meta["val_split"]
     need(_finite(cfg.val_split) and 0 < cfg.val_split < 1, "--val-split must be a fraction between 0 and 1, got %s"

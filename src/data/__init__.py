@@ -58,7 +58,7 @@ def defaults(name, cfg=None):
     """A dataset's registered defaults: task, model, val_split, augment (the --augment of `auto`). A default
     registered as a function is the data's own answer (csv:PATH infers its task from the target): called with
     cfg, when cfg is given."""
-    meta = dict(task="classification", model="cnn", val_split=0.1, augment="none")
+    meta = dict(task="classification", model="cnn", val_split=0.1, augment="none", depth=0)
     meta.update(_REGISTRY.meta.get(kind(name), {}))
     if cfg is not None:
         meta = {k: v(cfg) if callable(v) else v for k, v in meta.items()}

@@ -65,11 +65,11 @@ def _build(cfg, name):
                   classes=CLASSES.get(name))
 
 
-@register("mnist", task="classification", model="cnn", augment="crop:2")
+@register("mnist", task="classification", model="cnn", augment="crop:2", depth=3)
 def build_mnist(cfg):
     return _build(cfg, "mnist")
 
 
-@register("fashion-mnist", task="classification", model="cnn", augment="crop:2,flip")
+@register("fashion-mnist", task="classification", model="cnn", augment="crop:2,flip", depth=3)
 def build_fashion(cfg):
     return _build(cfg, "fashion-mnist")

@@ -100,8 +100,10 @@ class CheckpointManager(object):
         for name, part in self.parts.items():
             try:
                 part.load_state_dict(state.get(name))
-            except UsageError as err:  # the part says what does not fit; this says where
-                raise UsageError("checkpoint %s %s" % (source, err))
+            except UsageError as err:  # the part says what does not fit; this says where, and what to try
+                hint = ("; if the run was started by an older version whose defaults differ, resume with the "
+                        "sizes it had (--width N --depth N), or resume another checkpoint") if name == "model" else ""
+                raise UsageError("checkpoint %s %s%s" % (source, err, hint))
         self.saved_step = state["progress"]["step"]
 
     def _submit(self, targets, message, prune=False):
