@@ -33,8 +33,12 @@ def main(argv=None):
         return run(cfg, user, STOP)
     except (UsageError, TrainingError) as err:
         from src.runtime.distributed import env_rank
-        if isinstance(err, UsageError) and env_rank() > 0:
-            return err.exit_code  # every process got the same flags: rank 0 says what is wrong
+        if isinstance(err, UsageError) and env_rank() > 0:  # every process got the same flags: rank 0 says it
+            import time
+            deadline = time.time() + 10  # until the launcher stops this process (rank 0 failed): leaving first,
+            while not STOP.requested and time.time() < deadline:  # torchrun could stop rank 0 before it said why
+                time.sleep(0.05)
+            return err.exit_code
         message = "train.py: error: %s" % err
         if log.handlers:
             log.error(message)
