@@ -314,3 +314,29 @@ def hparams_view_over_http(folder, trials):
     finally:
         tb.terminate()
         tb.wait(timeout=30)
+
+
+def test_a_trials_end_is_read_as_done_stopped_or_failed(tmp_path):
+    """In-process: exit 0 with metrics.json is done; 0 without it, 75 (requeue) or any end during a stop (a
+    SIGTERM that came before the trial's handler) is stopped, resumable; other ends fail with the last error line."""
+    from types import SimpleNamespace
+    from src.app import sweep_results
+    sweep = SimpleNamespace(dir=tmp_path / "sw", spec={"metric": None, "monitor": "val/acc:max"})
+    sweep.dir.mkdir()
+    (sweep.dir / "trial-0.log").write_text("step 5\ntrain.py: error: non-finite loss at step 6\nmore\n")
+    trial = {"trial": 0, "run": "sw-0"}
+    assert sweep_results.outcome(sweep, trial, 0, False)["state"] == "stopped"
+    assert sweep_results.outcome(sweep, trial, 75, False)["state"] == "stopped"
+    assert sweep_results.outcome(sweep, trial, -signal.SIGTERM, True)["state"] == "stopped"
+    failed = sweep_results.outcome(sweep, trial, -signal.SIGKILL, False)
+    assert failed["state"] == "failed"
+    assert failed["error"] == "killed by SIGKILL: train.py: error: non-finite loss at step 6"
+    assert sweep_results.outcome(sweep, trial, 1, False)["error"].startswith("exit 1: train.py: error:")
+    (tmp_path / "sw-0").mkdir()
+    (tmp_path / "sw-0" / "metrics.json").write_text(json.dumps({
+        "step": 90, "test": {"test/acc": 0.5}, "best": {"step": 80, "monitor": "val/acc:max", "value": 0.6,
+                                                        "val": {"val/acc": 0.6, "val/loss": 1.0}}}))
+    done = sweep_results.outcome(sweep, trial, 0, True)
+    assert done["state"] == "done" and done["value"] == 0.6 and done["test"] == {"test/acc": 0.5}
+    sweep.spec["metric"] = "val/loss:min"
+    assert sweep_results.outcome(sweep, trial, 0, False)["value"] == 1.0  # another val metric: the best's

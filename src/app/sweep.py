@@ -19,6 +19,7 @@ A stop signal (Ctrl-C, docker stop, Slurm's warning) is passed on to the running
 the driver then exits, and under Slurm requeues its job once (the trials do not requeue it themselves)."""
 import ctypes
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -218,12 +219,15 @@ def _mark(sweep, state, trial, fd):
     return dict(trial), fd
 
 
-def _parent_death_kill():
-    """In the child before exec: die with the driver (a kill -9 of the sweep leaves no trial running on)."""
+def _parent_death_kill(driver):
+    """In the child before exec: die with the driver (a kill -9 of the sweep leaves no trial running on), also
+    when the driver died between the fork and this call."""
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != driver:
+        os._exit(1)
 
 
 class Worker(threading.Thread):
@@ -274,7 +278,7 @@ class Worker(threading.Thread):
         with open(str(driver.sweep.dir / ("trial-%d.log" % trial["trial"])), "ab") as out:
             self.child = subprocess.Popen(self.command(trial), stdout=out, stderr=subprocess.STDOUT, env=env,
                                           cwd=str(ROOT), pass_fds=(fd,), start_new_session=True,
-                                          preexec_fn=_parent_death_kill)
+                                          preexec_fn=functools.partial(_parent_death_kill, os.getpid()))
             if driver.stop.requested:
                 driver.forward(self.child)
             code = self.child.wait()

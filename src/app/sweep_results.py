@@ -58,16 +58,11 @@ def outcome(sweep, trial, code, stopping):
             (best.get("val") or {}).get(name)
         return {"state": "done", "exit": 0, "step": report.get("step"), "value": value, "metric": metric,
                 "best_step": best.get("step"), "test": report.get("test") or {}, "error": None}
-    if code == REQUEUE_EXIT or (stopping and code in (0, 130, -signal_number("SIGKILL"))) or code == 0:
-        return {"state": "stopped", "exit": code, "error": None}
+    if code in (0, REQUEUE_EXIT) or stopping:  # under a stop, any end is the stop's (even a SIGTERM that came
+        return {"state": "stopped", "exit": code, "error": None}  # before the trial's handler): it resumes
     why = "killed by %s" % signal_name(-code) if code < 0 else "exit %d" % code
     return {"state": "failed", "exit": code, "error": "%s: %s" % (why, _last_line(
         sweep.dir / ("trial-%d.log" % trial["trial"])))}
-
-
-def signal_number(name):
-    import signal
-    return int(getattr(signal, name))
 
 
 def signal_name(number):
