@@ -175,7 +175,9 @@ def test_bad_sweep_specs_are_one_line_errors_and_a_changed_spec_is_refused(tmp_p
              ({"grid": {"lrr": [0.1]}}, "'lrr' is not a flag a sweep can set"),
              ({"grid": {"lr": [0.1, -1]}}, "--lr must be > 0"),
              ({"random": {"trials": 2, "space": {"lr": {"loguniform": [0, 1]}}}}, "LOW > 0"),
-             ({"grid": {"lr": [0.1]}, "random": {"trials": 1}}, "give one of grid, random or optuna")]
+             ({"grid": {"lr": [0.1]}, "random": {"trials": 1}}, "give one of grid, random or optuna"),
+             ({"grid": {"lr": [0.1]}, "metric": "test/acc:max"}, "never on test data"),
+             ({"grid": {"lr": [0.1]}, "metric": "val/f1:max"}, "--task classification has val/loss, val/acc")]
     for spec, words in cases:
         (project.root / "bad.yaml").write_text(yaml.safe_dump(spec))
         res = project.run("--sweep", "bad.yaml")

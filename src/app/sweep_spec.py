@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from . import flags
+from .. import tasks
 from ..files.paths import read_bounded
 from ..runtime.errors import UsageError
 
@@ -154,8 +155,13 @@ def check(spec, where):
     except UsageError as err:
         raise UsageError("%s: base: %s" % (where, err))
     spec["monitor"] = str(base_cfg.monitor)  # the trials' own: what "best" means unless metric says otherwise
-    if spec["metric"] and ":" not in spec["metric"]:
-        raise UsageError("%s: metric: expected METRIC:min or METRIC:max such as val/acc:max" % where)
+    if spec["metric"] and not (spec["metric"].startswith("val/") and spec["metric"].rpartition(":")[2] in
+                               ("min", "max")):
+        raise UsageError("%s: metric: expected a validation metric as val/NAME:min or val/NAME:max, such as "
+                         "val/loss:min (the best trial is chosen on validation data, never on test data)" % where)
+    known = ["val/" + m for m in tasks.get(base_cfg.task).METRICS]
+    if spec["metric"] and spec["metric"].rpartition(":")[0] not in known:
+        raise UsageError("%s: metric %s: --task %s has %s" % (where, spec["metric"], base_cfg.task, ", ".join(known)))
     samples = [{}]
     for dest, entry in (spec["grid"] if spec["method"] == "grid" else spec["space"]).items():
         values = entry[1:] if isinstance(entry[0], str) and entry[0] in KINDS else entry
