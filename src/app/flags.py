@@ -487,6 +487,11 @@ def _read_yaml(path, parser):
     return coerce_values(raw, where, parser)
 
 
+def read_config(path):
+    """The checked values of a --config file (a sweep spec's `config:` too)."""
+    return _read_yaml(path, build_parser())
+
+
 def coerce_values(raw, where, parser=None):
     """A mapping of flag names (dashes or underscores) to YAML values, each checked as its flag's value: the dests
     and values; UsageError for an unknown key, a per-invocation one, or a bad value (`where` names the source)."""

@@ -35,6 +35,7 @@ import yaml
 
 from . import flags, sweep_results, sweep_spec
 from ..files import atomic, console
+from ..files.lock import alive
 from ..files.paths import ROOT, RunPaths, check_folder, check_private, ensure_dir
 from ..runtime import slurm
 from ..runtime.errors import UsageError
@@ -48,7 +49,7 @@ class Sweep(object):
     """The sweep's folder and state file; every change of the state happens in `locked()`."""
 
     def __init__(self, cfg, spec):
-        self.cfg, self.spec, self.name = cfg, spec, spec["name"]
+        self.spec, self.name = spec, spec["name"]
         self.dir = Path(cfg.logs_dir) / self.name
         self.state_file = self.dir / "sweep.json"
         self.lock_file = self.dir / "sweep.lock"
@@ -151,16 +152,6 @@ def open_sweep(cfg, user):
     return sweep
 
 
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def _take(sweep, trial):
     """The trial's lock, if free (its fd), else None. A trial whose claimer on this host is dead, but whose lock
     is still held (its child is being killed), is waited for."""
@@ -171,7 +162,7 @@ def _take(sweep, trial):
     except OSError:
         pass
     worker = trial.get("worker") or {}
-    if worker.get("host") == sweep.host and not _alive(worker.get("pid", 0)):
+    if worker.get("host") == sweep.host and not alive(worker.get("pid", 0)):
         fcntl.flock(fd, fcntl.LOCK_EX)  # the dead driver's child is on its way out (parent-death signal)
         return fd
     os.close(fd)
@@ -367,7 +358,7 @@ def run(cfg, user, stop):
         running = [t["run"] for t in state["trials"] if t["state"] in RESUMABLE + ("running",)]
         log.info("sweep %s stopped by %s%s; continue it with the same command", sweep.name, stop.name,
                  " (trials saved: %s)" % ", ".join(running) if running else "")
-        return _after_stop(stop, driver, left)
+        return _after_stop(stop, left)
     if left:
         log.info("sweep %s: %d trials are being run by other processes (%s); the last one to finish prints the "
                  "summary (or run this command again later)", sweep.name, len(left), ", ".join(left[:10]))
@@ -377,9 +368,9 @@ def run(cfg, user, stop):
     return 1 if failed else 0
 
 
-def _after_stop(stop, driver, left):
-    """After a stop: Slurm's warning requeues the job once (the trials leave that to this process); a trial that
-    could not requeue (75) makes this process say so the same way."""
+def _after_stop(stop, left):
+    """After a stop: Slurm's warning requeues the job once, unless the sweep is complete (the trials leave the
+    requeue to this process; without scontrol here, requeue's exit 75 has the job script do it)."""
     job = slurm.job()
     if not (stop.warning and job is not None and left):
         return 0

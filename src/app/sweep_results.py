@@ -10,9 +10,9 @@ import math
 import shutil
 
 from ..files import atomic
+from ..runtime.slurm import REQUEUE_EXIT
 
 log = logging.getLogger("train")
-REQUEUE_EXIT = 75
 # Student's t, two-sided 95 %: t(0.975, df) for df = 1 .. 30; beyond, the normal's 1.96 plus the first terms of
 # its expansion in 1/df (within 1e-3 of the exact value)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,

@@ -94,8 +94,10 @@ def read(path, over, name=None):
         raise UsageError("%s: give one of grid, random or optuna (or only seeds)" % where)
     base = {}
     if raw.get("config") is not None:
-        base.update(flags.coerce_values(_mapping(_read_config(raw["config"], where), where + ": config"),
-                                        "%s: config %s" % (where, raw["config"])))
+        try:
+            base.update(flags.read_config(raw["config"]))
+        except UsageError as err:
+            raise UsageError("%s: %s" % (where, err))
     base.update(flags.coerce_values(_mapping(raw.get("base") or {}, where + ": base"), where + ": base"))
     for key in base:
         if key in NOT_VARIED:
@@ -129,13 +131,6 @@ def _mapping(value, where):
     if not isinstance(value, dict):
         raise UsageError("%s: expected a mapping of flag names to values" % where)
     return value
-
-
-def _read_config(path, where):
-    try:
-        return yaml.safe_load(read_bounded(path, "config", flags.MAX_CONFIG_BYTES).decode("utf-8")) or {}
-    except (UnicodeDecodeError, yaml.YAMLError) as err:
-        raise UsageError("%s: config %s is not valid YAML (%s)" % (where, path, str(err).split("\n")[0]))
 
 
 def of_seeds(name, base, seeds):

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from ..files.atomic import fsync_dir
+from ..files.lock import alive
 from ..runtime.errors import TrainingError, UsageError
 from ..files.paths import ensure_dir, read_bounded
 
@@ -83,14 +84,8 @@ def remove_stale_parts(dest):
     prefix = _part_name(dest, 0)[:-1]
     for leftover in dest.parent.glob(prefix + "*"):
         pid = leftover.name[len(prefix):]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(pid):
             leftover.unlink()
-        except OSError:  # alive, as another user
-            pass
 
 
 def fetch(url, dest, md5, limit, *, timeout=60.0, deadline=3600.0):

@@ -7,6 +7,17 @@ import os
 from ..runtime.errors import TrainingError, UsageError
 
 
+def alive(pid):
+    """Whether a process with this pid exists (one of another user's included)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # alive, as another user
+        return True
+    return True
+
+
 class RunLock(object):
     def __init__(self, path, run_name):
         self.path, self.run_name, self.fd = str(path), run_name, None

@@ -19,7 +19,7 @@ MAX_DIFF = 512 << 10  # bytes of `git diff` kept (a record travels in every chec
 MAX_SESSIONS = 20  # the first session and the newest ones
 
 
-def _git(*args):
+def git(*args):
     """git's output in the checkout, or None (no git, not a checkout, an error)."""
     try:
         out = subprocess.run(["git", "-C", str(ROOT)] + list(args), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -49,13 +49,13 @@ def source_files():
 def code():
     """The code of this checkout: commit, uncommitted diff, untracked files under src/ (or why there is no git)."""
     out = {"source_sha256": _digest(source_files())}
-    commit = _git("rev-parse", "HEAD")
+    commit = git("rev-parse", "HEAD")
     if commit is None:
         out["git"] = "not a git checkout (or git is not installed): only source_sha256 identifies the code"
         return out
-    diff = _git("diff", "HEAD", "--no-color", "--no-ext-diff") or ""
-    untracked = (_git("ls-files", "--others", "--exclude-standard", "--", "src", "train.py") or "").split("\n")
-    out.update(git="yes", commit=commit.strip(), branch=(_git("rev-parse", "--abbrev-ref", "HEAD") or "").strip(),
+    diff = git("diff", "HEAD", "--no-color", "--no-ext-diff") or ""
+    untracked = (git("ls-files", "--others", "--exclude-standard", "--", "src", "train.py") or "").split("\n")
+    out.update(git="yes", commit=commit.strip(), branch=(git("rev-parse", "--abbrev-ref", "HEAD") or "").strip(),
                dirty=bool(diff) or any(untracked), diff=diff[:MAX_DIFF], diff_bytes=len(diff.encode("utf-8")),
                untracked=[{"path": p, "sha256": _digest([ROOT / p])} for p in untracked if p])
     return out

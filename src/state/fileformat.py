@@ -13,7 +13,6 @@ import hashlib
 import io
 import os
 import re
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -22,9 +21,8 @@ import numpy as np
 import torch
 
 from ..files import atomic
-from ..runtime import compat
+from ..runtime import compat, record
 from ..runtime.errors import TrainingError, UsageError
-from ..files.paths import ROOT
 
 
 FORMAT = 2
@@ -216,12 +214,8 @@ def versions():
 
 
 def git_commit():
-    try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], stdout=subprocess.PIPE,
-                             stderr=subprocess.DEVNULL, timeout=5, check=True)
-        return out.stdout.decode().strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    """The checkout's commit, or None (no git, not a checkout)."""
+    return (record.git("rev-parse", "HEAD") or "").strip() or None
 
 
 def serialize(state):
