@@ -7,7 +7,9 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import pickle
+import shutil
 import socketserver
 import struct
 import tarfile
@@ -18,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import load
+from conftest import Project, load
 from src.data import cifar10, digits, mnist, synthetic
 from src.runtime.errors import TrainingError
 
@@ -116,6 +118,39 @@ def test_unreachable_mirror_is_a_clear_error(project):
     res = project.run("--dataset", "cifar10", "--data-mirror", "http://127.0.0.1:9", "--prepare-data")
     assert res.returncode == 1 and res.stderr.count("\n") == 1
     assert "could not download http://127.0.0.1:9/cifar10/cifar-10-python.tar.gz" in res.stderr
+
+
+DEBIAN_DATASETS = "/usr/share/datasets"  # Debian's and Ubuntu's dataset-fashion-mnist package (.ci/run installs it)
+
+
+def test_fashion_mnist_from_debians_package_by_file_mirror_or_copied_into_data(project, tmp_path):
+    """The real Fashion-MNIST files as Debian packages them (re-compressed: other MD5s, accepted as known copies):
+    --data-mirror file:///usr/share/datasets fetches them; files copied into data/fashion-mnist/ are used as is."""
+    folder = os.path.join(DEBIAN_DATASETS, "fashion-mnist")
+    if not os.path.isdir(folder):
+        if os.environ.get("CI") == "true":
+            raise AssertionError("CI needs Debian's dataset-fashion-mnist package (.ci/run installs it)")
+        pytest.skip("no %s (apt install dataset-fashion-mnist)" % folder)
+    res = project.ok("--dataset", "fashion-mnist", "--data-mirror", "file://" + DEBIAN_DATASETS, "--prepare-data")
+    assert "dataset fashion-mnist ready" in res.stderr
+    names = sorted(os.listdir(folder))
+    assert [n for n in names if n.endswith(".gz")] == sorted(os.listdir(str(project.root / "data" / "fashion-mnist")))
+    cfg = SimpleNamespace(data_dir=str(project.root / "data"), data_mirror="", data_checksums="", download=False)
+    splits = mnist._build(cfg, "fashion-mnist")
+    assert splits.train.x.shape == (60000, 1, 28, 28) and len(splits.test) == 10000
+    assert np.bincount(splits.test.y.numpy()).tolist() == [1000] * 10  # the official test split
+    assert abs(splits.train.x.float().mean().item() / 255 - 0.2860) < 1e-4  # the normalisation constants' source
+
+    (tmp_path / "copied").mkdir()
+    other = Project(tmp_path / "copied")
+    (other.root / "data" / "fashion-mnist").mkdir(parents=True)
+    for name in names:
+        if name.endswith(".gz"):
+            shutil.copy(os.path.join(folder, name), str(other.root / "data" / "fashion-mnist" / name))
+    res = other.ok("--dataset", "fashion-mnist", "--width", "4", "--max-steps", "2", "--progress", "plain",
+                   "--no-download")
+    assert "54000 train / 6000 val / 10000 test samples" in res.stderr
+    assert load(other.latest("fashion-mnist-cnn"))["progress"]["step"] == 2
 
 
 def test_missing_data_without_download_is_a_clear_error(project):

@@ -11,18 +11,24 @@ from . import ArrayDataset, Splits, register
 from .download import fetch_all
 from ..runtime.errors import TrainingError
 
-SOURCES = {  # file: (md5, size in bytes)
+SOURCES = {  # file: (md5 or the md5s of known copies, size in bytes)
     "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist", {
         "train-images-idx3-ubyte.gz": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", 9912422),
         "train-labels-idx1-ubyte.gz": ("d53e105ee54ea40749a09fcbcd1e9432", 28881),
         "t10k-images-idx3-ubyte.gz": ("9fb629c4189551a2d022fa330f9573f3", 1648877),
         "t10k-labels-idx1-ubyte.gz": ("ec29112dd5afa0611ce80d1b7f02629c", 4542),
     }, (0.1307, 0.3081)),
+    # Debian and Ubuntu package the official Fashion-MNIST files (apt install dataset-fashion-mnist puts them in
+    # /usr/share/datasets/fashion-mnist/), re-compressed without the file name in the gzip header: the second MD5
     "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com", {
-        "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", 26421880),
-        "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe", 29515),
-        "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79", 4422102),
-        "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310", 5148),
+        "train-images-idx3-ubyte.gz": (("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "cf8536b0aa1a6ac5fa3f23001093305c"),
+                                       26421880),
+        "train-labels-idx1-ubyte.gz": (("25c81989df183df01b3e8a0aad5dffbe", "10bea18fdb374794d4bb42e356e600c9"),
+                                       29515),
+        "t10k-images-idx3-ubyte.gz": (("bef4ecab320f06d8554ea6380940ec79", "f78720b4224f21cce2f2ccf2d7a94c9a"),
+                                      4422102),
+        "t10k-labels-idx1-ubyte.gz": (("bb300cfdad3c16e7a12a480ee83cd310", "0d30e22e447f3c33dab9ed536400ac01"),
+                                      5148),
     }, (0.2860, 0.3530)),
 }
 
