@@ -240,6 +240,44 @@ def test_run_sh_checks_train_arguments_and_moves_tensorboard_off_a_busy_port(che
         checkout.sh("./setup.sh", "--no-build")  # back to this checkout's own port
 
 
+def test_docker_and_native_runs_share_this_checkouts_one_tensorboard(checkout):
+    """Both serve logs/: a native run reuses the Docker TensorBoard, a Docker run reuses the native one."""
+    native_pid = checkout.root / "logs" / ".tensorboard-native.pid"
+    checkout.compose("up", "--detach", "tensorboard")
+    checkout.tb_steps("viarun", "val/acc", 46)  # up and serving
+    try:
+        res = checkout.sh("./run.sh", "--native", "--run-name", "tonative", "--epochs", "1", "--log-every", "5")
+        assert "TensorBoard:  http://127.0.0.1:%d" % checkout.tb_port in res.stdout, res.stdout[-3000:]
+        assert "docker compose stop tensorboard (this checkout's Docker TensorBoard, reused)" in res.stdout, \
+            res.stdout[-3000:]
+        assert "is taken by another program" not in res.stdout and not native_pid.exists()
+        checkout.wait_for_text(checkout.root / "logs" / "tonative" / "train.log", "done: 23 steps")
+        assert checkout.tb_steps("tonative", "val/acc", 23) == [23]  # served by the container
+
+        checkout.compose("stop", "tensorboard")
+        res = checkout.sh("./run.sh", "--native", "--run-name", "tonative2", "--epochs", "1", "--log-every", "5")
+        assert native_pid.exists() and "TensorBoard:  http://127.0.0.1:%d" % checkout.tb_port in res.stdout
+        checkout.wait_for_text(checkout.root / "logs" / "tonative2" / "train.log", "done: 23 steps")
+        res = checkout.sh("./run.sh", "--run-name", "todocker", "--epochs", "1", "--log-every", "5")
+        assert "TensorBoard: this checkout's native one already serves logs/ (reused)" in res.stdout, \
+            res.stdout[-3000:]
+        assert "TensorBoard:  http://127.0.0.1:%d" % checkout.tb_port in res.stdout
+        assert checkout.wait_exit("trainer") == 0
+        row = checkout.container("tensorboard")
+        assert row is None or row["State"] != "running", "a second TensorBoard was started"
+        assert checkout.tb_steps("todocker", "val/acc", 23) == [23]  # served by the native one
+    finally:
+        if native_pid.exists():
+            pid = int(native_pid.read_text().split()[0])
+            try:
+                os.kill(pid, 15)
+            except OSError:
+                pass
+            deadline = time.time() + 60
+            while os.path.exists("/proc/%d" % pid) and time.time() < deadline:
+                time.sleep(0.1)
+
+
 def test_non_root_user_owns_what_the_containers_write(checkout, tmp_path_factory):
     if os.getuid() != 0:
         pytest.skip("creating a user needs root; this run is itself the non-root case")
