@@ -71,3 +71,15 @@ def test_sweep_overhead_benchmark_puts_a_sweep_beside_its_trials_by_hand():
     table = rows(out)
     assert float(table["by hand (one train.py per trial)"][3]) == 1.0 and float(table["train.py --sweep"][3]) > 0
     assert "The sweep's own cost per trial" in out
+
+
+def test_real_data_benchmark_puts_each_default_beside_its_published_result(tmp_path):
+    data = "/usr/share/datasets"  # Debian's dataset-fashion-mnist (.ci/run installs it); no CIFAR-10 here
+    out = bench("benchmarks/real_data_defaults.py", "--datasets", "fashion-mnist,cifar10", "--data-dir",
+                tmp_path, "--data-mirror", "file://" + data, "--", "--max-steps", "20")
+    table = rows(out)
+    acc, minutes, model, published = table["fashion-mnist"]
+    assert 0.0 < float(acc.split(" %")[0]) <= 100 and minutes.endswith(" min"), table
+    assert model.startswith("cnn: ") and "parameters" in model and published.startswith("92.50 %: 2 conv")
+    assert table["cifar10"][0].startswith("not run: train.py: error: could not download file://%s/cifar10/" % data)
+    assert table["cifar10"][3].startswith("82.0 %")
