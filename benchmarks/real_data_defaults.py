@@ -6,7 +6,7 @@ or through --data-mirror). A dataset whose files cannot be had is reported as su
     python benchmarks/real_data_defaults.py                                   # mnist, fashion-mnist, cifar10
     python benchmarks/real_data_defaults.py --datasets fashion-mnist --data-mirror file:///usr/share/datasets
 
-One thread by default (as on a shared CPU machine; --threads N for more): about 13 minutes a dataset.
+One thread by default (as on a shared CPU machine; --threads N for more): 13 to 22 minutes a dataset.
 """
 import argparse
 import json

@@ -646,7 +646,7 @@ def _resolve_auto(cfg, need):
     if cfg.model == "auto":
         cfg.model = meta["model"]
     if not cfg.depth and cfg.model == meta["model"] and meta.get("depth"):
-        cfg.depth = meta["depth"]  # the dataset's own depth for its own model (MNIST, CIFAR-10: 3 conv blocks)
+        cfg.depth = meta["depth"]  # the dataset's own depth for its own model (src/data/*.py: register)
     if cfg.val_split is None:
         cfg.val_split = meta["val_split"]
     need(_finite(cfg.val_split) and 0 < cfg.val_split < 1, "--val-split must be a fraction between 0 and 1, got %s"

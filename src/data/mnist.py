@@ -76,6 +76,6 @@ def build_mnist(cfg):
     return _build(cfg, "mnist")
 
 
-@register("fashion-mnist", task="classification", model="cnn", augment="crop:2,flip", depth=3)
+@register("fashion-mnist", task="classification", model="cnn", augment="crop:2,flip", depth=4)
 def build_fashion(cfg):
     return _build(cfg, "fashion-mnist")
