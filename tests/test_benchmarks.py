@@ -83,3 +83,37 @@ def test_real_data_benchmark_puts_each_default_beside_its_published_result(tmp_p
     assert model.startswith("cnn: ") and "parameters" in model and published.startswith("92.50 %: 2 conv")
     assert table["cifar10"][0].startswith("not run: train.py: error: could not download file://%s/cifar10/" % data)
     assert table["cifar10"][3].startswith("82.0 %")
+
+
+def test_cifar10_from_npm_writes_the_official_layout_that_train_py_reads(tmp_path):
+    """The npm package's layout (a 32x32 RGB image per PNG row, labels as JSON), made here with pixel values
+    whose channel means are CIFAR-10's test means, back to CIFAR's python tarball: the pixels land in the
+    right planes and train.py reads it through --data-mirror with the written checksum."""
+    import json
+    import numpy as np
+    from PIL import Image
+    from src.data import cifar10
+    pkg = tmp_path / "package"
+    pkg.mkdir()
+    rows = np.zeros((10000, 1024, 3), dtype=np.uint8)
+    for c, (low, high_rows) in enumerate(((126, 210), (123, 7000), (114, 8520))):  # means 126.021, 123.7, 114.852
+        rows[:, :, c] = low
+        rows[:high_rows, :, c] = low + 1
+    marked = rows.copy()
+    marked[0, 1] = (1, 2, 3)  # test image 0, pixel (h 0, w 1)
+    for i in range(1, 6):
+        Image.fromarray(rows).save(str(pkg / ("data_batch_%d.png" % i)))
+    Image.fromarray(marked).save(str(pkg / "test_batch.png"))
+    test_labels = [3, 8, 8, 0, 6, 6, 1, 6, 3, 1] + [i % 10 for i in range(9990)]
+    (pkg / "train_lables.json").write_text(json.dumps([i % 10 for i in range(50000)]))
+    (pkg / "test_lables.json").write_text(json.dumps(test_labels))
+    mirror = tmp_path / "mirror"
+    bench("benchmarks/cifar10_from_npm.py", pkg, mirror)
+    x, y = cifar10.read_batches(mirror / "cifar10" / cifar10.FILE, ["test_batch"])
+    assert x.shape == (10000, 3, 32, 32) and y.tolist() == test_labels
+    assert x[0, :, 0, 1].tolist() == [1, 2, 3] and x[0, :, 0, 0].tolist() == [127, 124, 115]
+    res = subprocess.run([sys.executable, "train.py", "--dataset", "cifar10", "--data-mirror", "file://%s" % mirror,
+                          "--data-checksums", str(mirror / "sums.yaml"), "--data-dir", str(tmp_path / "data"),
+                          "--prepare-data"], cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, timeout=600)
+    assert res.returncode == 0 and "dataset cifar10 ready" in res.stdout, res.stdout[-2000:]
