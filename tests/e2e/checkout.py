@@ -127,6 +127,15 @@ class Checkout(object):
         raise AssertionError("TensorBoard never served %s/%s up to step %d (got %s)" % (run, tag, want_last, steps))
 
 
+def gone(pid):
+    """Whether pid has exited (no such process, or a zombie that init has not reaped yet)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
 def owned_by(uid, *folders):
     bad = []
     for folder in folders:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from checkout import Checkout, copy_project, free_port, fresh_checkout, owned_by, skip_without_docker
+from checkout import Checkout, copy_project, free_port, fresh_checkout, gone, owned_by, skip_without_docker
 from conftest import REPO
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -274,7 +274,7 @@ def test_docker_and_native_runs_share_this_checkouts_one_tensorboard(checkout):
             except OSError:
                 pass
             deadline = time.time() + 60
-            while os.path.exists("/proc/%d" % pid) and time.time() < deadline:
+            while not gone(pid) and time.time() < deadline:
                 time.sleep(0.1)
 
 

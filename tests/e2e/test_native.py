@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from checkout import fresh_checkout
+from checkout import fresh_checkout, gone
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_native_run_trains_in_the_background_with_tensorboard(native):
         assert "training is already running (pid %d)" % pid in refused.stdout
     native.wait_for_text(native.root / "logs" / "train-native.out", "done: 46 steps")
     deadline = time.time() + 600
-    while not _gone(pid) and time.time() < deadline:
+    while not gone(pid) and time.time() < deadline:
         time.sleep(0.1)
     assert native.tb_steps("nat", "val/acc", 46) == [23, 46]
     assert "done: 46 steps" in (native.root / "logs" / "train-native.out").read_text()
@@ -46,7 +46,7 @@ def test_a_second_native_run_reuses_this_checkouts_tensorboard(native):
     res = native.sh("./run.sh", "--native", "--run-name", "nat2", "--epochs", "1", "--log-every", "5")
     assert "TensorBoard:  http://127.0.0.1:%d" % native.tb_port in res.stdout, res.stdout[-3000:]
     assert "is taken by another program" not in res.stdout
-    assert int(tb_file.read_text().split()[0]) == tb_pid and not _gone(tb_pid)  # the same server, not a second
+    assert int(tb_file.read_text().split()[0]) == tb_pid and not gone(tb_pid)  # the same server, not a second
     native.wait_for_text(native.root / "logs" / "train-native.out", "done: 23 steps")
     assert native.tb_steps("nat2", "val/acc", 23) == [23]  # and it serves the new run
 
@@ -55,18 +55,10 @@ def test_purge_stops_the_native_tensorboard_and_removes_the_env(native):
     tb_pid = int((native.root / "logs" / ".tensorboard-native.pid").read_text().split()[0])
     native.sh("./purge.sh", "--yes")  # it waits for the processes it stops to exit
     deadline = time.time() + 60
-    while not _gone(tb_pid) and time.time() < deadline:
+    while not gone(tb_pid) and time.time() < deadline:
         time.sleep(0.1)
-    assert _gone(tb_pid), "purge left the native TensorBoard running"
+    assert gone(tb_pid), "purge left the native TensorBoard running"
     assert not (native.root / ".venv").exists()
     assert not os.path.exists("/tmp/%s" % native.project)
     assert (native.root / "models" / "best" / "nat.pt").exists()
 
-
-def _gone(pid):
-    """Whether pid has exited (no such process, or a zombie that init has not reaped yet)."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
