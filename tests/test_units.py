@@ -11,7 +11,7 @@ import yaml
 from conftest import REPO
 from src.app import flags
 from src.files.paths import RunPaths
-from src.loop.progress import Best, LastEval, Progress, finished, stopped_early
+from src.loop.progress import Best, LastEval, Progress, _Plain, finished, stopped_early
 from src.runtime.errors import UsageError
 from src.state import fileformat
 from src.state.manager import CheckpointManager, Fixed, Optimizer
@@ -168,6 +168,31 @@ def test_the_manager_saves_and_restores_what_is_registered_in_order(tmp_path):
     assert seen == [{"n": 3}, None] and later.n == -1 and manager.saved_step == 7
     with pytest.raises(UsageError, match="checkpoint there.pt lacks first"):
         manager.restore({"progress": {"step": 1}}, "there.pt")
+
+
+def test_a_new_optional_part_of_any_kind_resumes_an_older_checkpoint_that_lacks_it(tmp_path):
+    """register(optional=True) promises load_state_dict(None) for a part an older checkpoint lacks: every kind of
+    part keeps its state as built (a dataclass part used to raise AttributeError on None)."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Tracker(_Plain):  # a new piece of loop state, written like Progress
+        runs: int = 3
+
+    old = fileformat.load(OLD)
+    manager = _manager(tmp_path)
+    progress, best = Progress(), Best(metric="val/acc", mode="max")
+    new_parts = {"tracker": Tracker(runs=5), "last_eval_new": LastEval(), "progress_new": Progress(step=2),
+                 "best_new": Best(metric="val/acc", mode="max", value=0.5)}
+    manager.register("progress", progress)
+    manager.register("best", best)
+    for name, part in new_parts.items():
+        manager.register(name, part, optional=True)
+    assert not set(new_parts) & set(old)
+    manager.restore(old, "old-main-step4.pt")
+    assert progress.step == 4 and manager.saved_step == 4
+    assert new_parts["tracker"].runs == 5 and new_parts["progress_new"].step == 2
+    assert (new_parts["best_new"].metric, new_parts["best_new"].value) == ("val/acc", 0.5)
 
 
 def test_an_optimizer_state_that_does_not_fit_is_one_line(tmp_path):

@@ -10,12 +10,14 @@ log = logging.getLogger("train")
 
 class _Plain(object):
     """state_dict: every field (but callbacks); load_state_dict: the fields a checkpoint has, defaults for the rest
-    (older checkpoints lack the newer fields)."""
+    (older checkpoints lack the newer fields; None, an optional part that an older checkpoint lacks: kept as built)."""
 
     def state_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("saved", True)}
 
     def load_state_dict(self, state):
+        if state is None:
+            return
         for f in fields(self):
             if f.metadata.get("saved", True):
                 setattr(self, f.name, state.get(f.name, f.default))
@@ -63,7 +65,7 @@ class Best(_Plain):
         return cls(metric=monitor.metric, mode=monitor.mode, on_change=on_change)
 
     def load_state_dict(self, state):
-        if (state["metric"], state["mode"]) == (self.metric, self.mode):
+        if state is None or (state["metric"], state["mode"]) == (self.metric, self.mode):
             return _Plain.load_state_dict(self, state)
         log.info("--monitor changed from %s:%s to %s:%s; best is judged afresh", state["metric"], state["mode"],
                  self.metric, self.mode)
