@@ -112,6 +112,84 @@ def test_a_sweep_killed_mid_trial_and_between_trials_ends_bit_identical_to_one_n
     assert "continuing (4 of 4 trials done)" in again.stderr and "trial 0 (grid-0):" not in again.stderr
 
 
+def _files(project, run):
+    """Every file of a run (checkpoints, logs, events) with its bytes."""
+    paths = [project.latest(run), project.best(run)] + sorted(project.tmp_dir(run).glob("*")) + sorted(
+        project.run_dir(run).glob("*"))
+    return {str(p): p.read_bytes() for p in paths if p.is_file()}
+
+
+def test_a_sweep_never_takes_over_a_run_it_did_not_start(tmp_path):
+    """A user's run coll-0 (lr 0.9) exists: a sweep named coll refuses to resume it as its trial 0 (it used to
+    resume it with lr 0.1, report it as that trial and overwrite the user's checkpoints and events); a sweep
+    started again under the same name after its folder was removed is another sweep; a run started by hand does
+    not take over a sweep's trial nor a reproduction; each refusal is one line and changes nothing."""
+    spec = {"base": {"model": "mlp", "width": 32, "batch_size": 64, "epochs": 1, "deterministic": True},
+            "grid": {"lr": [0.1]}, "name": "coll"}
+    project = sweep_project(tmp_path, spec)
+    project.ok("--run-name", "coll-0", "--lr", "0.9", "--max-steps", "10", *FAST)
+    before = _files(project, "coll-0")
+    res = project.run("--sweep", "grid.yaml")
+    assert res.returncode == 1, res.stderr
+    assert ("trial 0 (coll-0) FAILED (exit 2: train.py: error: run 'coll-0' has checkpoints of a run started by "
+            "hand") in res.stderr, res.stderr
+    assert "give the sweep another name" in res.stderr and "config change on resume" not in res.stderr
+    assert _files(project, "coll-0") == before
+
+    # the sweep's own trial resumes; a second sweep of the same name (its folder removed) does not take it over
+    spec.update(name="mine", base=dict(spec["base"], model="paced", epochs=2, log_every=1))
+    (project.root / "grid.yaml").write_text(yaml.safe_dump(spec))
+    project.env["PACE"] = "0.05"
+    proc = project.start("--sweep", "grid.yaml", "--progress", "plain")
+    wait_for_file_line(project.run_dir("mine") / "trial-0.log", lambda ln: ln.startswith("step 3/"), proc)
+    proc.send_signal(signal.SIGUSR1)  # no Slurm here: a plain stop, passed on to the trial, which saves
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "sweep mine stopped by SIGUSR1" in out, out
+    assert state(project, "mine")["trials"][0]["state"] == "stopped"
+    owner = load(project.latest("mine-0"))["owner"]
+    assert owner == {"kind": "trial", "sweep": "mine", "id": state(project, "mine")["id"], "trial": 0}
+    project.env["PACE"] = "0"
+    hand = project.run("--run-name", "mine-0", "--resume", *FAST)
+    assert hand.returncode == 2 and "run 'mine-0' has checkpoints of trial 0 of sweep mine" in hand.stderr
+    assert "continue the sweep with its own command" in hand.stderr
+    kept = _files(project, "mine-0")
+    import shutil
+    shutil.move(str(project.run_dir("mine")), str(tmp_path / "old-sweep"))
+    other = project.run("--sweep", "grid.yaml")
+    assert other.returncode == 1 and "has checkpoints of trial 0 of sweep mine" in other.stderr, other.stderr
+    assert _files(project, "mine-0") == kept
+    shutil.rmtree(str(project.run_dir("mine")))
+    shutil.move(str(tmp_path / "old-sweep"), str(project.run_dir("mine")))
+    done = project.ok("--sweep", "grid.yaml")
+    assert "trial 0 (mine-0) done" in done.stderr and state(project, "mine")["trials"][0]["attempts"] == 2
+
+    # a reproduction resumes only its own; a user's run named like one is not taken over
+    project.ok("--run-name", "coll-0-reproduce", "--max-steps", "5", *FAST)
+    mine = _files(project, "coll-0-reproduce")
+    rep = project.run("--reproduce", "coll-0")
+    assert rep.returncode == 2 and "has checkpoints of a run started by hand" in rep.stderr, rep.stderr
+    assert "not of the reproduction of run coll-0" in rep.stderr and _files(project, "coll-0-reproduce") == mine
+
+
+def test_a_stop_sent_to_one_trial_is_said_as_such_and_the_same_command_continues_it(tmp_path):
+    spec = dict(SPEC, base=dict(SPEC["base"], epochs=1), seeds=[0])
+    spec["grid"] = {"lr": [0.05]}
+    project = sweep_project(tmp_path, spec, pace="0.02")
+    proc = project.start("--sweep", "grid.yaml")
+    log0 = project.run_dir("grid") / "trial-0.log"
+    wait_for_file_line(log0, lambda ln: ln.startswith("step 5/"), proc)
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit() and b"--run-name\x00grid-0" in
+            open("/proc/%s/cmdline" % p, "rb").read()]
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "1 trials were stopped by a signal sent to them (grid-0); continue them with the same command" in out
+    assert "being run by other processes" not in out
+    again = project.ok("--sweep", "grid.yaml")
+    assert "trial 0 (grid-0) done" in again.stderr
+
+
 def test_seeds_end_with_mean_std_and_a_95_percent_interval_of_every_test_metric(project):
     res = project.ok("--seeds", "0,1,2", "--epochs", "1", *FAST)
     summary = json.loads((project.run_dir("digits-mlp-seeds") / "summary.json").read_text())

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, children, handler_installed, load, scalars, stop_at, wait_for_line
+from conftest import FAST, children, handler_installed, load, scalars, stop_at, wait_for_line, write_images
 
 SLOW = FAST + ["--epochs", "50", "--log-every", "1", "--ckpt-every", "1000"]
 
@@ -25,6 +25,78 @@ def test_stop_signal_saves_flushes_and_exits_0_quickly(project, sig):
     logged = [s for s, _ in scalars(project.run_dir("digits-mlp"))["train/loss"]]
     assert logged[-1] == step, "TensorBoard was not flushed up to the stop step"
     assert "continue with: python train.py --resume" in out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGUSR2, signal.SIGXCPU])
+def test_every_stop_like_signal_saves_and_exits_0_outside_slurm_too(project, sig):
+    """Cluster tools, `timeout -s USR1` and other schedulers (a CPU-time limit: SIGXCPU) stop a plain run: it saves,
+    exits 0 and resumes; used to die by the signal's default action (no checkpoint, exit 138/140)."""
+    project.env.pop("SLURM_JOB_ID", None)
+    code, out, _ = stop_at(project.start(*SLOW), sig, "step ", 10)
+    name = signal.Signals(sig).name
+    assert code == 0 and "%s received: finishing this step" % name in out and "saved checkpoint step" in out, out
+    assert "requeue" not in out, out
+    step = load(project.latest("digits-mlp"))["progress"]["step"]
+    assert step >= 10
+    code, out, _ = stop_at(project.start(*(SLOW + ["--resume"])), signal.SIGTERM, "step ", step + 2)
+    assert code == 0 and "resuming from" in out and "already being trained" not in out, out
+
+
+# A test plugin: the MLP, which touches $MARK and sleeps 0.2 s before each forward pass in eval mode (so that a
+# --predict or --evaluate is under way when the test sees the file)
+SLOW_EVAL_MODEL = '''"""The MLP, slow in eval mode once $MARK is set."""
+import os
+import time
+
+from . import register
+from .mlp import build as mlp
+
+
+@register("sloweval")
+def build(input_shape, num_classes, cfg):
+    net = mlp(input_shape, num_classes, cfg)
+
+    def hold(module, inputs):
+        mark = os.environ.get("MARK")
+        if mark and not module.training:
+            open(mark, "a").close()
+            time.sleep(0.2)
+    net.register_forward_pre_hook(hold)
+    return net
+'''
+
+
+@pytest.mark.parametrize("command,sig", [("--predict", signal.SIGUSR1), ("--predict", signal.SIGTERM),
+                                         ("--evaluate", signal.SIGUSR2), ("--evaluate", signal.SIGHUP)])
+def test_a_stop_during_predict_or_evaluate_ends_it_at_once_with_nothing_written(project, command, sig):
+    """--predict and --evaluate have nothing to save: a stop ends them within a second, writes no partial file and
+    says so in one line (exit 128 + the signal); the same command afterwards works. They used to say "saving, then
+    exiting" and go on (SIGTERM), or die without a word (SIGUSR1)."""
+    (project.root / "src" / "models" / "sloweval.py").write_text(SLOW_EVAL_MODEL)
+    write_images(project.root / "data" / "pets", 12)
+    project.ok("--dataset", "folder:data/pets", "--model", "sloweval", "--width", "16", "--image-size", "8",
+               "--batch-size", "4", "--max-steps", "2", "--progress", "plain", "--run-name", "pets")
+    before = _written(project)
+    args = (["--predict", "data/pets"] if command == "--predict" else ["--evaluate"]) + [
+        "--run-name", "pets", "--batch-size", "1"]
+    mark = project.root / "mark"
+    project.env["MARK"] = str(mark)
+    proc = project.start(*args)
+    deadline = time.time() + 120
+    while not mark.exists():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+        time.sleep(0.01)
+    sent = time.time()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    name = signal.Signals(sig).name
+    assert proc.returncode == 128 + sig and time.time() - sent < 5, out
+    assert "%s stopped by %s; nothing was written (run the same command again)" % (command, name) in out, out
+    assert "saving" not in out and "Traceback" not in out, out
+    assert _written(project) == before
+    project.env.pop("MARK")
+    project.ok(*args)
+    assert len(_written(project)) == len(before) + 1
 
 
 def test_second_ctrl_c_aborts_at_once(project):

@@ -39,10 +39,10 @@ def main(cfg, user, stop):
         from . import verify
         return verify.run(cfg)
     if cfg.evaluate:
-        return evaluate_checkpoint(cfg, user, stop, dist)
+        return at_once(stop, "--evaluate", lambda: evaluate_checkpoint(cfg, user, stop, dist))
     if cfg.predict:
         from . import predict
-        return predict.run(cfg)
+        return at_once(stop, "--predict", lambda: predict.run(cfg))
     if cfg.sweep or cfg.seeds:
         from . import sweep
         return sweep.run(cfg, user, stop)
@@ -54,6 +54,17 @@ def main(cfg, user, stop):
         cfg, user, then = reproduce.prepare(cfg, user)
     code = train(Run(cfg, user, stop, dist), bar)
     return then(code) if then else code
+
+
+def at_once(stop, what, command):
+    """A command that does not train ends at once on a stop signal: its files are written whole or not at all
+    (atomic), so nothing partial is left; the exit code says it did not finish (128 + the signal's number)."""
+    try:
+        with stop.interrupting():
+            return command()
+    except Stopped as stopped:
+        log.warning("%s stopped by %s; nothing was written (run the same command again)", what, stopped.name)
+        return stopped.exit_code
 
 
 def train(run, bar):

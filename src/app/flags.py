@@ -206,6 +206,7 @@ def _fraction(what="in [0, 1)"):
 
 
 SUPPRESS = argparse.SUPPRESS
+_SWEEP_TRIAL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*:[0-9a-f]*:[0-9]+")
 FLAGS = _records([
     "experiment",
     flag("config", metavar="FILE.yaml", help="read flags from a YAML file (command line wins)",
@@ -361,6 +362,8 @@ FLAGS = _records([
          "SECONDS) and its time limit; the first save warns when a step plus a save do not fit (0: not checked)",
          _at_least(0), scope="local", metavar="SECONDS"),
     flag("stop-after-step", int, 0, SUPPRESS, _at_least(0), scope="invocation"),
+    flag("sweep-trial", str, None, SUPPRESS, (lambda v: v is None or bool(_SWEEP_TRIAL.fullmatch(v)), "SWEEP:ID:N (set by the "
+         "sweep driver)"), scope="invocation"),  # this run is trial N of sweep SWEEP (ID): it resumes only its own
     flag("sync-check", bool, False, SUPPRESS, scope="invocation"),
     flag("prepare-data", bool, False, "download/verify the dataset, then exit",
          scope="invocation"),

@@ -51,6 +51,7 @@ class Run(object):
         self.unfinished = False  # the loop stopped on a signal before the run's end
         self.config_text = ""
         self.record = None  # the reproducibility record: one entry per session (runtime/record.py)
+        self.owner = owner_of(cfg)  # whose checkpoints these are: a plain run, a sweep's trial, a reproduction
 
     @property
     def step0(self):
@@ -88,6 +89,8 @@ class Run(object):
         if self.state is None:
             check_history(cfg, self.paths)
             return True
+        if explicit is None:  # the run's own files (--resume PATH is an explicit choice: it continues as this run)
+            check_owner(self.owner, self.state.get("owner"), cfg.run_name, self.source)
         self.cfg, self.changes = flags.merge_resumed(self.state["config"], cfg, user, self.source)
         self.init_record = self.state.get("init")
         progress = Progress.of(self.state["progress"])
@@ -226,6 +229,55 @@ class Run(object):
         self.loggers.text("command", " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), self.step0)
         if self.changes:
             self.loggers.text("config_changes", "\n".join("- %s: %r -> %r" % c for c in self.changes), self.step0)
+
+
+def owner_of(cfg):
+    """Who a run's checkpoints belong to: a run started by hand, trial N of a sweep (its name and id: a sweep
+    started again under the same name after its folder was removed is another sweep), or the reproduction of a
+    run. Saved in every checkpoint ("owner"); a run resumes only its own (check_owner)."""
+    if cfg.sweep_trial:
+        name, sweep_id, n = cfg.sweep_trial.rsplit(":", 2)
+        return {"kind": "trial", "sweep": name, "id": sweep_id, "trial": int(n)}
+    if cfg.reproduce:
+        return {"kind": "reproduce", "of": cfg.reproduce}
+    return {"kind": "run"}
+
+
+def describe_owner(owner):
+    if owner["kind"] == "trial":
+        return "trial %d of sweep %s" % (owner["trial"], console.printable(owner["sweep"]))
+    if owner["kind"] == "reproduce":
+        return "the reproduction of run %s" % console.printable(owner["of"])
+    return "a run started by hand"
+
+
+def check_owner(mine, saved, run_name, source):
+    """A run, a sweep's trial or a reproduction resumes only its own checkpoints; anything else is one line before
+    any write. A checkpoint from before owners were saved counts as a run started by hand (or, for a trial of a
+    sweep that is older too, as that trial)."""
+    if saved is None:
+        saved = dict(mine) if mine["kind"] == "trial" and not mine["id"] else {"kind": "run"}
+    if not isinstance(saved, dict) or saved.get("kind") not in ("run", "trial", "reproduce"):
+        saved = {"kind": "run"}
+    if saved == mine:
+        return
+    if mine["kind"] == "trial":
+        hint = ("give the sweep another name (name: in its spec, or --run-name), or move that run's files away "
+                "(models/*/%s.pt, models/tmp/%s, logs/%s)" % (run_name, run_name, run_name))
+    elif mine["kind"] == "reproduce":
+        hint = "reproduce it under another name with --run-name NAME"
+    elif saved["kind"] == "trial":
+        hint = ("continue the sweep with its own command (train.py --sweep SPEC), or train a copy of this trial with "
+                "--resume %s --run-name NEW" % source)
+    else:
+        hint = "continue it with --reproduce %s, or train a copy with --resume %s --run-name NEW" % (
+            console.printable(saved.get("of", "RUN")), source)
+    try:
+        theirs = describe_owner(saved)
+    except (KeyError, TypeError, ValueError):
+        theirs = "another run"
+    raise UsageError("run '%s' has checkpoints of %s (%s), not of %s; nothing was changed: %s"
+                     % (run_name, theirs, source, describe_owner(mine), hint))
 
 
 def init_weights(model, state, cfg):

@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -54,6 +55,7 @@ class Sweep(object):
         self.state_file = self.dir / "sweep.json"
         self.lock_file = self.dir / "sweep.lock"
         self.host, self.pid = socket.gethostname(), os.getpid()
+        self.id = ""  # its state's id (open_sweep): each trial's checkpoints carry it, so no other run is taken over
         self.guard = threading.Lock()  # threads of this process; the flock keeps other processes out
 
     def run_name(self, n):
@@ -131,7 +133,7 @@ def open_sweep(cfg, user):
     with sweep.locked():
         state = sweep.load()
         if state is None:
-            state = {"version": VERSION, "name": sweep.name, "spec": spec, "trials": [],
+            state = {"version": VERSION, "name": sweep.name, "spec": spec, "trials": [], "id": secrets.token_hex(8),
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             sweep.save(state)
             log.info("sweep %s: %d trials (%s), runs %s-0 ... in %s", sweep.name, sweep_spec.total(spec),
@@ -149,6 +151,7 @@ def open_sweep(cfg, user):
             done = sum(t["state"] == "done" for t in state["trials"])
             log.info("sweep %s: continuing (%d of %d trials done) in %s", sweep.name, done, sweep_spec.total(spec),
                      sweep.dir)
+        sweep.id = state.get("id", "")
     return sweep
 
 
@@ -248,7 +251,8 @@ class Worker(threading.Thread):
         cfg, sweep = self.driver.cfg, self.driver.sweep
         cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(sweep.dir / ("trial-%d.yaml" % trial["trial"])),
                "--run-name", trial["run"], "--resume", "auto", "--progress", "plain", "--logs-dir", cfg.logs_dir,
-               "--models-dir", cfg.models_dir, "--data-dir", cfg.data_dir]
+               "--models-dir", cfg.models_dir, "--data-dir", cfg.data_dir,
+               "--sweep-trial", "%s:%s:%d" % (sweep.name, sweep.id, trial["trial"])]
         if cfg.data_checksums:
             cmd += ["--data-checksums", cfg.data_checksums]
         if cfg.slurm_lead:
@@ -359,9 +363,15 @@ def run(cfg, user, stop):
         log.info("sweep %s stopped by %s%s; continue it with the same command", sweep.name, stop.name,
                  " (trials saved: %s)" % ", ".join(running) if running else "")
         return _after_stop(stop, left)
-    if left:
+    halted = [t["run"] for t in state["trials"] if t["state"] in RESUMABLE]
+    if halted:  # a signal sent to the trial itself, not to this driver
+        log.info("sweep %s: %d trials were stopped by a signal sent to them (%s); continue them with the same "
+                 "command", sweep.name, len(halted), ", ".join(halted[:10]))
+    others = [run for run in left if run not in halted]
+    if others:
         log.info("sweep %s: %d trials are being run by other processes (%s); the last one to finish prints the "
-                 "summary (or run this command again later)", sweep.name, len(left), ", ".join(left[:10]))
+                 "summary (or run this command again later)", sweep.name, len(others), ", ".join(others[:10]))
+    if left:
         return 0
     sweep_results.summarize(sweep, state)
     failed = [t for t in state["trials"] if t["state"] == "failed"]

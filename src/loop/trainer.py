@@ -93,6 +93,7 @@ class Trainer(object):
         for name, value in (("task", parts.task.state_dict()), ("model_spec", spec), ("config", self.run.config),
                             ("versions", fileformat.versions()), ("git_commit", fileformat.git_commit())):
             add(name, Fixed(value), optional=True)
+        add("owner", Fixed(self.run.owner), optional=True)  # a plain run, a sweep's trial, a reproduction
         if self.run.record is not None:  # code, packages, hardware of each session (runtime/record.py)
             add("record", Fixed(self.run.record), optional=True)
         if self.run.init_record is not None:  # what --init-from loaded, carried by every checkpoint of the run

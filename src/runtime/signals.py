@@ -1,6 +1,8 @@
-"""Stop signals. SIGTERM, SIGINT and SIGHUP ask the loop to finish its step, save and exit 0; a second
-Ctrl-C aborts at once. Inside a Slurm job, SIGUSR1 and SIGUSR2 (the job's warning before its time limit) do the
-same, and mark the stop as a `warning`: the run is then requeued (runtime/slurm.py).
+"""Stop signals. SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 and SIGXCPU (whatever a user, a container engine or a
+scheduler sends to end a job: `timeout -s USR1`, LSF's and PBS's CPU-time limit) ask the loop to finish its step,
+save and exit 0; a second Ctrl-C aborts at once. Inside a Slurm job, SIGUSR1 and SIGUSR2 are the job's warning
+before its time limit: the stop is marked as a `warning` and the run is then requeued (runtime/slurm.py).
+Commands that do not train (--predict, --evaluate) end at once on a stop, with nothing written (`interrupting`).
 
 train.py installs the handler as its first statement, before torch is imported, and it stays until the
 process exits, so no stop is ever lost to a default handler (exit 143, nothing saved). While data is being
@@ -19,17 +21,22 @@ import os
 import signal
 
 log = logging.getLogger("train")
-SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 WARNINGS = (signal.SIGUSR1, signal.SIGUSR2)  # Slurm's warning signal: srun hands it to every process of the step
-HELD = SIGNALS + WARNINGS  # what DataLoader workers start with blocked, then ignore
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) + WARNINGS + tuple(
+    getattr(signal, name) for name in ("SIGXCPU",) if hasattr(signal, name))
+HELD = SIGNALS  # what DataLoader workers start with blocked, then ignore
 
 
 class Stopped(Exception):
-    """A stop signal arrived before training started: nothing to save."""
+    """A stop signal arrived before training started, or during a command that does not train: nothing to save."""
 
     def __init__(self, name):
         super(Stopped, self).__init__(name)
         self.name = name
+
+    @property
+    def exit_code(self):
+        return 128 + int(getattr(signal, self.name, signal.SIGTERM))
 
 
 class StopFlag(object):
@@ -40,7 +47,7 @@ class StopFlag(object):
         self._raise = False
 
     def install(self):
-        for sig in SIGNALS + (WARNINGS if os.environ.get("SLURM_JOB_ID") else ()):
+        for sig in SIGNALS:
             signal.signal(sig, self._handle)
         return self
 
@@ -57,23 +64,23 @@ class StopFlag(object):
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        if signum in WARNINGS and not self.requested:
+        if signum in WARNINGS and not self.requested and os.environ.get("SLURM_JOB_ID"):
             self.warning = True
-        self.request(signal.Signals(signum).name)
-        if self._raise:
+        if self._raise:  # nothing to finish or save: the one who catches Stopped says what happened
+            self.requested, self.name = True, self.name or signal.Signals(signum).name
             raise Stopped(self.name)
+        self.request(signal.Signals(signum).name)
 
     @contextlib.contextmanager
     def interrupting(self):
         """Inside, a stop signal raises Stopped at once (and one that came before raises on entry)."""
         if self.requested:
             raise Stopped(self.name)
-        self._raise = True
+        before, self._raise = self._raise, True
         try:
             yield
         finally:
-            self._raise = False
-
+            self._raise = before  # nested (data read inside --evaluate): the outer one still raises
 
     def after_exit(self):
         """The run is over (saved, or nothing to save): from now on a stop signal is ignored, so that one arriving
