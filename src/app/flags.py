@@ -362,8 +362,9 @@ FLAGS = _records([
          "SECONDS) and its time limit; the first save warns when a step plus a save do not fit (0: not checked)",
          _at_least(0), scope="local", metavar="SECONDS"),
     flag("stop-after-step", int, 0, SUPPRESS, _at_least(0), scope="invocation"),
-    flag("sweep-trial", str, None, SUPPRESS, (lambda v: v is None or bool(_SWEEP_TRIAL.fullmatch(v)), "SWEEP:ID:N (set by the "
-         "sweep driver)"), scope="invocation"),  # this run is trial N of sweep SWEEP (ID): it resumes only its own
+    # this run is trial N of sweep SWEEP (ID), set by the sweep driver: it resumes only its own checkpoints
+    flag("sweep-trial", str, None, SUPPRESS, (lambda v: v is None or bool(_SWEEP_TRIAL.fullmatch(v)),
+                                              "SWEEP:ID:N"), scope="invocation"),
     flag("sync-check", bool, False, SUPPRESS, scope="invocation"),
     flag("prepare-data", bool, False, "download/verify the dataset, then exit",
          scope="invocation"),
