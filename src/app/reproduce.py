@@ -9,6 +9,7 @@ The new run is an ordinary one (--resume auto: the same command again continues 
 same hardware and --deterministic give the same weights and metrics bit for bit."""
 import json
 import logging
+import re
 from types import SimpleNamespace
 
 import yaml
@@ -17,6 +18,7 @@ from . import flags
 from ..files.paths import RunPaths
 from ..runtime import record
 from ..runtime.errors import UsageError
+from ..runtime.text import printable
 from ..state.resume import load_or_usage_error
 
 log = logging.getLogger("train")
@@ -63,27 +65,40 @@ def prepare(cfg, user):
         log.info("run %s has no record of its code and environment (trained before records existed): only its "
                  "config is known", name)
     else:
-        last = sessions[-1]
-        for line in record.differences(last, record.collect()):
-            log.info("  %s", line)
-        if len({s.get("code", {}).get("source_sha256") for s in sessions}) > 1:
-            log.info("  note: run %s was resumed with other code than it started with (%d sessions; each is in %s)",
-                     name, len(sessions), old.record_file)
-        moved = ["%s %r -> %r at step %s" % (c[0], c[1], c[2], s.get("step")) for s in sessions
-                 for c in s.get("config_changes") or []]
-        if moved:
-            log.info("  note: run %s changed its config when resumed (%s): trained in one go with the final config, "
-                     "its path differs", name, "; ".join(moved))
-        commit = last.get("code", {}).get("commit")
-        if commit:
-            log.info("  the run's own code: git checkout %s%s", commit, " && git apply %s" % old.code_diff
-                     if last["code"].get("diff") else "")
+        try:
+            _say_differences(name, old, sessions)
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError):  # a hand-edited record
+            log.info("  run %s's record of its code and environment is malformed: only its config is used", name)
 
     def then(code):
         if code == 0:
             report(old.metrics_file, RunPaths(new_cfg).metrics_file)
         return code
     return new_cfg, own | set(keep), then
+
+
+def _say_differences(name, old, sessions):
+    """What differs from the run's last session, and how to get its code. Every string from the record is printed
+    escaped (a forged record cannot reach the terminal with control characters), and a commit that is not hex is
+    never put into the advice line (it could be a second command)."""
+    last = sessions[-1]
+    for line in record.differences(last, record.collect()):
+        log.info("  %s", printable(line, 2000))
+    if len({s.get("code", {}).get("source_sha256") for s in sessions}) > 1:
+        log.info("  note: run %s was resumed with other code than it started with (%d sessions; each is in %s)",
+                 name, len(sessions), old.record_file)
+    moved = ["%s %r -> %r at step %s" % (c[0], c[1], c[2], s.get("step")) for s in sessions
+             for c in s.get("config_changes") or []]
+    if moved:
+        log.info("  note: run %s changed its config when resumed (%s): trained in one go with the final config, "
+                 "its path differs", name, printable("; ".join(moved), 2000))
+    commit = last.get("code", {}).get("commit")
+    if isinstance(commit, str) and re.fullmatch(r"[0-9a-f]{7,64}", commit):
+        log.info("  the run's own code: git checkout %s%s", commit, " && git apply %s" % old.code_diff
+                 if last["code"].get("diff") else "")
+    elif commit:
+        log.info("  the run's record names no valid git commit (%s): its code cannot be checked out",
+                 printable(commit, 80))
 
 
 def report(old_file, new_file):

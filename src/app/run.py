@@ -32,6 +32,7 @@ from ..loop.trainer import Trainer
 from ..runtime import record, seeding, slurm
 from ..runtime.errors import TrainingError, UsageError
 from ..runtime.signals import Stopped
+from ..runtime.text import printable, redact, redact_values
 from ..state import fileformat
 from ..state.resume import find_resume_state, fingerprint, load_or_usage_error
 
@@ -111,7 +112,7 @@ class Run(object):
         enabled = cfg.tensorboard and self.dist.main
         # resuming: drop events logged after the checkpoint; fresh: drop any left by a run that never saved
         self.loggers = Loggers([TensorBoard(self.paths.run_dir, enabled, self.step0 if self.state else -1)])
-        self.hparams, self.config = flags.hparams(cfg), flags.plain(cfg)  # text forms, as saved
+        self.hparams, self.config = flags.hparams(cfg), redact_values(flags.plain(cfg))  # as saved
         job = slurm.job()
         if job is not None:
             self.hparams.update(job.hparams())
@@ -226,7 +227,8 @@ class Run(object):
                 atomic.write_text(self.paths.code_diff, diff)
         self.loggers.open()
         self.loggers.text("config", "```yaml\n%s```" % self.config_text, self.step0)
-        self.loggers.text("command", " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv), self.step0)
+        self.loggers.text("command", " ".join(shlex.quote(redact(a)) for a in [sys.executable] + sys.argv),
+                          self.step0)
         if self.changes:
             self.loggers.text("config_changes", "\n".join("- %s: %r -> %r" % c for c in self.changes), self.step0)
 
@@ -245,9 +247,9 @@ def owner_of(cfg):
 
 def describe_owner(owner):
     if owner["kind"] == "trial":
-        return "trial %d of sweep %s" % (owner["trial"], console.printable(owner["sweep"]))
+        return "trial %d of sweep %s" % (owner["trial"], printable(owner["sweep"]))
     if owner["kind"] == "reproduce":
-        return "the reproduction of run %s" % console.printable(owner["of"])
+        return "the reproduction of run %s" % printable(owner["of"])
     return "a run started by hand"
 
 
@@ -271,7 +273,7 @@ def check_owner(mine, saved, run_name, source):
                 "--resume %s --run-name NEW" % source)
     else:
         hint = "continue it with --reproduce %s, or train a copy with --resume %s --run-name NEW" % (
-            console.printable(saved.get("of", "RUN")), source)
+            printable(saved.get("of", "RUN")), source)
     try:
         theirs = describe_owner(saved)
     except (KeyError, TypeError, ValueError):

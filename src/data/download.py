@@ -13,6 +13,7 @@ import yaml
 from ..files.atomic import fsync_dir
 from ..files.lock import alive
 from ..runtime.errors import TrainingError, UsageError
+from ..runtime.text import redact
 from ..files.paths import ensure_dir, read_bounded
 
 
@@ -129,7 +130,8 @@ def fetch(url, dest, md5, limit, *, timeout=60.0, deadline=3600.0):
                 os.fsync(out.fileno())
         except _TooLarge as big:
             raise TrainingError("%s sends more than the %d bytes expected (%d so far); it is not this dataset's file: "
-                                "check --data-mirror, or place the file at %s" % (url, limit, big.size, dest))
+                                "check --data-mirror, or place the file at %s" % (redact(url), limit, big.size,
+                                                                                  dest))
         except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as err:
             reason = getattr(err, "reason", None) or err
             if isinstance(reason, socket.timeout) or isinstance(err, socket.timeout):
@@ -139,11 +141,11 @@ def fetch(url, dest, md5, limit, *, timeout=60.0, deadline=3600.0):
             elif isinstance(err, http.client.HTTPException):
                 reason = "not a valid HTTP response (%s: %s)" % (type(err).__name__, str(err).strip()[:100])
             raise TrainingError("could not download %s: %s (use --data-mirror URL, or place the file at %s)"
-                                % (url, str(reason).splitlines()[0][:300] if str(reason) else type(err).__name__,
-                                   dest))
+                                % (redact(url), str(reason).splitlines()[0][:300] if str(reason) else
+                                   type(err).__name__, dest))
         if h.hexdigest() not in _sums(md5):
             raise TrainingError("checksum mismatch for %s: expected md5 %s, got %s; nothing was saved"
-                                % (url, " or ".join(_sums(md5)), h.hexdigest()))
+                                % (redact(url), " or ".join(_sums(md5)), h.hexdigest()))
         os.replace(str(part), str(dest))
         fsync_dir(dest.parent)
     finally:

@@ -40,15 +40,6 @@ class _FileHandler(logging.FileHandler):
                     sys.exc_info()[1])
 
 
-def printable(text, limit=300):
-    """text as it may be printed or put into an advice line: every control character (terminal escapes, newlines,
-    bells) shown as a Python escape such as \\x1b, cut to limit characters. For strings read from checkpoints,
-    records and data (class names, hardware, commits): a forged file cannot reach the terminal with them."""
-    text = str(text)
-    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[:limit])
-    return shown + ("..." if len(text) > limit else "")
-
-
 def use_bar(mode):
     return mode == "bar" or (mode == "auto" and sys.stderr.isatty())
 

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from .text import redact
+
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: src/runtime/record.py
 MAX_DIFF = 512 << 10  # bytes of `git diff` kept (a record travels in every checkpoint)
 MAX_SESSIONS = 20  # the first session and the newest ones
@@ -113,7 +115,8 @@ def collect():
     """This session's record."""
     env = {k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
            if k in os.environ}
-    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": [sys.executable] + sys.argv,
+    return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": [redact(a) for a in [sys.executable] + sys.argv],
             "cwd": os.getcwd(), "code": code(), "hardware": hardware(), "packages": packages(), "env": env,
             "slurm": slurm_ids()}
 
