@@ -107,3 +107,49 @@ def test_predict_refuses_what_the_model_cannot_read_in_one_line(project):
         res = project.run(*args)
         lines = res.stderr.strip().splitlines()
         assert res.returncode == 2 and len(lines) == 1 and text in lines[0], res.stderr
+
+
+def test_predictions_are_safe_in_a_spreadsheet_never_replace_another_inputs_and_bad_checkpoints_are_one_line(
+        project):
+    """Class and file names that a spreadsheet would run as formulas (=, +, -, @) are written as text (OWASP);
+    --predict a/0.png then b/0.png used to silently replace predictions-0.csv; a truncated best checkpoint gave a
+    29-line traceback; the inputs are decoded a batch at a time (the result is the same at any batch size)."""
+    classes = ("=HYPERLINK(1)", "+cmd", "@sum")
+    write_images(project.root / "data" / "evil", 10, classes=classes)
+    project.ok("--dataset", "folder:data/evil", "--model", "cnn", "--width", "8", "--image-size", "10",
+               "--max-steps", "4", "--progress", "plain", "--run-name", "evil")
+    (project.root / "a").mkdir()
+    (project.root / "b").mkdir()
+    first = sorted((project.root / "data" / "evil" / "+cmd").glob("*.png"))[0]
+    second = sorted((project.root / "data" / "evil" / "@sum").glob("*.png"))[0]
+    (project.root / "a" / "0.png").write_bytes(first.read_bytes())
+    (project.root / "b" / "-0.png").write_bytes(second.read_bytes())
+    (project.root / "b" / "0.png").write_bytes(second.read_bytes())
+    project.ok("--predict", "a/0.png", "--run-name", "evil")
+    res = project.ok("--predict", "b/0.png", "--run-name", "evil")
+    assert "predictions-0.csv holds the predictions of" in res.stderr and "predictions-0-2.csv" in res.stderr
+    run_dir = project.run_dir("evil")
+    a = list(csv.reader(open(str(run_dir / "predictions-0.csv"))))
+    b = list(csv.reader(open(str(run_dir / "predictions-0-2.csv"))))
+    assert len(a) == len(b) == 2 and a[1][0] == b[1][0] == "0.png"
+    project.ok("--predict", "a/0.png", "--run-name", "evil")  # the same input again: its own file, refreshed
+    assert sorted(p.name for p in run_dir.glob("predictions-*.csv")) == ["predictions-0-2.csv", "predictions-0.csv"]
+
+    project.ok("--predict", "data/evil", "--run-name", "evil", "--batch-size", "7")
+    rows = list(csv.reader(open(str(run_dir / "predictions-evil.csv"))))
+    assert rows[0] == ["input", "prediction", "p(+cmd)", "p(=HYPERLINK(1))", "p(@sum)"]
+    assert len(rows) == 31 and {r[1] for r in rows[1:]} <= {"'=HYPERLINK(1)", "'+cmd", "'@sum"}
+    assert all(r[0][:1] in "'0123456789" or r[0].startswith("deeper") for r in rows[1:]), rows[:5]
+    assert all(not cell.startswith(("=", "+", "@")) for r in rows for cell in r)
+    project.ok("--predict", "data/evil", "--run-name", "evil", "--batch-size", "64")
+    assert list(csv.reader(open(str(run_dir / "predictions-evil.csv")))) == rows
+    project.ok("--predict", "b/-0.png", "--run-name", "evil")
+    assert list(csv.reader(open(str(run_dir / "predictions--0.csv"))))[1][0] == "'-0.png"
+
+    before = sorted(p.name for p in run_dir.iterdir())
+    best = project.best("evil")
+    best.write_bytes(best.read_bytes()[:-200])
+    res = project.run("--predict", "a/0.png", "--run-name", "evil")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "unreadable checkpoint" in lines[0], res.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == before

@@ -6,11 +6,15 @@ a column of image files (paths relative to the CSV) for an image model. The inpu
 read them (the same decoding, resizing and centre cut; the table encoding kept in the checkpoint) and go through
 `models.from_checkpoint`'s model, so Python code that calls it on the same raw inputs gets the same numbers.
 
+The file is written whole or not at all; an input whose name is taken by another input's predictions gets
+predictions-<name>-2.csv (logs/<run>/predictions.json says which input each file holds). Cells that a
+spreadsheet would run as a formula are written as text (safe_cell).
+
 One row per input: the input (its path, or the row's line number in the CSV), then for classification the class
 and every class's probability; for regression the value(s) in the target's units; for multilabel the labels
 whose probability is above 0.5 (joined by --label-sep) and every label's probability."""
 import csv
-import io
+import json
 import logging
 from pathlib import Path
 
@@ -21,7 +25,8 @@ from ..data import folder, table
 from ..files import atomic
 from ..files.paths import RunPaths, check_folder
 from ..runtime.errors import UsageError
-from ..state import fileformat
+from ..runtime.text import printable
+from ..state.resume import load_or_usage_error
 
 log = logging.getLogger("train")
 
@@ -31,28 +36,85 @@ def run(cfg):
     if not path.is_file():
         raise UsageError("run '%s' has no best checkpoint (%s); train it first, or name a trained run with "
                          "--run-name" % (cfg.run_name, path))
-    state = fileformat.load(path, full=False)
+    state = load_or_usage_error(path, "--predict", full=False)  # a truncated or forged file: one line
     spec, config = state.get("model_spec") or {}, state.get("config") or {}
     source = Path(cfg.predict).expanduser()
-    names, x = _inputs(source, spec)
+    names, batches = _inputs(source, spec, cfg.batch_size)
     model = models.from_state(state, path)
-    with torch.no_grad():
-        out = torch.cat([model(x[i:i + cfg.batch_size]).float() for i in range(0, len(x), cfg.batch_size)])
-    header, rows = _rows(spec, config, names, out)
     check_folder(cfg.logs_dir, "--logs-dir")
-    target = RunPaths(cfg).run_dir / ("predictions-%s.csv" % (source.stem or "input"))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    atomic.write_text(target, buf.getvalue())
-    log.info("predictions of %s for %d inputs from %s -> %s", path, len(rows), source, target)
+    run_dir = RunPaths(cfg).run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    target = _target(run_dir, source)
+    count = 0
+    with atomic.writing(target) as out:  # whole or not at all; memory: one batch of inputs at a time
+        writer = csv.writer(out, lineterminator="\n")
+        with torch.no_grad():
+            for x in batches:
+                header, rows = _rows(spec, config, names[count:count + len(x)], model(x).float())
+                if count == 0:
+                    writer.writerow([safe_cell(c) for c in header])
+                writer.writerows([safe_cell(c) for c in row] for row in rows)
+                count += len(rows)
+    _remember(run_dir, target, source)
+    log.info("predictions of %s for %d inputs from %s -> %s", path, count, printable(source), target)
     return 0
 
 
-def _inputs(source, spec):
-    """(names, raw inputs) of INPUT, as the checkpoint's model takes them."""
+def safe_cell(value):
+    """A CSV cell a spreadsheet shows as text: one that starts with = + - @ or a tab or carriage return (a class
+    or file name such as =HYPERLINK(...)) gets a leading ' (OWASP's advice on CSV injection); numbers stay as
+    they are."""
+    text = str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(text)
+        except ValueError:
+            return "'" + text
+    return text
+
+
+INDEX = "predictions.json"  # which input each predictions-<name>.csv of a run holds
+
+
+def _target(run_dir, source):
+    """logs/<run>/predictions-<INPUT's name>.csv, or -2, -3... when that name holds another input's predictions
+    (a/0.png, then b/0.png): an output never silently replaces another input's."""
+    taken = _index(run_dir)
+    stem = source.stem or "input"
+    where = str(source.resolve())
+    n = 1
+    while True:
+        name = "predictions-%s%s.csv" % (stem, "" if n == 1 else "-%d" % n)
+        if not (run_dir / name).exists() or taken.get(name) == where:
+            if n > 1:
+                log.info("%s holds the predictions of %s: these go to %s", "predictions-%s.csv" % stem,
+                         printable(taken.get("predictions-%s.csv" % stem, "another input")), name)
+            return run_dir / name
+        n += 1
+
+
+def _index(run_dir):
+    try:
+        index = json.loads((run_dir / INDEX).read_text())
+        return index if isinstance(index, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(run_dir, target, source):
+    index = _index(run_dir)
+    index[target.name] = str(source.resolve())
+    atomic.write_text(run_dir / INDEX, json.dumps(index, indent=1, sort_keys=True) + "\n")
+
+
+def _batches(x, size):
+    for i in range(0, len(x), size):
+        yield x[i:i + size]
+
+
+def _inputs(source, spec, batch_size):
+    """(names, batches of raw inputs) of INPUT, as the checkpoint's model takes them; image files are decoded a
+    batch at a time."""
     if not source.exists():
         raise UsageError("--predict %s: no such file or folder; give an image, a folder of images or a CSV file"
                          % source)
@@ -63,7 +125,7 @@ def _inputs(source, spec):
                              % (source, ", ".join(c["name"] for c in encoding["columns"])))
         header, rows = table.read(source)
         x = table.Encoder(encoding["columns"]).encode(header, rows, str(source))
-        return [str(n) for n in range(2, len(rows) + 2)], x
+        return [str(n) for n in range(2, len(rows) + 2)], _batches(x, batch_size)
     shape = spec.get("input_shape") or []
     transform = spec.get("input_transform") or {}
     if len(shape) != 3 or abs(float(transform.get("scale", 0)) - 1 / 255.0) > 1e-9:
@@ -85,7 +147,8 @@ def _inputs(source, spec):
     if not files:
         raise UsageError("--predict %s: no PNG or JPEG images in it; give a folder that holds some" % source)
     decode = folder.Decoder(shape[1], shape[0])
-    return names, torch.stack([decode(f) for f in files])
+    return names, (torch.stack([decode(f) for f in files[i:i + batch_size]])
+                   for i in range(0, len(files), batch_size))
 
 
 def _rows(spec, config, names, out):

@@ -2,6 +2,7 @@
 
 A kill -9 or a power cut at any instant leaves either the old file or the new one, never a torn one.
 """
+import contextlib
 import os
 from pathlib import Path
 
@@ -38,6 +39,24 @@ def write_bytes(path, payload):
 
 def write_text(path, text):
     write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def writing(path):
+    """A text file written a piece at a time (memory: one piece), in place whole when the block ends, or not at all
+    when it raises (a stop signal, a bad input)."""
+    path = Path(path)
+    tmp = path.with_name(".%s%s%d" % (path.name, TMP_MARK, os.getpid()))
+    try:
+        with open(str(tmp), "w", encoding="utf-8", newline="") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(str(tmp), str(path))
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    fsync_dir(path.parent)
 
 
 def remove_stale_tmp(folder, name=None):
