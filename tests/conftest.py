@@ -247,7 +247,25 @@ def write_images(folder, per_class, classes=("cat", "dog", "fox"), size=(12, 12)
     return Path(folder)
 
 
-__all__ = ["FAST", "Project", "assert_same_scalars", "children", "handler_installed",
+def split_counts(text, total, test=0.2, val=0.1):
+    """(train, val, test) from a run's 'N train / N val / N test samples' line; checked to add up to total and to
+    hold out the shares by chance as a hash of each sample's key does (within 3.5 binomial standard deviations),
+    never nothing. val and test: the shares held out (None: that split was given, not held out)."""
+    import re
+    found = re.search(r"(\d+) train / (\d+) val / (\d+) test samples", text)
+    assert found, text[-2000:]
+    counts = tuple(int(n) for n in found.groups())
+    assert sum(counts) == total, counts
+    pool = total
+    for count, share in ((counts[2], test), (counts[1], val)):
+        if share is not None:
+            spread = 3.5 * (pool * share * (1 - share)) ** 0.5
+            assert count >= 1 and abs(count - pool * share) <= spread + 1, (counts, share, pool)
+            pool -= count
+    return counts
+
+
+__all__ = ["FAST", "split_counts", "Project", "assert_same_scalars", "children", "handler_installed",
            "load", "scalars", "raw_events", "same_weights", "signal",
            "stop_at", "summary_steps", "wait_for_line", "step_of", "write_images", "finish_run"]
 

@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from conftest import Project, bash_block, finish_run, load, same_weights, write_images
+from conftest import Project, bash_block, finish_run, load, same_weights, split_counts, write_images
 
 IMAGES = ["--model", "cnn", "--width", "8", "--batch-size", "16", "--deterministic", "--progress", "plain",
           "--image-size", "10", "--dropout", "0.1"]
@@ -22,8 +22,9 @@ def pets(tmp_path_factory):
 
 def test_a_folder_of_class_folders_trains_and_keeps_its_class_names(pets):
     res = pets.ok(*(IMAGES + ["--dataset", "folder:data/pets", "--epochs", "3", "--run-name", "pets-a"]))
-    # 120 images: a fifth held out as test, a tenth of the rest as val, by fixed seeded splits
-    assert "folder:data/pets (classification): 86 train / 10 val / 24 test samples" in res.stderr
+    # 120 images: about a fifth held out as test, a tenth of the rest as val, by a hash of each image's path
+    assert "folder:data/pets (classification): " in res.stderr
+    split_counts(res.stderr, 120)
     assert "decoding 120 images once into" in res.stderr
     state = load(pets.best("pets-a"))
     spec = state["model_spec"]
@@ -97,3 +98,93 @@ def test_the_readme_fine_tuning_commands_work_as_written(tmp_path):
     tuned = load(project.latest("birds-cnn"))
     assert tuned["model_spec"]["classes"] == ["crow", "tit"] and tuned["config"]["freeze"] == "0.*,1.*"
     assert torch.equal(tuned["model"]["0.weight"], load(project.best("pets-cnn"))["model"]["0.weight"])
+
+
+def _split_files(root, *extra):
+    """{split: set of paths relative to root} of a folder dataset, as train.py builds it (files read by workers)."""
+    from src import data
+    from src.app import flags
+    cfg, _ = flags.parse(["--dataset", "folder:%s" % root, "--image-size", "10", "--image-cache", "off"] + list(extra))
+    splits = data.build(cfg)
+    return {name: {f.relative_to(root).as_posix() for f in getattr(splits, name).files}
+            for name in ("train", "val", "test")}
+
+
+def test_files_added_or_removed_move_no_other_file_between_splits(tmp_path):
+    """Splits by a hash of each image's path: 54 of 78 new test images had been training images when the split was
+    a permutation of positions in the sorted file list."""
+    root = write_images(tmp_path / "toys", 40)
+    before = _split_files(root)
+    assert sum(len(v) for v in before.values()) == 120 and all(before.values())
+    write_images(tmp_path / "more", 30, seed=5)
+    for cls in ("cat", "dog", "fox"):  # 90 new files beside the old ones, and 6 old ones gone
+        for f in sorted((tmp_path / "more" / cls).rglob("*.*")):
+            f.rename(root / cls / ("new-" + f.name))
+        for f in sorted((root / cls).glob("0[01]*.*"))[:2]:
+            f.unlink()
+    after = _split_files(root)
+    for name in before:
+        kept = {f for f in before[name] if (root / f).exists()}
+        assert kept <= after[name], "%s lost files that still exist" % name
+    assert sum(len(v) for v in after.values()) == 120 + 90 - 6
+    old = _split_files(root, "--split-by", "position")  # the rule of runs started before (resumed as they were)
+    assert old != after and sum(len(v) for v in old.values()) == 204
+
+
+def test_a_resume_on_changed_data_is_refused_unless_allowed_and_reproduce_says_what_changed(tmp_path):
+    project = Project(tmp_path)
+    write_images(project.root / "data" / "pets", 10)
+    args = IMAGES + ["--dataset", "folder:data/pets", "--max-steps", "3", "--run-name", "p"]
+    project.ok(*args)
+    state = load(project.latest("p"))
+    assert state["data"]["files"] == 30 and state["data"]["by"] == "content" and len(state["data"]["digest"]) == 32
+    assert sum(state["data"]["splits"].values()) == 30
+    write_images(project.root / "data" / "extra", 1, seed=9)
+    (project.root / "data" / "extra" / "cat" / "000.png").rename(project.root / "data" / "pets" / "cat" / "new.png")
+    kept = {p: p.read_bytes() for p in project.root.glob("models/**/*.pt")}
+    res = project.run(*(args[:-4] + ["--max-steps", "6", "--run-name", "p", "--resume"]))
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and "run 'p' was trained on other data than folder:data/pets holds now (30 files, " \
+        "now 31" in lines[-1] and "--allow-data-change" in lines[-1], res.stderr
+    assert {p: p.read_bytes() for p in project.root.glob("models/**/*.pt")} == kept
+    res = project.ok(*(args[:-4] + ["--max-steps", "6", "--run-name", "p", "--resume", "--allow-data-change"]))
+    assert "WARNING: the data changed since step 3 (30 files, now 31" in res.stderr
+    import json
+    sessions = json.loads((project.run_dir("p") / "record.json").read_text())["sessions"]
+    assert "30 files, now 31" in sessions[-1]["data_changed"] and sessions[-1]["data"]["files"] == 31
+    assert load(project.latest("p"))["data"]["files"] == 31
+
+    # a table whose labels were shuffled: the same bytes in number, other contents
+    rows = ["x1,x2,y"] + ["%d,%d,%s" % (i, i % 7, "ab"[i % 2]) for i in range(200)]
+    (project.root / "t.csv").write_text("\n".join(rows) + "\n")
+    project.ok("--dataset", "csv:t.csv", "--max-steps", "3", "--run-name", "t", "--progress", "plain")
+    shuffled = [rows[0]] + [r[:-1] + ("ba"[i % 2]) for i, r in enumerate(rows[1:])]
+    (project.root / "t.csv").write_text("\n".join(shuffled) + "\n")
+    res = project.run("--dataset", "csv:t.csv", "--max-steps", "6", "--run-name", "t", "--resume")
+    assert res.returncode == 2 and "the same number of files and bytes, other contents" in res.stderr, res.stderr
+    res = project.ok("--reproduce", "t")
+    assert "data: differs from the run's: the same number of files and bytes, other contents" in res.stderr
+    (project.root / "t.csv").write_text("\n".join(rows) + "\n")
+    res = project.ok("--reproduce", "t", "--run-name", "t-again")
+    assert "data: the same files as the run's" in res.stderr
+
+
+def test_the_decoded_cache_sees_a_content_change_that_keeps_size_and_time(tmp_path):
+    """The cache was keyed by (path, size, mtime): a file rewritten with the same size and time was served from the
+    cache (a run reported 100 % where --image-cache off gave 40 %)."""
+    import os
+    project = Project(tmp_path)
+    root = write_images(project.root / "data" / "pets", 8)
+    args = IMAGES + ["--dataset", "folder:data/pets", "--max-steps", "1", "--image-cache", "on"]
+    assert "decoding 24 images once" in project.ok(*(args + ["--run-name", "a"])).stderr
+    assert "decoding" not in project.ok(*(args + ["--run-name", "b"])).stderr
+    from PIL import Image
+    one = root / "cat" / "000.png"
+    Image.open(str(one)).save(str(one), compress_level=0)  # stored, not compressed: its size is its pixels'
+    assert "decoding 24 images once" in project.ok(*(args + ["--run-name", "b2", "--allow-data-change"])).stderr
+    info = one.stat()
+    Image.open(str(root / "dog" / "001.png")).convert("RGB").resize(Image.open(str(one)).size).convert(
+        Image.open(str(one)).mode).save(str(one), compress_level=0)  # a dog in the cat's file, same size
+    os.utime(str(one), ns=(info.st_atime_ns, info.st_mtime_ns))
+    assert one.stat().st_size == info.st_size and one.stat().st_mtime_ns == info.st_mtime_ns
+    assert "decoding 24 images once" in project.ok(*(args + ["--run-name", "c", "--allow-data-change"])).stderr

@@ -48,11 +48,13 @@ def main(cfg, user, stop):
         return sweep.run(cfg, user, stop)
     if cfg.parallel != 1 or cfg.retry_failed:
         raise UsageError("--parallel and --retry-failed apply to sweeps: add --sweep SPEC.yaml or --seeds S1,S2,...")
-    then = None
+    then, original_data = None, None
     if cfg.reproduce:
         from . import reproduce
-        cfg, user, then = reproduce.prepare(cfg, user)
-    code = train(Run(cfg, user, stop, dist), bar)
+        cfg, user, then, original_data = reproduce.prepare(cfg, user)
+    run = Run(cfg, user, stop, dist)
+    run.original_data = original_data
+    code = train(run, bar)
     return then(code) if then else code
 
 

@@ -237,6 +237,12 @@ FLAGS = _records([
     flag("test-split", float, 0.2, "share held out as test data, by a fixed seeded split, where the data has no test "
          "set of its own (folder:PATH without PATH/test); fixed for a run", (lambda v: 0 < v < 1, "in (0, 1)"),
          scope="fixed", metavar="FRACTION"),
+    flag("split-by", str, "path", "folder and csv data: which samples are held out for val and test, by a hash of "
+         "each image's path (or each row's text): files added later move no other; position: by a seeded "
+         "permutation of the list (runs started before this flag); fixed for a run", scope="fixed",
+         choices=("path", "position")),
+    flag("allow-data-change", bool, False, "resume although the data's files changed since the checkpoint (the "
+         "record notes it; otherwise such a resume is refused)", scope="invocation"),
     flag("image-size", int, 0, "folder data: each image becomes N x N (shorter side resized, the centre cut; 0: "
          "the images' own size when all share one square size)", _in(0, 4096), scope="fixed", metavar="N"),
     flag("target", str, None, "csv data: the column(s) to predict, COLUMN[,COLUMN...] (None: the last column)",
@@ -384,6 +390,9 @@ FLAGS = _records([
          scope="invocation"),
 ])
 BY_DEST = {f.name.replace("-", "_"): f for f in FLAGS}
+# The value a run's checkpoint stands for when it lacks a fixed flag (written before the flag existed): such a run
+# resumes as it was trained
+LEGACY = {"split_by": "position"}
 # (the scopes as key sets, for the merge on resume and the config file)
 PER_INVOCATION = tuple(d for d, f in BY_DEST.items() if f.scope == "invocation")
 _TEXT_TYPES = {f.type for f in FLAGS if f.type not in (None, str, int, float, bool)}  # the typed flags' parsers
@@ -543,6 +552,7 @@ def merge_resumed(saved, cfg, user, source="the checkpoint"):
     """
     merged = dict(vars(cfg))
     actions = {a.dest: a for a in build_parser()._actions}
+    saved = dict(LEGACY, **saved)  # what a checkpoint from before a fixed flag existed did without it
     for key, old in saved.items():
         if key in actions and key not in PER_INVOCATION:
             try:  # each value checked as a flag's value is (type, choices, format), also where the user overrides it

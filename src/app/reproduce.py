@@ -47,7 +47,8 @@ def _recorded(paths):
 
 
 def prepare(cfg, user):
-    """(config, user keys, then) of the reproduction: `then(code)` reports the metrics once it trained."""
+    """(config, user keys, then, data) of the reproduction: `then(code)` reports the metrics once it trained; data:
+    the fingerprint of the data the run recorded (the new run says whether its data is the same)."""
     name = flags.check_run_name(cfg.reproduce, "--reproduce")
     old = RunPaths(SimpleNamespace(run_name=name, logs_dir=cfg.logs_dir, models_dir=cfg.models_dir,
                                    data_dir=cfg.data_dir))
@@ -74,7 +75,13 @@ def prepare(cfg, user):
         if code == 0:
             report(old.metrics_file, RunPaths(new_cfg).metrics_file)
         return code
-    return new_cfg, own | set(keep), then
+    data = None
+    try:
+        data = sessions[-1].get("data") if sessions else None
+        data = data if isinstance(data, dict) and isinstance(data.get("digest"), str) else None
+    except (AttributeError, IndexError, KeyError, TypeError):
+        pass
+    return new_cfg, own | set(keep), then, data
 
 
 def _say_differences(name, old, sessions):

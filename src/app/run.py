@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import models
+from ..data import identity
 from . import flags
 from .build import build_all, wrap_model
 from ..files import atomic, console
@@ -53,6 +54,8 @@ class Run(object):
         self.config_text = ""
         self.record = None  # the reproducibility record: one entry per session (runtime/record.py)
         self.owner = owner_of(cfg)  # whose checkpoints these are: a plain run, a sweep's trial, a reproduction
+        self.data = None  # the fingerprint of the data read (data/identity.py), with the size of each split
+        self.original_data = None  # --reproduce: the data fingerprint the reproduced run recorded
 
     @property
     def step0(self):
@@ -107,6 +110,8 @@ class Run(object):
         """The parts and the Trainer, with the checkpoint's state restored into them (or --init-from's weights)."""
         cfg = self.cfg
         _, splits, self.parts = build_all(cfg, self.dist, self.stop)
+        self.data = identity.with_splits(splits.source, splits)
+        data_changed = self.check_data()
         if self.state is None and cfg.init_from:  # before the Trainer: --ema averages from these weights
             self.init_record = init_weights(self.parts.model, self.init, cfg)
         enabled = cfg.tensorboard and self.dist.main
@@ -117,13 +122,36 @@ class Run(object):
         if job is not None:
             self.hparams.update(job.hparams())
         if self.dist.main:  # code, packages, hardware of this session, after those of the sessions before
-            now = dict(record.collect(), step=self.step0, config_changes=[list(c) for c in self.changes])
+            now = dict(record.collect(), step=self.step0, config_changes=[list(c) for c in self.changes],
+                       data=self.data)
+            if data_changed:
+                now["data_changed"] = data_changed
             self.record = record.sessions(self.state.get("record") if self.state else None, now)
         self.trainer = Trainer(cfg, self.parts, self)
         if self.state is not None:
             self.restore(splits)
         if self.stop.requested:
             raise Stopped(self.stop.name)
+
+    def check_data(self):
+        """A resume on other data than the checkpoint's is one line (nothing written), unless --allow-data-change:
+        then said, and the change returned for the record. --reproduce says whether the data is the run's."""
+        if self.original_data is not None and self.data is not None:
+            log.info("  data: %s", "the same files as the run's (%s)" % printable(self.data["digest"][:12])
+                     if identity.same(self.original_data, self.data) else
+                     "differs from the run's: %s" % printable(identity.describe_change(self.original_data, self.data)))
+        saved = self.state.get("data") if self.state is not None else None
+        if identity.same(saved, self.data):
+            return None
+        change = printable(identity.describe_change(saved, self.data))
+        if not self.cfg.allow_data_change:
+            raise UsageError("run '%s' was trained on other data than %s holds now (%s): its splits and results "
+                             "would mix two data sets; nothing was changed. Continue knowingly with "
+                             "--allow-data-change (the record notes it), or start another run with --run-name NAME"
+                             % (self.cfg.run_name, self.cfg.dataset, change))
+        log.warning("WARNING: the data changed since step %d (%s); continuing as --allow-data-change asks (noted in "
+                    "the record)", self.step0, change)
+        return change
 
     def restore(self, splits):
         sample = self.state["progress"]["sample_in_epoch"]

@@ -22,12 +22,13 @@ import torch
 from ..runtime.errors import TrainingError
 from ..runtime.registry import Registry
 
-_REGISTRY = Registry(__name__, __path__, skip=("download", "loading"))
+_REGISTRY = Registry(__name__, __path__, skip=("download", "identity", "loading"))
 register, names = _REGISTRY.register, _REGISTRY.names
 
-Splits = namedtuple("Splits", "train val test input_shape num_classes classes encoding")
-# classes: the class names, where the data has them; encoding: how raw records become inputs (csv:PATH tables)
-Splits.__new__.__defaults__ = (None, None, None, None, None, None)
+Splits = namedtuple("Splits", "train val test input_shape num_classes classes encoding source")
+# classes: the class names, where the data has them; encoding: how raw records become inputs (csv:PATH tables);
+# source: the fingerprint of the files read (identity.py), for data a run must not lose track of
+Splits.__new__.__defaults__ = (None, None, None, None, None, None, None)
 VAL_SEED = 20240601  # the validation split is the same for every --seed: changing the seed changes training only
 
 

@@ -1,8 +1,10 @@
 """Your own images, no code: `--dataset folder:PATH` reads PATH/<class>/<image> (PNG or JPEG; grey, RGB, RGBA;
 in subfolders of a class too), class names from the folder names (kept in the checkpoint), like timm's
 --data-dir and HF's imagefolder. PATH/train, PATH/val and PATH/test, when PATH holds those, are the splits;
-missing ones are carved by fixed seeded splits: test first (--test-split of everything), then val (--val-split
-of the rest), the same for every --seed.
+missing ones are held out by a hash of each image's path relative to PATH (--split-by path): test first
+(--test-split of everything), then val (--val-split of the rest), the same for every --seed; images added or
+removed later move no other image between splits. The run keeps a fingerprint of the files (identity.py): a
+resume on changed files is refused.
 
 Every image becomes --image-size square (its shorter side resized, then the centre cut; 0: the images' own size
 when they all share one); all-grey data keeps one channel, anything else is RGB (alpha dropped). Inputs are
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import ArrayDataset, Splits, carve, location, register
+from . import ArrayDataset, Splits, carve, identity, location, register
 from ..files import atomic
 from ..runtime import compat
 from ..runtime.errors import UsageError
@@ -168,8 +170,10 @@ class ImageFiles(object):
         return {"scale": float(self.scale), "mean": self.mean.clone(), "std": self.std.clone()}
 
 
-def _cache_key(root, files, size, channels):
-    digest = hashlib.sha256(json.dumps([str(root), size, channels]).encode())
+def _cache_key(root, files, size, channels, source):
+    """The decoded images' cache file name: the files in their order, their names, sizes and times, and the data's
+    fingerprint (their contents, where hashed: a file rewritten with the same size and time is decoded again)."""
+    digest = hashlib.sha256(json.dumps([str(root), size, channels, source["digest"]]).encode())
     for path in files:
         info = path.stat()
         digest.update(("%s\0%d\0%d\n" % (path, info.st_size, info.st_mtime_ns)).encode())
@@ -221,26 +225,29 @@ def image_splits(cfg, found, classes, root, outputs=None):
     decode = Decoder(size, channels)
     files, labels = found["train"]
     labels = _labels(labels)
+    base = root if root.is_dir() else root.parent
+    keys = [identity.relative(f, base) for f in files]
     pools = {}
     if "test" in found:
         pools["test"] = found["test"]
         keep = torch.arange(len(files))
     else:
-        keep, held = carve(len(files), cfg.test_split, TEST_SEED, "--test-split")
+        keep, held = _carve(cfg, keys, cfg.test_split, "test")
         pools["test"] = ([files[i] for i in held.tolist()], labels[held])
     if "val" in found:
         pools["val"] = found["val"]
         train_idx = keep
     else:
-        rest, held = carve(len(keep), cfg.val_split)
+        rest, held = _carve(cfg, [keys[i] for i in keep.tolist()], cfg.val_split, "val")
         train_idx = keep[rest]
         pools["val"] = ([files[i] for i in keep[held].tolist()], labels[keep[held]])
     pools["train"] = ([files[i] for i in train_idx.tolist()], labels[train_idx])
+    source = identity.files(files_all, base)
     need = sum(len(p[0]) for p in pools.values()) * channels * size * size
     in_memory = cfg.image_cache == "on" or (cfg.image_cache == "auto" and need <= compat.memory_bytes() // 4)
     if in_memory:
         order = [f for name in SPLITS for f in pools[name][0]]
-        key = _cache_key(root.resolve(), order, size, channels)
+        key = _cache_key(root.resolve(), order, size, channels, source)
         x = _decode_all(order, decode, Path(cfg.data_dir) / ".cache" / ("folder-%s.pt" % key))
         bounds, start = {}, 0
         for name in SPLITS:
@@ -255,7 +262,16 @@ def image_splits(cfg, found, classes, root, outputs=None):
         parts = {name: ImageFiles(pools[name][0], pools[name][1], decode, scale=1 / 255.0, mean=mean, std=std)
                  for name in SPLITS}
     return Splits(train=parts["train"], val=parts["val"], test=parts["test"], input_shape=(channels, size, size),
-                  num_classes=len(classes) if classes else outputs, classes=classes)
+                  num_classes=len(classes) if classes else outputs, classes=classes, source=source)
+
+
+def _carve(cfg, keys, fraction, which):
+    """(kept, held) index tensors of the samples with these keys (paths relative to the dataset's folder): by a
+    hash of each key (--split-by path), or by the seeded permutation of older runs (position)."""
+    flag = "--%s-split" % which
+    if cfg.split_by == "position":
+        return carve(len(keys), fraction, TEST_SEED, flag) if which == "test" else carve(len(keys), fraction)
+    return identity.carve(keys, fraction, which, flag)
 
 
 def _labels(labels):

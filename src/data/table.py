@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from . import ArrayDataset, Splits, carve, location, register
+from . import ArrayDataset, Splits, carve, identity, location, register
 from ..runtime.errors import UsageError
 
 MISSING = ("", "na", "n/a", "nan", "null", "none", "?")
@@ -277,16 +277,29 @@ def _split_rows(cfg, parts):
     """{split: rows}: the given files' rows, the missing splits carved from train's (test first, then val)."""
     rows = dict(parts)
     train = rows["train"]
-    if "test" not in rows:
-        keep, held = carve(len(train), cfg.test_split, TEST_SEED, "--test-split")
-        rows["test"] = [train[i] for i in held.tolist()]
-        train = [train[i] for i in keep.tolist()]
-    if "val" not in rows:
-        keep, held = carve(len(train), cfg.val_split)
-        rows["val"] = [train[i] for i in held.tolist()]
+    for which, fraction in (("test", cfg.test_split), ("val", cfg.val_split)):
+        if which in rows:
+            continue
+        if cfg.split_by == "position":
+            keep, held = carve(len(train), fraction, TEST_SEED, "--test-split") if which == "test" else \
+                carve(len(train), fraction)
+        else:
+            keep, held = identity.carve(_row_keys(train), fraction, which, "--%s-split" % which)
+        rows[which] = [train[i] for i in held.tolist()]
         train = [train[i] for i in keep.tolist()]
     rows["train"] = train
     return rows
+
+
+def _row_keys(rows):
+    """Each row's key for the split (--split-by path): its text, and which of the identical rows it is; rows added
+    or removed move no other row between splits."""
+    seen, keys = {}, []
+    for row in rows:
+        text = "\x1f".join(row)
+        seen[text] = seen.get(text, 0) + 1
+        keys.append("%s\x1e%d" % (text, seen[text]))
+    return keys
 
 
 @register("csv", task=infer_task, model=infer_model, path=True)
@@ -316,7 +329,8 @@ def build(cfg):
         from .folder import image_splits
         base = paths["train"].parent
         found = {name: ([base / row[image] for row in rows[name]], ys[name]) for name in SPLITS}
-        return image_splits(cfg, found, target.classes, paths["train"], outputs=target.outputs())
+        splits = image_splits(cfg, found, target.classes, paths["train"], outputs=target.outputs())
+        return splits._replace(source=identity.combined(identity.of_bytes(paths), splits.source))
     encoder = Encoder.fit(header, rows["train"], names)
     xs = {name: encoder.encode(header, rows[name], where[name]) for name in SPLITS}
     mean, std = xs["train"].mean(0), xs["train"].std(0) if len(xs["train"]) > 1 else torch.ones(xs["train"].shape[1])
@@ -326,4 +340,5 @@ def build(cfg):
              len(encoder.columns), ", ".join("%s: %s" % (c["name"], c["kind"]) for c in encoder.columns[:8])
              + (" ..." if len(encoder.columns) > 8 else ""), ", ".join(names), cfg.task)
     return Splits(train=parts["train"], val=parts["val"], test=parts["test"], input_shape=(len(encoder.features()),),
-                  num_classes=target.outputs(), classes=target.classes, encoding=dict(encoder.state(), target=names))
+                  num_classes=target.outputs(), classes=target.classes, encoding=dict(encoder.state(), target=names),
+                  source=identity.of_bytes(paths))

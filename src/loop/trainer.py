@@ -94,6 +94,7 @@ class Trainer(object):
                             ("versions", fileformat.versions()), ("git_commit", fileformat.git_commit())):
             add(name, Fixed(value), optional=True)
         add("owner", Fixed(self.run.owner), optional=True)  # a plain run, a sweep's trial, a reproduction
+        add("data", Fixed(self.run.data), optional=True)  # the fingerprint of the files read, and the split sizes
         if self.run.record is not None:  # code, packages, hardware of each session (runtime/record.py)
             add("record", Fixed(self.run.record), optional=True)
         if self.run.init_record is not None:  # what --init-from loaded, carried by every checkpoint of the run
