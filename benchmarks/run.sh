@@ -62,6 +62,8 @@ out="benchmarks/RESULTS.md"
   echo
   "$python" benchmarks/own_data_accuracy.py
   echo
+  "$python" benchmarks/cpu_portable.py --repeats "$(( repeats < 3 ? repeats : 3 ))"
+  echo
   "$python" benchmarks/sweep_overhead.py --repeats "$(( repeats < 3 ? repeats : 3 ))" -- --epochs 3
 } | tee "$out"
 echo

@@ -1,5 +1,6 @@
 """Exact resume: a run stopped anywhere (SIGTERM, SIGINT, kill -9 after a checkpoint) and continued with
 --resume ends with bit-identical weights and the same logged scalars as the run done in one go."""
+import os
 import shutil
 import signal
 import subprocess
@@ -173,3 +174,32 @@ def test_a_checkpoint_of_the_previous_main_resumes_bit_identically(project, tmp_
     from src.app import flags  # flags added since: their defaults, or what the old run did without them
     added = {k: v for k, v in got["config"].items() if k not in want["config"]}
     assert added == dict({k: v for k, v in flags.plain(flags.parse([])[0]).items() if k in added}, **flags.LEGACY)
+
+
+PORTABLE_CPU = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+
+
+@pytest.mark.skipif(not shutil.which("qemu-x86_64") or os.uname().machine != "x86_64",
+                    reason="needs Debian's qemu-user on x86_64 (.ci/run installs it)")
+def test_a_run_requeued_onto_another_cpu_generation_goes_on_exactly_with_pinned_kernels(project):
+    """README Reliability: bit-identical across CPU generations with ATen, MKL and oneDNN pinned (PORTABLE_CPU).
+    A run stopped on this machine is resumed on an emulated Haswell (AVX2, no AVX-512, another vendor: qemu-user)
+    and ends bit-identical to an uninterrupted run here; without the pins the two CPUs' weights differ already
+    after a few steps."""
+    args = ["--model", "cnn", "--width", "8", "--batch-size", "32", "--deterministic", "--progress", "plain",
+            "--max-steps", "6", "--threads", "1", "--no-tensorboard", "--eval-every", "100"]
+    haswell = ["qemu-x86_64", "-cpu", "Haswell"]
+
+    def run(name, extra=(), prefix=(), pinned=True):
+        env = {k: v for k, v in project.env.items() if k not in PORTABLE_CPU}
+        env.update(PORTABLE_CPU if pinned else {}, OMP_NUM_THREADS="1")
+        res = subprocess.run(list(prefix) + project.cmd(args + ["--run-name", name] + list(extra)),
+                             cwd=str(project.root), env=env, capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return load(project.latest(name))["model"]
+
+    here = run("here")
+    run("moved", ["--stop-after-step", "3"])
+    assert load(project.latest("moved"))["progress"]["step"] == 3
+    assert same_weights(run("moved", ["--resume"], haswell), here)
+    assert not same_weights(run("here-plain", pinned=False), run("there-plain", prefix=haswell, pinned=False))

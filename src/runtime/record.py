@@ -113,8 +113,8 @@ def slurm_ids():
 
 def collect():
     """This session's record."""
-    env = {k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG")
-           if k in os.environ}
+    env = {k: os.environ[k] for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG",
+                                      "ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA") if k in os.environ}
     return {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": [redact(a) for a in [sys.executable] + sys.argv],
             "cwd": os.getcwd(), "code": code(), "hardware": hardware(), "packages": packages(), "env": env,
