@@ -86,6 +86,21 @@ def _bad_tables(root):
         (root / name / "test.csv").write_text(test)
     (root / "twice.csv").write_text("x,x,y\n1,2,0\n3,4,1\n")
     (root / "words.csv").write_text("x,y\n" + "".join("%d,w%d\n" % (i, i) for i in range(20)))
+    (root / "long-cell.csv").write_text("x,note,y\n" + "".join('%d,"%s",%d\n' % (i, "n" * 200000 if i == 3 else
+                                                                                   "ok", i % 2) for i in range(20)))
+    with open(str(root / "huge.csv"), "wb") as f:  # 2 GB, sparse: no disk used
+        f.truncate(2 << 30)
+    (root / "empty-test").mkdir()
+    (root / "empty-test" / "train.csv").write_text(good)
+    (root / "empty-test" / "test.csv").write_text("x,kind,y\n" + "".join("%d,a,\n" % i for i in range(5)))
+    (root / "huge-value.csv").write_text(good.replace("\n5,b,1", "\n1e308,b,1"))
+    (root / "huge-target.csv").write_text("x,y\n" + "".join("%d,%s\n" % (i, "1e39" if i == 7 else "%d.5" % i)
+                                                             for i in range(40)))
+    (root / "one-class.csv").write_text("x,y\n" + "".join("%d,same\n" % i for i in range(20)))
+    (root / "ids-only.csv").write_text("id,y\n" + "".join("u%d,%d\n" % (i, i % 2) for i in range(80)))
+    wide = ["c%d" % i for i in range(20000)] + ["y"]
+    (root / "wide.csv").write_text(",".join(wide) + "\n" + "".join(",".join(["1"] * 20000 + [str(i % 2)]) + "\n"
+                                                                     for i in range(4)) + ",".join(["c0"] * 2) + "\n")
 
 
 def _set(path, value):
@@ -221,6 +236,14 @@ CASES = [
     (["--dataset", "csv:words.csv", "--task", "regression"], 2, "target value 'w0' is not a number; with --task "),
     (["--dataset", "csv:words.csv", "--task", "segmentation"], 2, "--task segmentation does not apply to a table"),
     (["--dataset", "digits", "--test-split", "1"], 2, "--test-split must be in (0, 1)"),
+    (["--dataset", "csv:huge.csv"], 2, "huge.csv is 2147 MB; read as a table it would take about 68.7 GB"),
+    (["--dataset", "csv:empty-test"], 2, "test.csv: no row has a value in the target column y; fill them in, or "
+                                         "remove test.csv"),
+    (["--dataset", "csv:huge-value.csv"], 2, "1e+308 in column x is beyond float32's range (3.4e38)"),
+    (["--dataset", "csv:huge-target.csv"], 2, "1e+39 in column y is beyond float32's range"),
+    (["--dataset", "csv:one-class.csv"], 2, "the target y holds one class ('same'); a model needs two or more"),
+    (["--dataset", "csv:ids-only.csv"], 2, "ids-only.csv: no column is left to learn from (every other column"),
+    (["--dataset", "csv:wide.csv"], 2, "wide.csv: row 6 has 2 fields, the header 20001"),
     (["--freeze", "body.*"], 2, "--freeze body.* matches no parameter of the model (its parameters: 1.weight, "),
     (["--lr-groups", "9.*=2"], 2, "--lr-groups 9.* matches no parameter of the model"),
     (["--lr-groups", "7.*=fast"], 2, "expected PATTERN=FACTOR items such as 11.*=10"),

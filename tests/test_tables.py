@@ -224,3 +224,17 @@ def test_quoted_fields_semicolons_and_a_byte_order_mark_are_read_as_a_spreadshee
     header, rows = table.read(path)
     assert header == ["city", "note", "y"]
     assert rows == [["Paris; FR", "two\nlines", "1"], ["Oslo", "", "0"]]
+
+
+def test_a_semicolon_table_with_decimal_commas_and_a_long_text_cell_reads_as_numbers(tmp_path):
+    """Spreadsheets in much of the world save ';'-separated files with decimal commas: those columns are numbers
+    (they were all dropped as identifiers, leaving 0 features); a cell of 200,000 characters is a value like any
+    other (it was a _csv.Error traceback)."""
+    project = Project(tmp_path)
+    rows = ["height;weight;note;kind"] + ["%d,%d;%d,5;%s;%s" % (150 + i, i % 10, 60 + i, "n" * 200000 if i == 4 else
+                                                              "ok", "ab"[i % 2]) for i in range(60)]
+    (project.root / "eu.csv").write_text("\n".join(rows) + "\n")
+    res = project.ok("--dataset", "csv:eu.csv", "--max-steps", "2", "--progress", "plain")
+    assert "height: number, weight: number, note: category), target kind (classification)" in res.stderr, res.stderr
+    columns = {c["name"]: c for c in load(project.best("eu-mlp"))["model_spec"]["encoding"]["columns"]}
+    assert columns["height"]["kind"] == "number" and 150 < columns["height"]["fill"] < 210

@@ -19,10 +19,12 @@ column of text, or of whole numbers with few distinct values (at most 32, and un
 classification (the values of every split, sorted, are the class names); other numbers -> regression. With
 --task multilabel, one text column holds each row's labels joined by --label-sep. Rows with a missing target are
 left out."""
+import collections
 import csv
 import io
 import logging
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -38,6 +40,10 @@ MANY = 50  # a text column with more distinct values than this and than half the
 TEST_SEED = 20240602  # as folder:PATH: the same rows are test data whatever the seed
 
 log = logging.getLogger("train")
+FLOAT32_MAX = 3.4028234663852886e38
+MEMORY_FACTOR = 32  # memory a table takes while read, per byte of its file (measured: 29)
+MAX_CELL = 1 << 24  # characters in one cell (the csv module's own limit is 131072)
+_COMMA_NUMBER = re.compile(r"[+-]?[0-9]*,?[0-9]+([eE][+-]?[0-9]+)?")
 
 
 def _missing(value):
@@ -50,6 +56,14 @@ def _number(value):
     except ValueError:
         return None
     return v if math.isfinite(v) else None
+
+
+def _in_range(value, column, where):
+    """value, if float32 holds it (the model computes in float32); else one line naming the column."""
+    if value is not None and abs(value) > FLOAT32_MAX:
+        raise UsageError("%s: %r in column %s is beyond float32's range (3.4e38), which the model computes in; "
+                         "rescale that column (say, to other units or its logarithm)" % (where, value, column))
+    return value
 
 
 _READ = {}  # path -> (its size and time, what read() gave): the task, the model and the data read it once
@@ -71,21 +85,72 @@ def read(path):
     return found
 
 
+def _check_size(path):
+    """A table is read whole, at about MEMORY_FACTOR times its size in memory: one over half of this machine's memory
+    is refused before it is read (never a MemoryError halfway)."""
+    from ..runtime import compat
+    try:
+        size = Path(path).stat().st_size
+    except OSError:
+        return
+    available = compat.memory_bytes()
+    if size * MEMORY_FACTOR > available // 2:
+        raise UsageError("%s is %.0f MB; read as a table it would take about %.1f GB of memory, more than half of "
+                         "this machine's %.1f GB; use a machine with more memory, or a part of the rows (or save the "
+                         "images or arrays as a folder: folder:PATH streams from files)"
+                         % (path, size / 1e6, size * MEMORY_FACTOR / 1e9, available / 1e9))
+
+
+def _decimal_commas(header, lines, dialect):
+    """In a file separated by ';' or tabs, a column whose values are all numbers written with a decimal comma
+    (1,5) is read as numbers (1.5): the way spreadsheets in much of the world save CSV."""
+    if dialect.delimiter == ",":
+        return lines
+    rows = lines[1:]
+    for i in range(len(header)):
+        values = [row[i].strip() for row in rows if not _missing(row[i])]
+        if values and any("," in v for v in values) and all(_COMMA_NUMBER.fullmatch(v) for v in values):
+            for row in rows:
+                row[i] = row[i].replace(",", ".")
+    return lines
+
+
+def _dialect(text):
+    """The CSV dialect: the separator the header line uses most (',', ';' or a tab; a header names its columns, so
+    it holds no decimal commas), else what csv.Sniffer finds."""
+    first = text.split("\n", 1)[0]
+    counts = {sep: first.count(sep) for sep in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    if counts[best] and list(counts.values()).count(counts[best]) == 1:
+        class Found(csv.excel):
+            delimiter = best
+        return Found
+    try:
+        return csv.Sniffer().sniff(text[:8192], delimiters=",;\t")
+    except csv.Error:
+        return csv.excel
+
+
 def _read(path):
+    _check_size(path)
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         raise UsageError("cannot read %s (%s); give a UTF-8 CSV file with a header line" % (path, err))
+    dialect = _dialect(text)
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_CELL))
     try:
-        dialect = csv.Sniffer().sniff(text[:8192], delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    lines = [row for row in csv.reader(io.StringIO(text, newline=""), dialect) if any(cell.strip() for cell in row)]
+        lines = [row for row in csv.reader(io.StringIO(text, newline=""), dialect)
+                 if any(cell.strip() for cell in row)]
+    except csv.Error as err:
+        raise UsageError("%s is not a CSV file this can read (%s); save it as a CSV with a header line" % (path, err))
+    del text
     if len(lines) < 2:
         raise UsageError("%s holds %s; give a header line, then one row per sample" % (
             path, "only a header line" if lines else "no rows"))
     header = [name.strip() for name in lines[0]]
-    twice = sorted({name for name in header if header.count(name) > 1})
+    counts = collections.Counter(header)
+    twice = sorted(name for name, n in counts.items() if n > 1)
     if twice:
         raise UsageError("%s: the header names column %s more than once; give each column its own name"
                          % (path, ", ".join(repr(n) for n in twice)))
@@ -93,6 +158,7 @@ def _read(path):
         if len(row) != len(header):
             raise UsageError("%s: row %d has %d fields, the header %d; fix that row (a text field holding the "
                              "separator needs quotes)" % (path, number, len(row), len(header)))
+    lines = _decimal_commas(header, lines, dialect)
     return header, [[cell.strip() for cell in row] for row in lines[1:]]
 
 
@@ -157,26 +223,31 @@ class Encoder(object):
 
     def __init__(self, columns):
         self.columns = columns  # [{"name", "kind": "number", "fill", "gap"} | {"name", "kind": "category", "values"}]
+        self.dropped = []  # why columns were left out (identifiers), as lines
 
     @classmethod
     def fit(cls, header, rows, skip):
-        columns = []
+        columns, dropped = [], []
         for i, name in enumerate(header):
             if name in skip:
                 continue
             present = [row[i] for row in rows if not _missing(row[i])]
             numbers = [_number(v) for v in present]
             if present and all(v is not None for v in numbers):
+                for v in numbers:
+                    _in_range(v, name, "the train rows")
                 gap = len(present) < len(rows)
                 columns.append({"name": name, "kind": "number", "fill": sum(numbers) / len(numbers), "gap": gap})
             else:
                 values = sorted(set(row[i] if not _missing(row[i]) else "" for row in rows))
                 if len(values) > max(MANY, len(rows) // 2):
-                    log.info("column %s: %d distinct texts in %d train rows (an identifier?): left out", name,
-                             len(values), len(rows))
+                    dropped.append("column %s: %d distinct texts in %d train rows (an identifier?): left out"
+                                   % (name, len(values), len(rows)))
                     continue
                 columns.append({"name": name, "kind": "category", "values": values})
-        return cls(columns)
+        encoder = cls(columns)
+        encoder.dropped = dropped  # said once the table is known to have features left
+        return encoder
 
     def features(self):
         """The names of the encoded features, in order."""
@@ -199,7 +270,7 @@ class Encoder(object):
             for c in self.columns:
                 value = row[header.index(c["name"])]
                 if c["kind"] == "number":
-                    number = None if _missing(value) else _number(value)
+                    number = None if _missing(value) else _in_range(_number(value), c["name"], where)
                     if number is None and not _missing(value):
                         raise UsageError("%s: %r in column %s is not a number (train's values are); fix that "
                                          "value or leave it empty" % (where, value, c["name"]))
@@ -260,7 +331,7 @@ class Target(object):
             return y
         y = []
         for row in rows:
-            values = [_number(row[c]) for c in cols]
+            values = [_in_range(_number(row[c]), self.names[k], where) for k, c in enumerate(cols)]
             bad = [row[c] for c, v in zip(cols, values) if v is None]
             if bad:
                 raise UsageError("%s: target value %r is not a number; with --task %s every target is one (or "
@@ -316,12 +387,22 @@ def build(cfg):
     parts = {}
     for name, (_, rows) in read_in.items():
         kept = [row for row in rows if not any(_missing(row[c]) for c in cols)]
+        if not kept:
+            raise UsageError("%s: no row has a value in the target column%s %s; fill them in%s" % (
+                paths[name], "s" if len(names) > 1 else "", ", ".join(names),
+                "" if name == "train" else ", or remove %s (then a share of train's rows is held out)"
+                % paths[name].name))
         if len(kept) < len(rows):
             log.info("%s: %d rows without a target value left out", paths[name], len(rows) - len(kept))
         parts[name] = kept
     rows = _split_rows(cfg, parts)
     # the classes (or labels) of every split: one that train happens to lack is still a class the model has
     target = Target.fit(cfg.task, header, [row for name in SPLITS for row in rows[name]], names, cfg.label_sep)
+    if target.classes is not None and len(target.classes) < 2:
+        raise UsageError("--dataset %s: the target %s holds one %s (%r); a model needs two or more to tell apart: "
+                         "name another --target, or use --task regression for numbers" % (
+                             cfg.dataset, ", ".join(names), "label" if cfg.task == "multilabel" else "class",
+                             target.classes[0] if target.classes else ""))
     where = {name: "%s (%s)" % (paths.get(name, paths["train"]), name) for name in SPLITS}
     ys = {name: target.encode(header, rows[name], where[name]) for name in SPLITS}
     image = image_column(header, rows["train"], names)
@@ -332,6 +413,14 @@ def build(cfg):
         splits = image_splits(cfg, found, target.classes, paths["train"], outputs=target.outputs())
         return splits._replace(source=identity.combined(identity.of_bytes(paths), splits.source))
     encoder = Encoder.fit(header, rows["train"], names)
+    if not encoder.features():
+        raise UsageError("%s: no column is left to learn from (%s); a table needs feature columns of numbers or "
+                         "categories beside the target: check the separator (a ';' file with decimal commas is "
+                         "read as numbers) and --target" % (paths["train"], "every other column was left out as "
+                                                             "an identifier" if len(header) > len(names) else
+                                                             "only the target"))
+    for line in encoder.dropped:
+        log.info("%s", line)
     xs = {name: encoder.encode(header, rows[name], where[name]) for name in SPLITS}
     mean, std = xs["train"].mean(0), xs["train"].std(0) if len(xs["train"]) > 1 else torch.ones(xs["train"].shape[1])
     std = torch.where(std > 1e-6, std, torch.ones_like(std))  # a constant feature is only centred
