@@ -70,6 +70,21 @@ def _bad_folders(root):
     write_images(root / "sizes", 2, classes=("b",), size=(9, 7))
     write_images(root / "split-classes" / "train", 2, classes=("a", "b"))
     write_images(root / "split-classes" / "test", 2, classes=("a", "c"))
+    write_images(root / "loose-beside", 2, classes=("a", "b"))
+    (root / "loose-beside" / "a" / "000.png").rename(root / "loose-beside" / "stray.png")
+    write_images(root / "bomb", 2, classes=("a", "b"))
+    (root / "bomb" / "b" / "huge.png").write_bytes(bomb_png(30000, 30000))
+
+
+def bomb_png(width, height):
+    """The header of a grey PNG of width x height (a decompression bomb: 900 Mpx claimed in a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
 def _bad_tables(root):
@@ -223,6 +238,8 @@ CASES = [
     (["--dataset", "folder:broken", "--image-size", "8"], 2, "cannot read image broken/b/bad.png"),
     (["--dataset", "folder:sizes"], 2, "not all one square size (8x8, 9x7); give --image-size N"),
     (["--dataset", "folder:split-classes"], 2, "test has classes that train lacks (c)"),
+    (["--dataset", "folder:loose-beside"], 2, "1 image at the top beside the class folders (stray.png) belong"),
+    (["--dataset", "folder:bomb", "--image-size", "8"], 2, "image bomb/b/huge.png is too large to decode safely"),
     (["--dataset", "csv:nowhere.csv"], 2, "--dataset csv:nowhere.csv: no such file; give a CSV file"),
     (["--dataset", "csv:header-only.csv"], 2, "header-only.csv holds only a header line; give a header line, then"),
     (["--dataset", "csv:ragged.csv"], 2, "ragged.csv: row 3 has 2 fields, the header 3; fix that row"),

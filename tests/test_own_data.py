@@ -188,3 +188,34 @@ def test_the_decoded_cache_sees_a_content_change_that_keeps_size_and_time(tmp_pa
     os.utime(str(one), ns=(info.st_atime_ns, info.st_mtime_ns))
     assert one.stat().st_size == info.st_size and one.stat().st_mtime_ns == info.st_mtime_ns
     assert "decoding 24 images once" in project.ok(*(args + ["--run-name", "c", "--allow-data-change"])).stderr
+
+
+def test_sixteen_bit_grey_images_keep_their_values_and_a_decompression_bomb_is_one_line(tmp_path):
+    """16-bit grey PNGs (Pillow's I;16) decoded to a constant 255: two classes at 1000 and 40000 trained at chance.
+    They are scaled from their depth now; an image too large to decode safely is one line in --predict too."""
+    import numpy as np
+    from PIL import Image
+    from src.data.folder import Decoder
+    from test_bad_input import bomb_png
+    project = Project(tmp_path)
+    rng = np.random.RandomState(0)
+    for name, level in (("dim", 1000), ("bright", 40000)):
+        (project.root / "data" / "xray" / name).mkdir(parents=True)
+        for i in range(24):
+            pixels = (level + rng.randint(0, 3000, (10, 10))).astype(np.uint16)
+            Image.fromarray(pixels).save(str(project.root / "data" / "xray" / name / ("%02d.png" % i)))
+    sample = project.root / "data" / "xray" / "bright" / "00.png"
+    assert Image.open(str(sample)).mode == "I;16"
+    pixels = Decoder(10, 1)(sample)
+    assert 150 <= int(pixels.min()) and int(pixels.max()) <= 170  # 40000..43000 of 65535, not a flat 255
+    dim = Decoder(10, 1)(project.root / "data" / "xray" / "dim" / "00.png")
+    assert int(dim.max()) <= 16
+    project.ok("--dataset", "folder:data/xray", "--model", "mlp", "--epochs", "5", "--progress", "plain",
+               "--run-name", "xray")
+    import json
+    acc = json.loads((project.run_dir("xray") / "metrics.json").read_text())["test"]["test/acc"]
+    assert acc == 1.0, acc
+    (project.root / "bomb.png").write_bytes(bomb_png(30000, 30000))
+    res = project.run("--predict", "bomb.png", "--run-name", "xray")
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "bomb.png is too large to decode safely" in lines[0], res.stderr

@@ -7,7 +7,9 @@ removed later move no other image between splits. The run keeps a fingerprint of
 resume on changed files is refused.
 
 Every image becomes --image-size square (its shorter side resized, then the centre cut; 0: the images' own size
-when they all share one); all-grey data keeps one channel, anything else is RGB (alpha dropped). Inputs are
+when they all share one); all-grey data keeps one channel, anything else is RGB (alpha dropped). 16-bit grey
+images are scaled to 8 bits from their depth. An image too large to decode safely (Pillow's decompression-bomb
+guard) is one line. Inputs are
 normalized per channel by the mean and standard deviation of the train split only (stored with the model).
 
 --image-cache: a set that fits in memory is decoded once (the decoded pixels are kept in DATA_DIR/.cache/, keyed
@@ -56,6 +58,11 @@ def _classes(folder, shown):
     if loose and not dirs:
         raise UsageError("--dataset folder:%s: %d images at the top and no class folders; %s"
                          % (shown, len(loose), expected))
+    if loose:
+        raise UsageError("--dataset folder:%s: %d image%s at the top beside the class folders (%s%s) belong to no "
+                         "class; move them into their class folder, or out of %s" % (
+                             shown, len(loose), "s" if len(loose) > 1 else "", loose[0].name,
+                             " ..." if len(loose) > 1 else "", shown))
     if len(dirs) < 2:
         raise UsageError("--dataset folder:%s: %s; a classifier needs two or more classes: %s" % (
             shown, "one class folder (%s)" % dirs[0].name if dirs else "no class folders", expected))
@@ -99,8 +106,30 @@ def _open(path):
         image = Image.open(str(path))
         image.load()
         return image
+    except Image.DecompressionBombError as err:
+        raise _too_large(path, err)
     except (OSError, ValueError, SyntaxError) as err:
         raise _unreadable(path, err)
+
+
+def _too_large(path, err):
+    """Pillow's guard against decompression bombs (an image whose pixels would fill the memory) as one line."""
+    return UsageError("image %s is too large to decode safely (%s); shrink it or remove it from the folder" % (
+        path, str(err).split(" could be")[0][:120]))
+
+
+def _eight_bits(image):
+    """A 16- or 32-bit grey image (medical, scientific: Pillow's I;16 and I) as 8-bit grey, its values scaled from
+    their depth (65535 -> 255), not clipped at 255 (which turned most such images into one flat white)."""
+    from PIL import Image
+    if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return image
+    pixels = np.asarray(image).astype(np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or (image.mode == "I" and pixels.max(initial=0) <= 65535) else \
+        float(max(pixels.max(initial=0), 1.0))
+    if image.mode == "F":
+        top = 1.0 if pixels.max(initial=0) <= 1.0 else top
+    return Image.fromarray(np.clip(np.rint(pixels / top * 255.0), 0, 255).astype(np.uint8), "L")
 
 
 def _headers(files):
@@ -112,6 +141,8 @@ def _headers(files):
             with Image.open(str(path)) as image:
                 sizes.add(image.size)
                 grey = grey and image.mode in GREY
+        except Image.DecompressionBombError as err:
+            raise _too_large(path, err)
         except (OSError, ValueError, SyntaxError) as err:
             raise _unreadable(path, err)
     return sizes, grey
@@ -125,7 +156,7 @@ class Decoder(object):
 
     def __call__(self, path):
         from PIL import Image
-        image = _open(path)
+        image = _eight_bits(_open(path))
         if image.mode in ("RGBA", "LA", "P") and self.channels == 3:
             image = image.convert("RGBA")
             flat = Image.new("RGBA", image.size, (255, 255, 255, 255))  # alpha over white, as a viewer shows it
