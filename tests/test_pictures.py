@@ -42,6 +42,29 @@ def test_confusion_matrix_has_names_counts_and_shades_by_row_share():
     assert many.shape[1] < 1000  # 100 classes still fit one picture
 
 
+def test_any_number_of_classes_gives_bounded_sums_and_pictures():
+    """10,000 classes made the evaluation sum a 10,000 x 10,000 confusion matrix and the picture need 19 GB (the
+    OOM killer ended every attempt): above 1,024 classes only right/all are summed, and the picture shows the 40
+    classes with the most samples."""
+    from types import SimpleNamespace
+    from src.tasks.classification import Classification
+    big = _draw.confusion(torch.randint(0, 5, (3000, 3000)), [str(i) for i in range(3000)])
+    assert big.shape[1] < 2000 and big.shape[2] < 2000
+    counts = torch.zeros(200, 200, dtype=torch.long)
+    counts[7, 7], counts[150, 3] = 90, 80  # the two classes with samples are among those drawn
+    assert pixels(_draw.confusion(counts, [str(i) for i in range(200)])).shape[0] < 1000
+    task = Classification(SimpleNamespace(label_smoothing=0.0), SimpleNamespace(num_classes=10000, classes=None))
+    pred, target = torch.randn(64, 10000), torch.randint(0, 10000, (64,))
+    pred[:16, 0], target[:16] = 100.0, 0
+    sums = task.eval_sums(pred, target)
+    assert "confusion" not in sums and sum(v.numel() for v in sums.values()) == 3
+    values = task.eval_values(sums)
+    assert values["acc"] == pytest.approx(float((pred.argmax(1) == target).float().mean()))
+    assert task.pictures(sums, None) == {}
+    small = Classification(SimpleNamespace(label_smoothing=0.0), SimpleNamespace(num_classes=3, classes=None))
+    assert "confusion_matrix" in small.pictures(small.eval_sums(pred[:, :3], target % 3), None)
+
+
 def test_examples_pred_vs_true_and_overlays_are_labelled_pictures():
     imgs = torch.rand(3, 3, 16, 16)
     shot = pixels(_draw.examples(imgs, [[("true: cat", _draw.BLACK), ("pred: dog", RED)]] * 3))

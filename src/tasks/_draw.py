@@ -55,10 +55,19 @@ def _mix(color, share):
     return tuple(int(round(255 + (c - 255) * share)) for c in color)
 
 
+MAX_DRAWN = 40  # classes in the confusion picture: its size stays bounded whatever the class count
+
+
 def confusion(matrix, names):
     """Rows: true class, columns: predicted; each cell shaded by its share of the row (green on the diagonal, red
-    off it) and labelled with its count."""
+    off it) and labelled with its count. Of more than MAX_DRAWN classes, the MAX_DRAWN with the most samples (in
+    their order), said in the title."""
     counts = matrix.long().cpu()
+    title = "predicted"
+    if counts.shape[0] > MAX_DRAWN:
+        keep = counts.sum(1).argsort(descending=True)[:MAX_DRAWN].sort().values
+        title = "predicted (the %d of %d classes with the most samples)" % (MAX_DRAWN, counts.shape[0])
+        counts, names = counts[keep][:, keep], [names[i] for i in keep.tolist()]
     k = counts.shape[0]
     share = counts.double() / counts.double().sum(1, keepdim=True).clamp(min=1)
     cell = max(8, min(44, 560 // max(k, 1)))
@@ -66,11 +75,11 @@ def confusion(matrix, names):
     labels = [short(n) for n in names] if cell >= 10 else [""] * k
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_w = max([_size(probe, s, f)[0] for s in labels] + [0]) + 8
-    title_h = _size(probe, "predicted", f)[1] + 10
+    title_h = _size(probe, title, f)[1] + 10
     left, top = title_h + label_w, title_h + label_w
-    img = Image.new("RGB", (left + k * cell + 10, top + k * cell + 10), WHITE)
+    img = Image.new("RGB", (max(left + k * cell + 10, _size(probe, title, f)[0] + 8), top + k * cell + 10), WHITE)
     draw = ImageDraw.Draw(img)
-    draw.text((left + (k * cell - _size(draw, "predicted", f)[0]) // 2, 2), "predicted", font=f, fill=BLACK)
+    draw.text((max(2, left + (k * cell - _size(draw, title, f)[0]) // 2), 2), title, font=f, fill=BLACK)
     true_title = _vertical("true", f)
     img.paste(true_title, (2, top + (k * cell - true_title.size[1]) // 2), true_title)
     for i in range(k):
