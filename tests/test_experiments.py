@@ -255,12 +255,13 @@ def test_bad_sweep_specs_are_one_line_errors_and_a_changed_spec_is_refused(tmp_p
              ({"random": {"trials": 2, "space": {"lr": {"loguniform": [0, 1]}}}}, "LOW > 0"),
              ({"grid": {"lr": [0.1]}, "random": {"trials": 1}}, "give one of grid, random or optuna"),
              ({"grid": {"lr": [0.1]}, "metric": "test/acc:max"}, "never on test data"),
-             ({"grid": {"lr": [0.1]}, "metric": "val/f1:max"}, "--task classification has val/loss, val/acc")]
+             ({"grid": {"lr": [0.1]}, "metric": "val/f1:max"}, "--task classification has val/loss, val/acc"),
+             ({"grid": {"lr": [0.1]}, "name": "s" * 99}, "is 99 characters; its trials' runs are <name>-<trial>")]
     for spec, words in cases:
         (project.root / "bad.yaml").write_text(yaml.safe_dump(spec))
         res = project.run("--sweep", "bad.yaml")
         assert res.returncode == 2 and words in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
-        assert not (project.root / "logs" / "bad").exists()
+        assert not (project.root / "logs" / "bad").exists() and not (project.root / "logs" / ("s" * 99)).exists()
     for args, words in ((["--parallel", "2"], "--parallel and --retry-failed apply to sweeps"),
                         (["--sweep", "grid.yaml", "--seeds", "0,1"], "put seeds: [...] in the sweep spec"),
                         (["--seeds", "1,1"], "expected distinct seeds")):
@@ -273,6 +274,33 @@ def test_bad_sweep_specs_are_one_line_errors_and_a_changed_spec_is_refused(tmp_p
     res = project.run("--sweep", "grid.yaml")
     assert res.returncode == 2 and "sweep grid was started with another spec" in res.stderr
     assert state(project)["trials"][0]["state"] == "done"
+
+
+def test_a_full_disk_under_a_sweep_is_one_line_and_its_state_is_kept(tmp_path):
+    """The sweep driver died with a 34-line traceback on a full disk."""
+    from test_reliability import fill
+    logs = tmp_path / "small-logs"
+    logs.mkdir()
+    if os.getuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(logs)]).returncode:
+        pytest.skip("needs root and mount for a small filesystem")
+    try:
+        spec = {"base": {"model": "mlp", "width": 16, "max_steps": 2, "tensorboard": False},
+                "random": {"trials": 1, "seed": 0, "space": {"lr": {"loguniform": [0.01, 0.1]}}}}
+        (tmp_path / "p").mkdir()
+        project = sweep_project(tmp_path / "p", spec)
+        project.ok("--sweep", "grid.yaml", "--logs-dir", str(logs))
+        before = (logs / "grid" / "sweep.json").read_bytes()
+        spec["random"]["trials"] = 2  # one trial more: the same sweep, continued
+        (project.root / "grid.yaml").write_text(yaml.safe_dump(spec))
+        fill(logs)
+        res = project.run("--sweep", "grid.yaml", "--logs-dir", str(logs))
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 1 and lines[-1].startswith("train.py: error: the sweep cannot write"), res.stderr
+        assert "No space left on device" in lines[-1] and "run the same command again" in lines[-1]
+        assert "Traceback" not in res.stderr
+        assert (logs / "grid" / "sweep.json").read_bytes() == before
+    finally:
+        subprocess.run(["umount", "-l", str(logs)])
 
 
 def test_random_and_optuna_sweeps_propose_the_same_trials_after_a_kill(tmp_path):

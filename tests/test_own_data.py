@@ -219,3 +219,23 @@ def test_sixteen_bit_grey_images_keep_their_values_and_a_decompression_bomb_is_o
     res = project.run("--predict", "bomb.png", "--run-name", "xray")
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "bomb.png is too large to decode safely" in lines[0], res.stderr
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_image_deleted_while_streaming_saves_the_last_whole_step_and_says_how_to_go_on(tmp_path, workers):
+    """A file deleted under a streaming run ended it with exit 2 (the code of bad input before any write) and saved
+    nothing: now the last whole step is saved and one line says what to do."""
+    project = Project(tmp_path)
+    root = write_images(project.root / "data" / "pets", 40)
+    proc = project.start(*(IMAGES + ["--dataset", "folder:data/pets", "--epochs", "200", "--image-cache", "off",
+                                     "--num-workers", str(workers), "--run-name", "s", "--log-every", "1"]))
+    from conftest import wait_for_line
+    wait_for_line(proc, lambda line: line.startswith("step 3/"))
+    for f in sorted(root.rglob("*.*")):
+        f.unlink()  # every image: whatever the next batch holds, it is gone
+    out, _ = proc.communicate(timeout=120)
+    errors = [ln for ln in out.splitlines() if ln.startswith("train.py: error:")]
+    assert proc.returncode == 1 and len(errors) == 1, out[-3000:]
+    assert "cannot read image" in errors[0] and "saved step" in errors[0] and "--allow-data-change" in errors[0]
+    assert "Traceback" not in out, out[-3000:]
+    assert load(project.latest("s"))["progress"]["step"] >= 3

@@ -18,6 +18,7 @@ goes to whoever claims it first under the lock.
 A stop signal (Ctrl-C, docker stop, Slurm's warning) is passed on to the running trials, which save and stop;
 the driver then exits, and under Slurm requeues its job once (the trials do not requeue it themselves)."""
 import ctypes
+import errno
 import fcntl
 import functools
 import json
@@ -39,7 +40,7 @@ from ..files import atomic, console
 from ..files.lock import alive
 from ..files.paths import ROOT, RunPaths, check_folder, check_private, ensure_dir
 from ..runtime import slurm
-from ..runtime.errors import UsageError
+from ..runtime.errors import TrainingError, UsageError
 
 log = logging.getLogger("train")
 VERSION = 1
@@ -344,10 +345,22 @@ def _gpus():
 
 
 def run(cfg, user, stop):
-    """The sweep command; its exit code."""
+    """The sweep command; its exit code. A file it cannot write (a full disk) is one line: its state file is
+    written atomically, so what it held stays, and the same command continues once there is space."""
     if cfg.resume or cfg.evaluate or cfg.predict or cfg.reproduce or cfg.init_from:
         raise UsageError("--sweep/--seeds start and continue trials themselves: drop --resume, --evaluate, "
                          "--predict, --reproduce and --init-from (put init_from in the spec's base)")
+    try:
+        return _run(cfg, user, stop)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            raise
+        raise TrainingError("the sweep cannot write %s (%s); its state is kept as it was: free space there (or "
+                            "point --logs-dir elsewhere), then run the same command again"
+                            % (err.filename or cfg.logs_dir, err.strerror or err))
+
+
+def _run(cfg, user, stop):
     sweep = open_sweep(cfg, user)
     console.setup(sweep.dir / "sweep.log", False, True)
     mark = RunPaths(cfg).started_mark()

@@ -143,6 +143,10 @@ def check(spec, where):
     """Every value a trial can get checked as its flag's (fixed ones: each; ranges: their ends), so that a bad value
     fails now, before any trial ran."""
     flags.check_run_name(spec["name"], "the sweep's name (name: in the spec, or --run-name)")
+    if len(spec["name"]) > flags.MAX_RUN_NAME - 8:  # its runs are <name>-<trial>: room for a trial number
+        raise UsageError("the sweep's name %s... is %d characters; its trials' runs are <name>-<trial>, so use at "
+                         "most %d (name: in the spec, or --run-name)" % (spec["name"][:30], len(spec["name"]),
+                                                                        flags.MAX_RUN_NAME - 8))
     if spec["metric"] is not None:
         spec["metric"] = str(spec["metric"])
     try:

@@ -35,7 +35,7 @@ from ..data.loading import EpochBatches, check_workers, make_loader, worker_died
 from ..files import atomic
 from ..runtime import compat, slurm
 from ..runtime.distributed import peer_lost
-from ..runtime.errors import TrainingError
+from ..runtime.errors import TrainingError, UsageError
 from ..runtime.seeding import RandomStreams
 from ..state import fileformat
 from ..state.manager import CheckpointManager, Fixed, Model, Optimizer
@@ -293,6 +293,8 @@ class Trainer(object):
         except BaseException as err:
             if worker_died(err):
                 raise self._after_worker_death(err)
+            if isinstance(err, UsageError) and self.between_steps and self.run.begun:
+                raise self._after_data_error(err)
             self.checkpoints.wait_quietly()  # an error: still let the last good checkpoint reach the disk
             if self.dist.enabled and peer_lost(err):
                 raise self._after_peer_loss(err)
@@ -335,6 +337,27 @@ class Trainer(object):
             saved = "could not save (%s); the last good checkpoint is kept" % str(failed).splitlines()[0][:120]
         return TrainingError("%s; %s. Run again with --resume (add --num-workers 0 if it happens again)"
                              % (what, saved))
+
+    def _after_data_error(self, err):
+        """A sample that cannot be read any more while training (a file deleted or damaged under a streaming run,
+        in this process or a loader worker): the state is a whole step's, so it is saved, and the run stops with
+        one line (exit 1: the run was under way) saying how to go on."""
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        what = re.sub(r"^[\w.]*UsageError: ", "", lines[-1] if lines else type(err).__name__)[:300]
+        what = re.sub(r"; fix or delete it$", "", what)
+        if self.dist.enabled:
+            kept = self.checkpoints.saved_step
+            saved = "the last checkpoint (step %d) is kept" % kept if kept >= 0 else "no checkpoint was saved yet"
+        else:
+            try:
+                self.checkpoints.save(self.step, "the data could not be read")
+                self.checkpoints.flush()
+                saved = "saved step %d to %s" % (self.step, self.paths.latest)
+            except Exception as failed:
+                self.checkpoints.wait_quietly()
+                saved = "could not save (%s); the last good checkpoint is kept" % str(failed).splitlines()[0][:120]
+        return TrainingError("%s at step %d; %s. Put the file back, then --resume (with the data changed, "
+                             "--resume --allow-data-change)" % (what, self.step, saved))
 
     def _epoch_batches(self):
         """This epoch's batches (from the sample the progress stands at) and an iterator over them; one loader for
