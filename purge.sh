@@ -95,17 +95,24 @@ elif [[ -e "$TMP_DIR" ]]; then
 fi
 base_image=""
 if ((everything && docker_ok)); then
-  base_image="$(env_file_value BASE_IMAGE)"  # before .env goes; only a base image made here (local/...)
-  if [[ "$base_image" == local/* ]] && docker image inspect "$base_image" >/dev/null 2>&1; then
+  base_image="$(env_file_value BASE_IMAGE)"  # before .env goes; only a base image this checkout made
+  made_by="$(docker image inspect -f '{{ index .Config.Labels "template.checkout" }}' "$base_image" 2>/dev/null || true)"
+  if [[ "$base_image" == local/* && "$made_by" == "$ROOT" ]]; then
     plan+=("image $base_image (the air-gapped route's base image)")
   else
+    if [[ "$base_image" == local/* && -n "$made_by" && "$made_by" != "<no value>" ]]; then
+      notes+=("leaving image $base_image: another checkout made it ($made_by)")
+    elif [[ "$base_image" == local/* ]] && docker image inspect "$base_image" >/dev/null 2>&1; then
+      notes+=("leaving image $base_image: this checkout did not make it")
+    fi
     base_image=""
   fi
 fi
 made=("$ROOT/logs" "$ROOT/models/tmp" "$ROOT/.env")
 if ((everything)); then made+=("$ROOT/docker/wheels" "$ROOT/.venv-test" "$ROOT/test-artifacts"); fi
-# .venv only when setup.sh made it (its stamp): a .venv made by hand for the quick start stays
-if [[ -f "$ROOT/.venv/.requirements.sha256" ]]; then made+=("$ROOT/.venv"); fi
+# .venv only when setup.sh made it (its mark, naming this checkout): a .venv made by hand stays, also after
+# setup.sh installed the requirements into it
+if [[ "$(cat "$ROOT/.venv/.made-by-setup" 2>/dev/null || true)" == "$ROOT" ]]; then made+=("$ROOT/.venv"); fi
 for path in "${made[@]}"; do
   if [[ -e "$path" || -L "$path" ]]; then
     if inside_project "$path"; then plan+=("$path"); else notes+=("leaving $path: it lies outside this checkout (through a link)"); fi

@@ -161,6 +161,9 @@ native_python() {  # the env's python, made when missing
     command -v python3 >/dev/null 2>&1 || die "neither conda nor python3 found: install Miniforge (https://github.com/conda-forge/miniforge) or Python 3.8+"
     say "creating $venv from $req (no conda found)" >&2
     python3 -m venv "$venv"
+    printf '%s\n' "$ROOT" >"$venv/.made-by-setup"  # ownership: purge.sh removes only a .venv setup.sh made
+  elif [[ ! -f "$venv/.made-by-setup" ]]; then
+    say "using the .venv you made ($venv): $req goes into it; purge.sh leaves it in place" >&2
   fi
   local stamp="$venv/.requirements.sha256" want
   want="$(sha256sum "$ROOT/$req" | cut -d' ' -f1)"

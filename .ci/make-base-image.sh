@@ -22,5 +22,6 @@ echo "make-base-image: debootstrap $suite from $uri"
 debootstrap --variant=minbase "$suite" "$root" "$uri" >/dev/null
 printf 'deb %s %s main\n' "$uri" "$suite" >"$root/etc/apt/sources.list"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
-tar -C "$root" -c . | docker import - "$tag" >/dev/null
+checkout="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"  # purge.sh --everything removes only its own
+tar -C "$root" -c . | docker import --change "LABEL template.checkout=$checkout" - "$tag" >/dev/null
 echo "make-base-image: $tag ready"

@@ -201,7 +201,12 @@ ensure_symlink() {
     [[ "$(readlink "$link")" == "$target" ]] && return 0
     die "$link points to $(readlink "$link"), not $target; remove it (or set PROJECT) and run again"
   fi
-  if [[ -d "$link" ]]; then  # a real folder (train.py made it before setup): move its contents over
+  if [[ -d "$link" ]]; then  # a real folder (train.py made it before setup): move its contents over, said
+    local count
+    count="$(find "$link" -mindepth 1 | wc -l)"
+    if ((count)); then
+      echo "$(basename "$0"): moving $link ($count files and folders) to $target; $link becomes a link there" >&2
+    fi
     cp -a "$link"/. "$target"/
     rm -rf "$link"
   elif [[ -e "$link" ]]; then

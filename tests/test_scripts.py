@@ -103,14 +103,40 @@ def test_purge_stays_inside_the_checkout(tmp_path, names):
 
 
 def test_purge_keeps_a_venv_made_by_hand_and_removes_the_one_setup_made(tmp_path, names):
+    """A .venv made by hand stays, also once setup.sh --native (run.sh --native) installed the requirements into it
+    (it used to adopt it, and purge.sh then listed it for removal); one setup.sh made goes."""
     root = _project(tmp_path, "e")
     env = dict(os.environ, PROJECT=names("venv"))
     (root / ".venv" / "bin").mkdir(parents=True)  # python3 -m venv .venv, as the README's plain path does
     subprocess.run(["./purge.sh", "--yes"], cwd=str(root), env=env, stdout=subprocess.PIPE, check=True)
     assert (root / ".venv" / "bin").is_dir(), "purge removed a .venv made by hand"
-    (root / ".venv" / ".requirements.sha256").write_text("stamp of setup.sh --native\n")
+    (root / ".venv" / ".requirements.sha256").write_text("stamp of setup.sh --native, which used the .venv\n")
+    dry = subprocess.run(["./purge.sh", "--dry-run"], cwd=str(root), env=env, stdout=subprocess.PIPE, text=True)
+    assert ".venv" not in dry.stdout, dry.stdout
+    subprocess.run(["./purge.sh", "--yes"], cwd=str(root), env=env, stdout=subprocess.PIPE, check=True)
+    assert (root / ".venv" / "bin").is_dir(), "purge removed a .venv made by hand that setup.sh had used"
+    (root / ".venv" / ".made-by-setup").write_text("%s\n" % root)  # what setup.sh writes when it makes one
     subprocess.run(["./purge.sh", "--yes"], cwd=str(root), env=env, stdout=subprocess.PIPE, check=True)
     assert not (root / ".venv").exists()
+    script = (REPO / "setup.sh").read_text()
+    assert 'python3 -m venv "$venv"\n    printf \'%s\\n\' "$ROOT" >"$venv/.made-by-setup"' in script
+
+
+def test_setup_says_what_it_moves_into_tmp(tmp_path, names):
+    """A logs/ folder that train.py made before setup.sh ran moves into /tmp/<project>, said (it moved silently)."""
+    root = _project(tmp_path, "m")
+    project = names("move")
+    (root / "logs").mkdir(exist_ok=True)
+    (root / "logs" / "run-a").mkdir()
+    (root / "logs" / "run-a" / "train.log").write_text("a run's log\n")
+    script = ('set -euo pipefail; ROOT="$1"; source "$ROOT/docker/lib.sh"; load_project; ensure_tmp_dir; '
+              'ensure_symlink "$ROOT/logs" "$TMP_DIR/logs"')
+    res = subprocess.run(["bash", "-c", script, "setup.sh", str(root)], env=dict(os.environ, PROJECT=project),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert res.returncode == 0, res.stdout
+    assert "setup.sh: moving %s/logs (2 files and folders) to /tmp/%s/logs; %s/logs becomes a link there" % (
+        root, project, root) in res.stdout, res.stdout
+    assert (root / "logs").is_symlink() and (Path("/tmp") / project / "logs" / "run-a" / "train.log").is_file()
 
 
 def _start_time(pid):
@@ -212,3 +238,32 @@ def test_a_trainer_that_exited_but_is_not_yet_reaped_no_longer_runs(tmp_path):
         assert res.stdout.strip() == "none", res.stdout
     finally:
         proc.wait()
+
+
+def test_purge_everything_removes_only_a_base_image_this_checkout_made(tmp_path, names):
+    """purge.sh --everything listed the base image of .env's BASE_IMAGE whoever made it; now only one whose label
+    (.ci/make-base-image.sh sets it) names this checkout."""
+    from e2e.checkout import skip_without_docker
+    skip_without_docker()
+    root = _project(tmp_path, "i")
+    env = dict(os.environ, PROJECT=names("image"))
+    tar = tmp_path / "empty.tar"
+    subprocess.run(["tar", "-cf", str(tar), "-C", str(tmp_path / "i"), "--files-from", "/dev/null"], check=True)
+    tag = "local/tpl-purge-test-%d:x" % os.getpid()
+    try:
+        cases = ((str(root), True, None),
+                 ("/elsewhere/checkout", False, "another checkout made it (/elsewhere/checkout)"),
+                 (None, False, "this checkout did not make it"))
+        for label, listed, note in cases:
+            subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True)
+            change = ["--change", "LABEL template.checkout=%s" % label] if label else []
+            subprocess.run(["docker", "import"] + change + [str(tar), tag], check=True, capture_output=True)
+            (root / ".env").write_text("PROJECT=%s\nBASE_IMAGE=%s\n" % (env["PROJECT"], tag))
+            dry = subprocess.run(["./purge.sh", "--everything", "--dry-run"], cwd=str(root), env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout
+            assert ("image %s (the air-gapped route" % tag in dry) == listed, dry
+            if note:
+                assert "leaving image %s: %s" % (tag, note) in dry, dry
+        assert "LABEL template.checkout=$checkout" in (REPO / ".ci" / "make-base-image.sh").read_text()
+    finally:
+        subprocess.run(["docker", "image", "rm", "-f", tag], capture_output=True)
