@@ -261,14 +261,16 @@ class Encoder(object):
 
     def encode(self, header, rows, where):
         """float32 (N, features) of rows under header (which must hold every column); where: for messages."""
-        lost = [c["name"] for c in self.columns if c["name"] not in header]
+        position = {name: i for i, name in reversed(list(enumerate(header)))}  # linear in the columns
+        lost = [c["name"] for c in self.columns if c["name"] not in position]
         if lost:
             raise UsageError("%s has no column %s; the model was trained with it" % (where, ", ".join(lost)))
+        at = [position[c["name"]] for c in self.columns]
         out = []
         for row in rows:
             vec = []
-            for c in self.columns:
-                value = row[header.index(c["name"])]
+            for c, i in zip(self.columns, at):
+                value = row[i]
                 if c["kind"] == "number":
                     number = None if _missing(value) else _in_range(_number(value), c["name"], where)
                     if number is None and not _missing(value):
