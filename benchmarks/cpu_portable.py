@@ -8,7 +8,7 @@ speed of each and its ratio, and, where `qemu-x86_64` is installed, runs the pin
 emulated Haswell CPU (AVX2, no AVX-512; Debian's qemu-user) and says whether the weights are bit-identical to
 this machine's.
 
-    python benchmarks/cpu_portable.py [--repeats 3] [--steps 200]
+    python benchmarks/cpu_portable.py [--repeats 3] [--steps 200] [--only cnn]
 """
 import argparse
 import os
@@ -62,12 +62,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--only", default="", help="the runs whose title starts with this (cnn, mlp); default: all")
     args = p.parse_args()
     qemu = shutil.which("qemu-x86_64")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        for title, case in CASES:
+        for title, case in [(t, c) for t, c in CASES if t.startswith(args.only)]:
             speed, weights = {}, {}
             for pinned in (False, True) * args.repeats:
                 rate, weights[pinned] = train(folder, "r%d" % len(speed.get(pinned, [])), case, args.steps, pinned)

@@ -66,6 +66,15 @@ def test_own_data_accuracy_benchmark_puts_each_no_code_path_beside_its_baseline(
     assert "table: diabetes as CSV files, `csv:PATH`, mlp" in table
 
 
+def test_cpu_portable_benchmark_puts_pinned_kernels_beside_unpinned_ones():
+    import shutil
+    out = bench("benchmarks/cpu_portable.py", "--steps", "10", "--repeats", "1", "--only", "cnn")
+    row = rows(out)["cnn on digits (batch 64)"]
+    assert float(row[0]) > 0 and float(row[1]) > 0 and float(row[2]) > 0
+    if shutil.which("qemu-x86_64"):  # .ci/run installs it: the pins make an AVX2 CPU compute the same bits
+        assert row[3].endswith("; pinned: bit-identical"), row
+
+
 def test_sweep_overhead_benchmark_puts_a_sweep_beside_its_trials_by_hand():
     out = bench("benchmarks/sweep_overhead.py", "--trials", "2", "--repeats", "1", "--", "--max-steps", "5")
     table = rows(out)

@@ -205,7 +205,7 @@ def test_sixteen_bit_grey_images_keep_their_values_and_a_decompression_bomb_is_o
             pixels = (level + rng.randint(0, 3000, (10, 10))).astype(np.uint16)
             Image.fromarray(pixels).save(str(project.root / "data" / "xray" / name / ("%02d.png" % i)))
     sample = project.root / "data" / "xray" / "bright" / "00.png"
-    assert Image.open(str(sample)).mode == "I;16"
+    assert Image.open(str(sample)).mode in ("I;16", "I")  # Pillow < 10 opens 16-bit PNGs as 32-bit I
     pixels = Decoder(10, 1)(sample)
     assert 150 <= int(pixels.min()) and int(pixels.max()) <= 170  # 40000..43000 of 65535, not a flat 255
     dim = Decoder(10, 1)(project.root / "data" / "xray" / "dim" / "00.png")

@@ -109,38 +109,27 @@ OLD_FLAGS = ["--model", "mlp", "--width", "16", "--batch-size", "32", "--determi
              "--seed", "3", "--run-name", "old", "--threads", "1"]
 
 
-def _same(a, b, where="checkpoint"):
-    """Every tensor bit-identical and every other value equal, key by key (names the first difference)."""
+def _same(a, b, where="checkpoint", close=False):
+    """Every tensor bit-identical and every other value equal, key by key (names the first difference); close:
+    floating-point tensors and numbers equal to float32 rounding (another CPU's kernels round otherwise)."""
     if isinstance(a, dict):
         assert isinstance(b, dict) and set(a) == set(b), "%s: keys %s vs %s" % (where, sorted(a), sorted(b))
         for key in a:
-            _same(a[key], b[key], "%s/%s" % (where, key))
+            _same(a[key], b[key], "%s/%s" % (where, key), close)
     elif isinstance(a, (list, tuple)):
         assert isinstance(b, (list, tuple)) and len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, "%s[%d]" % (where, i))
+            _same(x, y, "%s[%d]" % (where, i), close)
     elif isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    else:
-        assert a == b, "%s: %r vs %r" % (where, a, b)
-
-
-def _close(a, b, where="checkpoint"):
-    """As _same, but floating-point tensors equal to float32 rounding (another CPU's kernels round otherwise)."""
-    if isinstance(a, dict):
-        assert isinstance(b, dict) and set(a) == set(b), "%s: keys %s vs %s" % (where, sorted(a), sorted(b))
-        for key in a:
-            _close(a[key], b[key], "%s/%s" % (where, key))
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, "%s[%d]" % (where, i))
-    elif isinstance(a, torch.Tensor) and a.is_floating_point():
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.allclose(a, b, rtol=1e-5, atol=1e-7), where
-    elif isinstance(a, float):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype, where
+        if close and a.is_floating_point():
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), where
+        else:
+            assert torch.equal(a, b), where
+    elif close and isinstance(a, float):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-7), "%s: %r vs %r" % (where, a, b)
     else:
-        _same(a, b, where)
+        assert a == b, "%s: %r vs %r" % (where, a, b)
 
 
 def test_a_checkpoint_of_the_previous_main_resumes_bit_identically(project, tmp_path):
@@ -168,7 +157,8 @@ def test_a_checkpoint_of_the_previous_main_resumes_bit_identically(project, tmp_
     # where and with which code it ran, whose run it is, the data's fingerprint: not training state
     skip = {"config", "versions", "git_commit", "digest", "record", "owner", "data"}
     _same({k: v for k, v in got.items() if k not in skip}, {k: v for k, v in here.items() if k not in skip})
-    _close({k: v for k, v in got.items() if k not in skip}, {k: v for k, v in want.items() if k not in skip})
+    _same({k: v for k, v in got.items() if k not in skip}, {k: v for k, v in want.items() if k not in skip},
+          close=True)
     assert {k: v for k, v in got["config"].items() if k in want["config"] and not k.endswith("_dir")} == \
         {k: v for k, v in want["config"].items() if not k.endswith("_dir")}
     from src.app import flags  # flags added since: their defaults, or what the old run did without them

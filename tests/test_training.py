@@ -29,7 +29,8 @@ def test_default_run_from_a_fresh_copy_trains_to_the_stated_accuracy(project):
     assert sorted(p.name for p in project.tmp_dir(run).iterdir()) == ["step-200.pt", "step-300.pt", "step-345.pt"]
     log = (project.run_dir(run) / "train.log").read_text()
     assert "run digits-cnn: fresh start" in log and "done: 345 steps" in log and "eval step 345" in log
-    assert (project.run_dir(run) / "config.yaml").read_text().startswith("accum_steps: 1\namp: 'off'")
+    assert (project.run_dir(run) / "config.yaml").read_text().startswith(
+        "accum_steps: 1\nallow_data_change: false\namp: 'off'")
     # not a terminal: plain periodic lines, no progress bar
     assert "step 10/345 | epoch 1/15 | loss" in res.stderr and "\r" not in res.stderr
     for folder in ("data", "logs", "models/best", "models/latest", "models/tmp"):

@@ -23,32 +23,28 @@ def fsync_dir(folder):
 
 
 def write_bytes(path, payload):
-    path = Path(path)
-    tmp = path.with_name(".%s%s%d" % (path.name, TMP_MARK, os.getpid()))
-    try:
-        with open(str(tmp), "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(str(tmp), str(path))
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
+    with _replacing(path, "wb") as f:
+        f.write(payload)
 
 
 def write_text(path, text):
     write_bytes(path, text.encode("utf-8"))
 
 
-@contextlib.contextmanager
 def writing(path):
     """A text file written a piece at a time (memory: one piece), in place whole when the block ends, or not at all
     when it raises (a stop signal, a bad input)."""
+    return _replacing(path, "w")
+
+
+@contextlib.contextmanager
+def _replacing(path, mode):
+    """The file object of a temporary file beside path; flushed, synced and renamed over path when the block ends,
+    removed when it raises."""
     path = Path(path)
     tmp = path.with_name(".%s%s%d" % (path.name, TMP_MARK, os.getpid()))
     try:
-        with open(str(tmp), "w", encoding="utf-8", newline="") as f:
+        with open(str(tmp), mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

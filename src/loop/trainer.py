@@ -328,15 +328,18 @@ class Trainer(object):
             return TrainingError("%s at step %d; %s. Run again with --resume (add --num-workers 0 if it happens "
                                  "again)" % (what, self.step, "the last checkpoint (step %d) is kept" % kept
                                              if kept >= 0 else "no checkpoint was saved yet"))
+        return TrainingError("%s; %s. Run again with --resume (add --num-workers 0 if it happens again)"
+                             % (what, self._save_whole_step("a data loader worker died")))
+
+    def _save_whole_step(self, why):
+        """After an error met between two steps: save that state (one process); what happened, in words."""
         try:
-            self.checkpoints.save(self.step, "a data loader worker died")
+            self.checkpoints.save(self.step, why)
             self.checkpoints.flush()
-            saved = "saved step %d to %s" % (self.step, self.paths.latest)
+            return "saved step %d to %s" % (self.step, self.paths.latest)
         except Exception as failed:
             self.checkpoints.wait_quietly()
-            saved = "could not save (%s); the last good checkpoint is kept" % str(failed).splitlines()[0][:120]
-        return TrainingError("%s; %s. Run again with --resume (add --num-workers 0 if it happens again)"
-                             % (what, saved))
+            return "could not save (%s); the last good checkpoint is kept" % str(failed).splitlines()[0][:120]
 
     def _after_data_error(self, err):
         """A sample that cannot be read any more while training (a file deleted or damaged under a streaming run,
@@ -345,17 +348,11 @@ class Trainer(object):
         lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
         what = re.sub(r"^[\w.]*UsageError: ", "", lines[-1] if lines else type(err).__name__)[:300]
         what = re.sub(r"; fix or delete it$", "", what)
-        if self.dist.enabled:
+        if self.dist.enabled:  # the other ranks would wait forever in the save's collectives
             kept = self.checkpoints.saved_step
             saved = "the last checkpoint (step %d) is kept" % kept if kept >= 0 else "no checkpoint was saved yet"
         else:
-            try:
-                self.checkpoints.save(self.step, "the data could not be read")
-                self.checkpoints.flush()
-                saved = "saved step %d to %s" % (self.step, self.paths.latest)
-            except Exception as failed:
-                self.checkpoints.wait_quietly()
-                saved = "could not save (%s); the last good checkpoint is kept" % str(failed).splitlines()[0][:120]
+            saved = self._save_whole_step("the data could not be read")
         return TrainingError("%s at step %d; %s. Put the file back, then --resume (with the data changed, "
                              "--resume --allow-data-change)" % (what, self.step, saved))
 
