@@ -18,7 +18,8 @@ sys.path.insert(0, str(REPO))  # tests may import the project's modules (src.*) 
 FAST = ["--model", "mlp", "--width", "64", "--batch-size", "32", "--deterministic", "--progress", "plain"]
 
 # A test plugin model: the MLP slowed by a sleep (so that a run lives long enough to be stopped at chosen steps)
-PACED_MODEL = '''"""A test plugin: the MLP, with a sleep of $PACE seconds before each training forward pass."""
+PACED_MODEL = '''"""A test plugin: the MLP, with a sleep of $PACE seconds before each training forward pass (and, with
+$GATE set, a wait until that file exists: the test opens the gate on an event)."""
 import os
 import time
 
@@ -30,8 +31,11 @@ from .mlp import build as mlp
 def build(input_shape, num_classes, cfg):
     net = mlp(input_shape, num_classes, cfg)
     pace = float(os.environ.get("PACE", "0"))
+    gate = os.environ.get("GATE")
 
     def hold(module, inputs):
+        while module.training and gate and not os.path.exists(gate):
+            time.sleep(0.01)
         if module.training and pace:
             time.sleep(pace)
     net.register_forward_pre_hook(hold)

@@ -234,9 +234,15 @@ def test_a_failed_trial_is_reported_and_skipped_until_retry_failed(tmp_path):
 def test_two_processes_and_parallel_trials_share_one_sweep_each_trial_once(tmp_path):
     spec = dict(SPEC, base=dict(SPEC["base"], epochs=1))
     project = sweep_project(tmp_path, spec, pace="0.02")
+    gate = tmp_path / "gate"  # every trial waits at its first step until the second process has claimed one
+    project.env["GATE"] = str(gate)
     first = project.start("--sweep", "grid.yaml", "--parallel", "2")
     wait_for_line(first, lambda ln: ln.startswith("trial 1 (grid-1)"))
-    second = project.run("--sweep", "grid.yaml", timeout=600)
+    second_proc = project.start("--sweep", "grid.yaml")
+    _, seen = wait_for_line(second_proc, lambda ln: ln.startswith("trial "))
+    gate.write_text("open\n")
+    rest, _ = second_proc.communicate(timeout=600)
+    second = subprocess.CompletedProcess(second_proc.args, second_proc.returncode, "", "".join(seen) + rest)
     out = first.communicate(timeout=600)[0]
     assert first.returncode == 0 and second.returncode == 0, out + second.stderr
     trials = state(project)["trials"]
