@@ -108,6 +108,7 @@ def _remember(run_dir, target, source):
 
 
 def _batches(x, size):
+    """x (a tensor or a list) in pieces of size."""
     for i in range(0, len(x), size):
         yield x[i:i + size]
 
@@ -147,8 +148,7 @@ def _inputs(source, spec, batch_size):
     if not files:
         raise UsageError("--predict %s: no PNG or JPEG images in it; give a folder that holds some" % source)
     decode = folder.Decoder(shape[1], shape[0])
-    return names, (torch.stack([decode(f) for f in files[i:i + batch_size]])
-                   for i in range(0, len(files), batch_size))
+    return names, (torch.stack([decode(f) for f in chunk]) for chunk in _batches(files, batch_size))
 
 
 def _rows(spec, config, names, out):

@@ -125,10 +125,9 @@ def _eight_bits(image):
     if image.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         return image
     pixels = np.asarray(image).astype(np.float64)
-    top = 65535.0 if image.mode.startswith("I;16") or (image.mode == "I" and pixels.max(initial=0) <= 65535) else \
-        float(max(pixels.max(initial=0), 1.0))
-    if image.mode == "F":
-        top = 1.0 if pixels.max(initial=0) <= 1.0 else top
+    high = float(pixels.max(initial=0))
+    depth = 1.0 if image.mode == "F" else 65535.0  # F: floats in [0, 1]; I: 16-bit values (Pillow < 10 opens them so)
+    top = depth if image.mode.startswith("I;16") or high <= depth else high
     return Image.fromarray(np.clip(np.rint(pixels / top * 255.0), 0, 255).astype(np.uint8), "L")
 
 
@@ -202,12 +201,12 @@ class ImageFiles(object):
 
 
 def _cache_key(root, files, size, channels, source):
-    """The decoded images' cache file name: the files in their order, their names, sizes and times, and the data's
-    fingerprint (their contents, where hashed: a file rewritten with the same size and time is decoded again)."""
+    """The decoded images' cache file name: the files in their order, and the data's fingerprint (every file's
+    name, size and contents, or time where not hashed: a file rewritten with the same size and time is decoded
+    again)."""
     digest = hashlib.sha256(json.dumps([str(root), size, channels, source["digest"]]).encode())
     for path in files:
-        info = path.stat()
-        digest.update(("%s\0%d\0%d\n" % (path, info.st_size, info.st_mtime_ns)).encode())
+        digest.update(("%s\n" % path).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:24]
 
 
