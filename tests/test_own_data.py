@@ -93,7 +93,7 @@ def test_the_readme_fine_tuning_commands_work_as_written(tmp_path):
     write_images(project.root / "data" / "pets", 20, size=(32, 32))
     write_images(project.root / "data" / "birds", 20, classes=("crow", "tit"), size=(32, 32), seed=1)
     res = bash_block(project, tmp_path, readme_block("### Fine-tuning from other weights"))
-    assert "loaded 12 of the model's 14 tensors; fresh: 11.weight ([3, 64] in the checkpoint, the model's [2, 64])" \
+    assert "loaded 18 of the model's 20 tensors; fresh: 15.weight ([3, 128] in the checkpoint, the model's [2, 128])" \
         in res.stdout, res.stdout[-3000:]
     tuned = load(project.latest("birds-cnn"))
     assert tuned["model_spec"]["classes"] == ["crow", "tit"] and tuned["config"]["freeze"] == "0.*,1.*"

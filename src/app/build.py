@@ -9,12 +9,14 @@ from types import SimpleNamespace
 import torch
 
 from .. import augment, data, models, tasks
+from ..data import recipe
 from ..data.loading import place_splits, steps_per_epoch
 from ..files.paths import check_folder
 from ..loop import optim
 from ..loop.precision import Precision
 from ..runtime import compat, seeding
 from ..runtime.errors import TrainingError, UsageError
+from . import flags
 
 log = logging.getLogger("train")
 
@@ -170,12 +172,29 @@ def build_data(cfg, stop):
                                                                            err.strerror or err))
 
 
+def fit_recipe(cfg, splits, dist):
+    """The training flags the data chooses (data/recipe.py) where the config leaves them unset: a fresh run of
+    folder:PATH, csv:PATH or a dataset of your own. Said in one line; a resumed run has its values already."""
+    filled = recipe.missing(cfg) + (["depth"] if cfg.depth is None else [])
+    if not filled:
+        return
+    n = len(splits.train)
+    values = recipe.fit(cfg, n, splits.input_shape, lambda batch: steps_per_epoch(n, batch, dist.world))
+    for key in filled:
+        setattr(cfg, key, values.get(key, 0))
+    flags.check_batch(cfg)
+    log.info("%s", recipe.describe(cfg, splits, filled))
+
+
 def build_all(cfg, dist, stop):
-    """(device, splits, parts) of a config: seeds and threads set, data built (a stop ends it), model and the rest."""
+    """(device, splits, parts) of a config: seeds and threads set, data built (a stop ends it), the recipe the data
+    chooses, model and the rest."""
     seeding.seed_everything(cfg.seed)
     torch.set_num_threads(pick_threads(cfg))
     device = pick_device(cfg, dist)
-    splits, where = place_splits(build_data(cfg, stop), cfg, device)
+    splits = build_data(cfg, stop)
+    fit_recipe(cfg, splits, dist)
+    splits, where = place_splits(splits, cfg, device)
     if device.type != "cpu":
         log.info("data: %s", where)
     return device, splits, build_parts(cfg, splits, device, dist)

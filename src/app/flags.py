@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import yaml
 
 from .. import augment, data, models, tasks
+from ..data import recipe
 from ..files.paths import ROOT, read_bounded
 from ..runtime.errors import UsageError
 from ..runtime.text import redact, redact_values
@@ -279,8 +280,8 @@ FLAGS = _records([
          scope="fixed", choices=("auto",) + tuple(tasks.names())),
     flag("loss", str, "auto", "regression loss (auto: mse)", choices=("auto", "mse", "l1", "huber")),
     flag("width", int, 0, "hidden units / base channels (0: model's own)", _in(0, 65536), metavar="N"),
-    flag("depth", int, 0, "layers (0: the dataset's own for its model, else the model's own)", _in(0, 1000),
-         metavar="N"),
+    flag("depth", int, None, "layers (None: the dataset's own for its model, or chosen from the data; 0: the "
+         "model's own)", _in(0, 1000), metavar="N"),
     flag("dropout", float, 0.0, "dropout probability", _fraction()),
     flag("init-from", metavar="PATH", help="start from the weights of this checkpoint (fine-tuning; its evaluated "
          "weights: the EMA where it has one)", scope="invocation"),
@@ -292,19 +293,20 @@ FLAGS = _records([
          metavar="STEP"),
 
     "optimization",
-    flag("epochs", int, 15, "passes over the training set", _at_least(1)),
+    flag("epochs", int, None, "passes over the training set (None: the data's own; see README \"Defaults that fit "
+         "your data\")", _at_least(1)),
     flag("max-steps", int, 0, "stop after N steps in all (0: no limit)", _at_least(0), metavar="N"),
-    flag("batch-size", int, 64, "samples per optimizer step, over all processes and micro-batches",
-         _at_least(1), metavar="N"),
+    flag("batch-size", int, None, "samples per optimizer step, over all processes and micro-batches (None: the "
+         "data's own)", _at_least(1), metavar="N"),
     flag("accum-steps", int, 1, "gradient accumulation: each step's batch runs as N micro-batches of 1/N (memory "
          "of one)", metavar="N"),
-    flag("lr", float, 0.05, "peak learning rate", (lambda v: v > 0, "> 0")),
-    flag("optimizer", str, "sgd", "optimizer", choices=("sgd", "adam", "adamw")),
+    flag("lr", float, None, "peak learning rate (None: the data's own)", (lambda v: v > 0, "> 0")),
+    flag("optimizer", str, "auto", "optimizer (auto: the data's own)", choices=("auto", "sgd", "adam", "adamw")),
     flag("momentum", float, 0.9, "SGD momentum, or Adam's beta1", _fraction()),
-    flag("weight-decay", float, 5e-4, "L2 penalty (decoupled for adamw)", _at_least(0)),
+    flag("weight-decay", float, None, "L2 penalty, decoupled for adamw (None: the data's own)", _at_least(0)),
     flag("scheduler", str, "cosine", "learning-rate schedule after warmup",
          choices=("constant", "cosine", "linear", "step", "multistep")),
-    flag("warmup-steps", int, 0, "linear warmup from 0", _at_least(0), metavar="N"),
+    flag("warmup-steps", int, None, "linear warmup from 0 (None: the data's own)", _at_least(0), metavar="N"),
     flag("lr-step-size", int, 1000, "step schedule: decay every N steps", _at_least(1), metavar="N"),
     flag("lr-milestones", _steps, "", "multistep schedule: multiply the lr by --lr-gamma at these steps",
          metavar="S1,S2"),
@@ -312,7 +314,8 @@ FLAGS = _records([
          "--lr times FACTOR (the first pattern that matches; the rest at --lr)", metavar="PATTERN=FACTOR,..."),
     flag("lr-gamma", float, 0.1, "step and multistep schedules: decay factor",
          (lambda v: 0 < v <= 1, "in (0, 1]")),
-    flag("grad-clip", float, 0.0, "clip gradient norm (0: off)", _at_least(0), metavar="NORM"),
+    flag("grad-clip", float, None, "clip gradient norm (0: off; None: the data's own)", _at_least(0),
+         metavar="NORM"),
 
     "recipe (regularization)",
     flag("augment", _recipe, "auto", "training-batch augmentation on the device, e.g. crop:4,flip (auto: the dataset's "
@@ -398,7 +401,9 @@ PER_INVOCATION = tuple(d for d, f in BY_DEST.items() if f.scope == "invocation")
 _TEXT_TYPES = {f.type for f in FLAGS if f.type not in (None, str, int, float, bool)}  # the typed flags' parsers
 FIXED_ON_RESUME = tuple(d for d, f in BY_DEST.items() if f.scope == "fixed")
 LOCAL = tuple(d for d, f in BY_DEST.items() if f.scope == "local")
-FINITE = tuple(d for d, f in BY_DEST.items() if f.type is float and f.default is not None and f.scope != "local")
+FINITE = tuple(d for d, f in BY_DEST.items() if f.type is float and f.scope != "local")
+# the training recipe a dataset chooses where the user gave none (None or auto: src/data/recipe.py)
+RECIPE = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_steps", "grad_clip")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -630,15 +635,14 @@ def validate(cfg):
         cfg.run_name = "%s-%s" % (_data_name(cfg.dataset), cfg.model)
     check_run_name(cfg.run_name)
     for dest in FINITE:
-        need(_finite(getattr(cfg, dest)), "--%s must be a finite number within float32 range, got %s"
+        need(getattr(cfg, dest) is None or _finite(getattr(cfg, dest)), "--%s must be a finite number within float32 range, got %s"
              % (BY_DEST[dest].name, _short(getattr(cfg, dest))))
     for dest, f in BY_DEST.items():
         if f.check is not None:
             ok, what = f.check
             value = getattr(cfg, dest)
-            need(ok(value), "--%s must be %s, got %s" % (f.name, what, _short(value)))
-    need(1 <= cfg.accum_steps <= cfg.batch_size, "--accum-steps must be in 1 .. --batch-size (%d), got %d"
-         % (cfg.batch_size, cfg.accum_steps))
+            need((value is None and f.default is None) or ok(value), "--%s must be %s, got %s" % (f.name, what, _short(value)))
+    check_batch(cfg)
     need(not cfg.unfreeze_at or bool(cfg.freeze), "--unfreeze-at needs --freeze PATTERN,... (the parameters to "
          "unfreeze)")
     need(cfg.scheduler != "multistep" or bool(cfg.lr_milestones),
@@ -653,6 +657,14 @@ def validate(cfg):
     _resolve_auto(cfg, need)
 
 
+def check_batch(cfg):
+    """--accum-steps against --batch-size (once both are known: a batch size the data chooses is checked here
+    when it has been chosen)."""
+    if cfg.batch_size is not None and not 1 <= cfg.accum_steps <= cfg.batch_size:
+        raise UsageError("--accum-steps must be in 1 .. --batch-size (%d), got %d" % (cfg.batch_size,
+                                                                                    cfg.accum_steps))
+
+
 def _resolve_auto(cfg, need):
     """The dataset's and the task's own values for what is auto (or None), each checked against the task."""
     meta = data.defaults(cfg.dataset, cfg if "auto" in (cfg.task, cfg.model) else None)  # csv:PATH reads its file
@@ -662,6 +674,10 @@ def _resolve_auto(cfg, need):
         cfg.model = meta["model"]
     if not cfg.depth and cfg.model == meta["model"] and meta.get("depth"):
         cfg.depth = meta["depth"]  # the dataset's own depth for its own model (src/data/*.py: register)
+    if meta["recipe"] == "classic":  # the shipped datasets' measured recipe; others: chosen from the data once read
+        recipe.fill(cfg, recipe.CLASSIC)
+        if cfg.depth is None:
+            cfg.depth = 0
     if cfg.val_split is None:
         cfg.val_split = meta["val_split"]
     need(_finite(cfg.val_split) and 0 < cfg.val_split < 1, "--val-split must be a fraction between 0 and 1, got %s"

@@ -22,7 +22,7 @@ import torch
 from ..runtime.errors import TrainingError
 from ..runtime.registry import Registry
 
-_REGISTRY = Registry(__name__, __path__, skip=("download", "identity", "loading"))
+_REGISTRY = Registry(__name__, __path__, skip=("download", "identity", "loading", "recipe"))
 register, names = _REGISTRY.register, _REGISTRY.names
 
 Splits = namedtuple("Splits", "train val test input_shape num_classes classes encoding source")
@@ -56,10 +56,11 @@ def choices():
 
 
 def defaults(name, cfg=None):
-    """A dataset's registered defaults: task, model, val_split, augment (the --augment of `auto`). A default
-    registered as a function is the data's own answer (csv:PATH infers its task from the target): called with
-    cfg, when cfg is given."""
-    meta = dict(task="classification", model="cnn", val_split=0.1, augment="none", depth=0)
+    """A dataset's registered defaults: task, model, val_split, augment (the --augment of `auto`), depth (of its
+    model), recipe ("classic": the training flags the shipped datasets were measured with; "fit": chosen from the
+    data once read, recipe.py). A default registered as a function is the data's own answer (csv:PATH infers its
+    task from the target): called with cfg, when cfg is given."""
+    meta = dict(task="classification", model="cnn", val_split=0.1, augment="none", depth=0, recipe="fit")
     meta.update(_REGISTRY.meta.get(kind(name), {}))
     if cfg is not None:
         meta = {k: v(cfg) if callable(v) else v for k, v in meta.items()}

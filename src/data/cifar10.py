@@ -57,7 +57,7 @@ def read_batches(path, names):
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
-@register("cifar10", task="classification", model="cnn", augment="crop:4,flip", depth=4)
+@register("cifar10", task="classification", model="cnn", augment="crop:4,flip", depth=4, recipe="classic")
 def build(cfg):
     """The five training batches give train and val; the official test batch is the test split."""
     path = fetch_all(cfg, "cifar10", BASE, [(FILE, MD5, SIZE)]) / FILE

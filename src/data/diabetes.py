@@ -25,7 +25,7 @@ def load_arrays(path=ASSET):
     return torch.from_numpy(table[:, :10]).float(), torch.from_numpy(table[:, 10]).float()
 
 
-@register("diabetes", task="regression", model="mlp", val_split=0.2)
+@register("diabetes", task="regression", model="mlp", val_split=0.2, recipe="classic")
 def build(cfg):
     x, y = load_arrays()
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))

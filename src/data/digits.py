@@ -21,7 +21,7 @@ def load_arrays(path=ASSET):
     return torch.from_numpy(table[:, :64].reshape(-1, 1, 8, 8).copy()), torch.from_numpy(table[:, 64].astype(np.int64))
 
 
-@register("digits", task="classification", model="cnn")
+@register("digits", task="classification", model="cnn", recipe="classic")
 def build(cfg):
     x, y = load_arrays()
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))

@@ -71,11 +71,11 @@ def _build(cfg, name):
                   classes=CLASSES.get(name))
 
 
-@register("mnist", task="classification", model="cnn", augment="crop:2", depth=3)
+@register("mnist", task="classification", model="cnn", augment="crop:2", depth=3, recipe="classic")
 def build_mnist(cfg):
     return _build(cfg, "mnist")
 
 
-@register("fashion-mnist", task="classification", model="cnn", augment="crop:2,flip", depth=4)
+@register("fashion-mnist", task="classification", model="cnn", augment="crop:2,flip", depth=4, recipe="classic")
 def build_fashion(cfg):
     return _build(cfg, "fashion-mnist")

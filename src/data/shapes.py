@@ -31,7 +31,7 @@ def make(n, seed):
     return images, masks
 
 
-@register("shapes", task="segmentation", model="fcn")
+@register("shapes", task="segmentation", model="fcn", recipe="classic")
 def build(cfg):
     norm = dict(scale=1 / 255.0, mean=0.3, std=0.3)
     return Splits(train=ArrayDataset(*make(2400, 1), **norm), test=ArrayDataset(*make(600, 2), **norm),

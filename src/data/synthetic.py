@@ -19,7 +19,7 @@ def make(n, shape, classes, seed):
     return x, y
 
 
-@register("synthetic", task="classification", model="cnn")
+@register("synthetic", task="classification", model="cnn", recipe="classic")
 def build(cfg):
     shape = tuple(cfg.synthetic_shape)
     k = cfg.synthetic_classes

@@ -11,7 +11,9 @@ and test.csv.
   and than half the train rows: an identifier, left out);
 - a column whose values are image files (.png, .jpg, .jpeg; paths relative to the CSV) makes it an image
   dataset: `path,label` rows, read like folder:PATH (--image-size, --image-cache).
-Every feature is then standardized by the train split's mean and standard deviation. The encoding (columns,
+A number goes through a quantile transform first (the normal score of its quantile among the train
+values of its column, 101 percentiles kept): outliers, heavy tails and huge ranges cannot swamp the others. Every
+feature is then standardized by the train split's mean and standard deviation. The encoding (columns,
 categories, fill values) is kept in the checkpoint with the model.
 
 The task, unless --task says: several 0/1 target columns -> multilabel (the column names are the labels); one
@@ -19,12 +21,14 @@ column of text, or of whole numbers with few distinct values (at most 32, and un
 classification (the values of every split, sorted, are the class names); other numbers -> regression. With
 --task multilabel, one text column holds each row's labels joined by --label-sep. Rows with a missing target are
 left out."""
+import bisect
 import collections
 import csv
 import io
 import logging
 import math
 import re
+import statistics
 from pathlib import Path
 
 import torch
@@ -218,6 +222,44 @@ def image_column(header, rows, names):
     return None
 
 
+KNOTS = 101  # quantiles of a number column kept (its percentiles)
+_NORMAL = statistics.NormalDist()
+TAIL = 1e-3  # the quantile transform's levels stay in [TAIL, 1 - TAIL]: scores within +-3.1
+
+
+def _robust(numbers):
+    """A number column's percentiles (kept in the encoding): a quantile transform is robust to outliers, heavy tails
+    and huge ranges, where a mean and standard deviation are not (a value a million times too large makes every
+    other value of its column nearly the same)."""
+    values = sorted(numbers)
+    last = len(values) - 1
+
+    def at(q):
+        pos = q * last
+        lo = int(math.floor(pos))
+        hi = min(last, lo + 1)
+        return values[lo] + (values[hi] - values[lo]) * (pos - lo)
+    return {"knots": [at(k / float(KNOTS - 1)) for k in range(KNOTS)]}
+
+
+def _squash(x, column):
+    """A number through its column's quantile transform: the normal score of its train quantile, by linear
+    interpolation between the kept percentiles (values beyond them: the end levels). Within +-3.1."""
+    knots = column["knots"]
+    last = len(knots) - 1
+    lo, hi = bisect.bisect_left(knots, x), bisect.bisect_right(knots, x)
+    if lo != hi:  # x is one or several equal knots: the middle of their levels
+        level = (lo + hi - 1) / 2.0 / last
+    elif lo == 0:
+        level = 0.0
+    elif lo > last:
+        level = 1.0
+    else:
+        a, b = knots[lo - 1], knots[lo]
+        level = (lo - 1 + (x - a) / (b - a)) / last
+    return _NORMAL.inv_cdf(min(1 - TAIL, max(TAIL, level)))
+
+
 class Encoder(object):
     """Feature columns -> numbers, fitted on the train rows; `state()` is what the checkpoint keeps."""
 
@@ -237,7 +279,8 @@ class Encoder(object):
                 for v in numbers:
                     _in_range(v, name, "the train rows")
                 gap = len(present) < len(rows)
-                columns.append({"name": name, "kind": "number", "fill": sum(numbers) / len(numbers), "gap": gap})
+                columns.append(dict({"name": name, "kind": "number", "fill": sum(numbers) / len(numbers),
+                                     "gap": gap}, **_robust(numbers)))
             else:
                 values = sorted(set(row[i] if not _missing(row[i]) else "" for row in rows))
                 if len(values) > max(MANY, len(rows) // 2):
@@ -276,7 +319,8 @@ class Encoder(object):
                     if number is None and not _missing(value):
                         raise UsageError("%s: %r in column %s is not a number (train's values are); fix that "
                                          "value or leave it empty" % (where, value, c["name"]))
-                    vec.append(c["fill"] if number is None else number)
+                    number = c["fill"] if number is None else number
+                    vec.append(_squash(number, c) if "knots" in c else number)  # none: an older run's
                     if c["gap"]:
                         vec.append(1.0 if number is None else 0.0)
                 else:
