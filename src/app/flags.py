@@ -238,10 +238,11 @@ FLAGS = _records([
     flag("test-split", float, 0.2, "share held out as test data, by a fixed seeded split, where the data has no test "
          "set of its own (folder:PATH without PATH/test); fixed for a run", (lambda v: 0 < v < 1, "in (0, 1)"),
          scope="fixed", metavar="FRACTION"),
-    flag("split-by", str, "path", "folder and csv data: which samples are held out for val and test, by a hash of "
-         "each image's path (or each row's text): files added later move no other; position: by a seeded "
-         "permutation of the list (runs started before this flag); fixed for a run", scope="fixed",
-         choices=("path", "position")),
+    flag("split-by", str, "class", "folder and csv data: which samples are held out for val and test; class: each "
+         "class in proportion, by a hash of each image's path (or row's text) within its class (regression and "
+         "multilabel: as path); path: by that hash alone (files added later move no other); position: by a seeded "
+         "permutation of the list (runs started before these); fixed for a run", scope="fixed",
+         choices=("class", "path", "position")),
     flag("allow-data-change", bool, False, "resume although the data's files changed since the checkpoint (the "
          "record notes it; otherwise such a resume is refused)", scope="invocation"),
     flag("image-size", int, 0, "folder data: each image becomes N x N (shorter side resized, the centre cut; 0: "
@@ -322,6 +323,8 @@ FLAGS = _records([
          "standard recipe; see README)", metavar="auto|none|NAME[:ARG],..."),
     flag("label-smoothing", float, 0.0, "classification: cross-entropy against targets smoothed by EPS (0: off)",
          _fraction(), metavar="EPS"),
+    flag("class-weights", str, "none", "classification: weigh each class's training loss (balanced: by n / (classes "
+         "x its train count), so that a small class counts as much as a large one)", choices=("none", "balanced")),
     flag("ema", float, 0.0, "evaluate, pick the best and test an exponential moving average of the weights (say "
          "0.999; 0: off)", _fraction("a decay in [0, 1) such as 0.999 (0: off)"),
          metavar="DECAY"),
@@ -635,13 +638,15 @@ def validate(cfg):
         cfg.run_name = "%s-%s" % (_data_name(cfg.dataset), cfg.model)
     check_run_name(cfg.run_name)
     for dest in FINITE:
-        need(getattr(cfg, dest) is None or _finite(getattr(cfg, dest)), "--%s must be a finite number within float32 range, got %s"
-             % (BY_DEST[dest].name, _short(getattr(cfg, dest))))
+        value = getattr(cfg, dest)
+        need(value is None or _finite(value), "--%s must be a finite number within float32 range, got %s"
+             % (BY_DEST[dest].name, _short(value)))
     for dest, f in BY_DEST.items():
         if f.check is not None:
             ok, what = f.check
             value = getattr(cfg, dest)
-            need((value is None and f.default is None) or ok(value), "--%s must be %s, got %s" % (f.name, what, _short(value)))
+            need((value is None and f.default is None) or ok(value), "--%s must be %s, got %s"
+                 % (f.name, what, _short(value)))
     check_batch(cfg)
     need(not cfg.unfreeze_at or bool(cfg.freeze), "--unfreeze-at needs --freeze PATTERN,... (the parameters to "
          "unfreeze)")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .. import models
+from .. import data, models
 from ..data import identity
 from . import flags
 from .build import build_all, wrap_model
@@ -239,6 +239,8 @@ class Run(object):
                  " x %d processes (global batch %d)" % (dist.world, cfg.batch_size) if dist.enabled else "",
                  cfg.dataset, cfg.task, len(parts.splits.train), len(parts.splits.val), len(parts.splits.test),
                  parts.total_steps)
+        for line in describe_splits(cfg, parts.splits):
+            log.info("%s", line)
 
     def begin_once(self):
         """The run's first writes to logs/<run>/, once its first step (or pending evaluation) has succeeded: a
@@ -347,6 +349,30 @@ def finished_hint(cfg, progress):
                                                                                    cfg.epochs))
     return ("its --epochs %d are done (step %d). To train longer, resume with a higher --epochs"
             % (cfg.epochs, step))
+
+
+SMALL_VAL = 200  # fewer validation samples than this: a score that moves in steps of 0.5 % or more is said
+
+
+def describe_splits(cfg, splits):
+    """The classes and how many samples of each every split holds (where the labels are at hand), and a word
+    when validation is small: the best checkpoint and early stopping are chosen on its noisy score."""
+    lines = []
+    names = splits.classes
+    if cfg.task == "classification" and names:
+        counts = {name: data.class_counts(getattr(splits, name), len(names)) for name in ("train", "val", "test")}
+        if all(c is not None for c in counts.values()):
+            shown = ["%s %d/%d/%d" % ((printable(str(names[k])),) + tuple(counts[s][k] for s in ("train", "val",
+                                                                                              "test")))
+                     for k in range(min(len(names), 20))]
+            lines.append("classes (train/val/test samples): %s%s" % (", ".join(shown), " and %d more" % (
+                len(names) - 20) if len(names) > 20 else ""))
+    n_val = len(splits.val)
+    if n_val < SMALL_VAL:
+        lines.append("note: validation holds %d samples (one is %.1f %% of its score), so the best checkpoint and "
+                     "--early-stop follow a noisy score; a larger --val-split (say 0.2) steadies it"
+                     % (n_val, 100.0 / max(1, n_val)))
+    return lines
 
 
 def describe_recipe(cfg, dist):

@@ -1,7 +1,7 @@
 """What a sweep's trials gave: each trial's outcome (from its exit code and logs/<run>/metrics.json), results.csv,
 the TensorBoard HParams view, and the summary at the end: the best trial by its validation metric (never the
 test one), its flags and command, and per point of the sweep the mean, std and 95 % interval of every test
-metric over its seeds (Student's t)."""
+metric over its seeds (Student's t, on a scale where the metric is unbounded: stats)."""
 import csv
 import io
 import json
@@ -26,14 +26,48 @@ def t975(df):
     return z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
 
 
-def stats(values):
-    """n, mean, sample std and the half width of the 95 % interval of the mean (None for fewer than 2 values)."""
+# The range of a metric by its name (after test/): its 95 % interval is made where the metric is unbounded and
+# mapped back, so that it stays inside the range with any number of seeds
+UNIT = ("acc", "balanced_acc", "f1", "auc", "map", "miou", "iou", "dice", "exact", "pixel_acc")
+POSITIVE = ("loss", "mae", "rmse", "mape")
+EDGE = 1e-3  # a value on a bound is taken this far inside it (one sample in a thousand)
+
+
+def _scale(metric):
+    """(to, back) of the scale a metric's interval is made on: logit for [0, 1] metrics, log(1 - r2) for R^2
+    (at most 1), log for positive ones, else the metric itself."""
+    name = metric.rpartition("/")[2]
+    if name in UNIT:
+        def to(v):
+            v = min(1 - EDGE, max(EDGE, v))
+            return math.log(v / (1 - v))
+        return to, lambda u: 1 / (1 + math.exp(-u))
+    if name == "r2":
+        return (lambda v: math.log(max(EDGE, 1 - v))), (lambda u: 1 - math.exp(u))
+    if name in POSITIVE:
+        return (lambda v: math.log(max(EDGE, v))), math.exp
+    return (lambda v: v), (lambda u: u)
+
+
+def stats(values, metric=""):
+    """n, mean, sample std, the half width of Student's t 95 % interval of the mean (ci95, symmetric), and the
+    interval made on the metric's own scale (low .. high: Student's t on the logit of a [0, 1] metric, on
+    log(1 - R^2), on the log of a positive one; it stays inside the metric's range however few the seeds are).
+    None for fewer than 2 values."""
     n = len(values)
     mean = sum(values) / n
     if n < 2:
-        return {"n": n, "mean": mean, "std": None, "ci95": None}
+        return {"n": n, "mean": mean, "std": None, "ci95": None, "low": None, "high": None}
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return {"n": n, "mean": mean, "std": std, "ci95": t975(n - 1) * std / math.sqrt(n)}
+    to, back = _scale(metric)
+    scaled = [to(v) for v in values]
+    centre = sum(scaled) / n
+    spread = t975(n - 1) * math.sqrt(sum((u - centre) ** 2 for u in scaled) / (n - 1)) / math.sqrt(n)
+    try:
+        low, high = sorted((back(centre - spread), back(centre + spread)))
+    except OverflowError:
+        low, high = mean - t975(n - 1) * std / math.sqrt(n), mean + t975(n - 1) * std / math.sqrt(n)
+    return {"n": n, "mean": mean, "std": std, "ci95": t975(n - 1) * std / math.sqrt(n), "low": low, "high": high}
 
 
 def _last_line(path):
@@ -199,13 +233,13 @@ def summarize(sweep, state):
         point = {"flags": json.loads(key), "trials": [t["trial"] for t in trials], "test": {}}
         for metric in sorted(trials[0]["test"]):
             if metric.count("/") < 2:
-                point["test"][metric] = stats([t["test"][metric] for t in trials if metric in t["test"]])
+                point["test"][metric] = stats([t["test"][metric] for t in trials if metric in t["test"]], metric)
         summary["points"].append(point)
         if len(trials) > 1:
             log.info("%s over %d seeds (%s): %s", describe_flags(point["flags"]), len(trials),
                      ",".join(str(t["flags"].get("seed", "")) for t in trials),
                      "; ".join("%s %.4f +- %.4f (std; 95%% interval %.4f .. %.4f)" % (
-                         m, s["mean"], s["std"], s["mean"] - s["ci95"], s["mean"] + s["ci95"])
+                         m, s["mean"], s["std"], s["low"], s["high"])
                          for m, s in point["test"].items()))
     atomic.write_text(sweep.dir / "summary.json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
     log.info("TensorBoard's HParams view of the sweep: tensorboard --logdir %s", sweep.dir)

@@ -122,6 +122,20 @@ def input_transform(dataset):
     return get() if callable(get) else None
 
 
+def class_counts(dataset, num_classes):
+    """The number of samples of each class in a split whose class indices are at hand (a `y` tensor of class
+    indices: ArrayDataset, folder images), else None."""
+    indices = None
+    while isinstance(dataset, torch.utils.data.Subset):
+        indices, dataset = (torch.as_tensor(dataset.indices) if indices is None else
+                            torch.as_tensor(dataset.indices)[indices]), dataset.dataset
+    y = getattr(dataset, "y", None)
+    if not isinstance(y, torch.Tensor) or y.dim() != 1 or y.is_floating_point():
+        return None
+    y = y.cpu() if indices is None else y.cpu()[indices]
+    return torch.bincount(y.long(), minlength=num_classes)[:num_classes].tolist()
+
+
 def sample_batch(dataset, n):
     """The first n samples of a split as one batch (as the loader would give them)."""
     n = min(n, len(dataset))

@@ -10,6 +10,7 @@ Held-out samples (`carve`): each sample goes to test (or val) by a hash of its k
 table row's text), not by its position in a list, so files added or removed later move no other sample between
 splits."""
 import hashlib
+import math
 import os
 
 import torch
@@ -40,6 +41,33 @@ def carve(keys, fraction, salt, flag="--val-split"):
     chosen = set(held)
     kept = [i for i in range(n) if i not in chosen]
     return torch.tensor(kept, dtype=torch.long), torch.tensor(held, dtype=torch.long)
+
+
+def carve_by_class(keys, labels, fraction, salt, flag="--val-split", names=None):
+    """(kept, held, small) like carve, stratified: each class holds out round(its count x fraction) of its samples,
+    those of the smallest unit(salt, key) (at least one where the share asks for half a sample or more), so every
+    class is in each split in proportion. A file added to or removed from a class moves at most one other file of
+    that class across the line (its share's rounding). small: the names of classes too small to give this split
+    one sample (and keep one)."""
+    by_class = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+    held, small = [], []
+    for label in sorted(by_class, key=str):
+        members = by_class[label]
+        count = min(len(members) - 1, int(math.floor(len(members) * fraction + 0.5)))
+        if count < 1:
+            small.append(names[label] if names is not None else label)
+            continue
+        held += sorted(members, key=lambda i: unit(salt, keys[i]))[:count]
+    n = len(keys)
+    if not 1 <= len(held) < n:
+        raise TrainingError("%s %g leaves %d of %d samples held out; pick a share that leaves at least one on each "
+                            "side" % (flag, fraction, len(held), n))
+    chosen = set(held)
+    kept = [i for i in range(n) if i not in chosen]
+    return (torch.tensor(kept, dtype=torch.long), torch.tensor(sorted(held), dtype=torch.long),
+            [str(s) for s in small])
 
 
 def files(paths, base):

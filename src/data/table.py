@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from . import ArrayDataset, Splits, carve, identity, location, register
+from . import ArrayDataset, Splits, identity, location, register
 from ..runtime.errors import UsageError
 
 MISSING = ("", "na", "n/a", "nan", "null", "none", "?")
@@ -41,7 +41,6 @@ SPLITS = ("train", "val", "test")
 IMAGES = (".png", ".jpg", ".jpeg")
 FEW = 32  # at most this many distinct whole numbers (and under half the rows) make a target classes
 MANY = 50  # a text column with more distinct values than this and than half the train rows is left out
-TEST_SEED = 20240602  # as folder:PATH: the same rows are test data whatever the seed
 
 log = logging.getLogger("train")
 FLOAT32_MAX = 3.4028234663852886e38
@@ -390,18 +389,17 @@ class Target(object):
         return len(self.classes) if self.classes is not None else len(self.names)
 
 
-def _split_rows(cfg, parts):
-    """{split: rows}: the given files' rows, the missing splits carved from train's (test first, then val)."""
+def _split_rows(cfg, parts, target):
+    """{split: rows}: the given files' rows, the missing splits carved from train's (test first, then val; a
+    classification's in proportion to each class, by the target column's index `target`)."""
+    from .folder import carve_split
     rows = dict(parts)
     train = rows["train"]
     for which, fraction in (("test", cfg.test_split), ("val", cfg.val_split)):
         if which in rows:
             continue
-        if cfg.split_by == "position":
-            keep, held = carve(len(train), fraction, TEST_SEED, "--test-split") if which == "test" else \
-                carve(len(train), fraction)
-        else:
-            keep, held = identity.carve(_row_keys(train), fraction, which, "--%s-split" % which)
+        labels = [row[target] for row in train] if cfg.task == "classification" else None
+        keep, held = carve_split(cfg, _row_keys(train), fraction, which, labels)
         rows[which] = [train[i] for i in held.tolist()]
         train = [train[i] for i in keep.tolist()]
     rows["train"] = train
@@ -441,7 +439,7 @@ def build(cfg):
         if len(kept) < len(rows):
             log.info("%s: %d rows without a target value left out", paths[name], len(rows) - len(kept))
         parts[name] = kept
-    rows = _split_rows(cfg, parts)
+    rows = _split_rows(cfg, parts, cols[0])
     # the classes (or labels) of every split: one that train happens to lack is still a class the model has
     target = Target.fit(cfg.task, header, [row for name in SPLITS for row in rows[name]], names, cfg.label_sep)
     if target.classes is not None and len(target.classes) < 2:

@@ -55,6 +55,7 @@ class Trainer(object):
         self.progress = Progress()
         self.best = Best.of_monitor(cfg.monitor, on_change=self.progress.reset_stale)
         self.last_eval = LastEval()
+        self.said_nothing = False  # the "learned nothing" line is said once a session
         self.augment = Augment(cfg.augment, cfg.seed)
         self.ema = EMA(parts.model, cfg.ema, self.dist) if cfg.ema else None  # of the weights as built
         self.rng = RandomStreams(self.dist, cfg.seed, self.progress)
@@ -166,6 +167,11 @@ class Trainer(object):
         improved = best.update(value, self.step, loss)
         log.info("eval step %d: %s%s (best %s %.4f at step %d)", self.step, describe(values),
                  "; raw weights %s" % describe(raw) if raw else "", best.metric, best.value, best.step)
+        if not self.said_nothing and self.step * 4 >= self.parts.total_steps:  # once, past a quarter of the run
+            said = self.task.learned_nothing({k[4:]: v for k, v in values.items()})
+            if said:
+                self.said_nothing = True
+                log.warning("WARNING: %s", said)
         if self.cfg.early_stop:
             self._count_stale(value, loss)
         if improved:
@@ -194,6 +200,10 @@ class Trainer(object):
         values, _ = evaluate(model, loader, self.task, self.parts.precision, self.device, dist=self.dist,
                              channels_last=self.cfg.channels_last)
         test = {"test/" + k: v for k, v in values.items()}
+        said = self.task.learned_nothing({k[4:]: v for k, v in (best.get("last_eval") or {}).items()
+                                          if k.startswith("val/")})
+        if said:
+            log.warning("WARNING: at the best checkpoint (step %d): %s", best["progress"]["step"], said)
         report = metrics_report(self.cfg, self.last_eval.values, test, best, self.paths.best, step=self.step)
         if self.dist.main:
             atomic.write_text(self.paths.metrics_file, json.dumps(report, indent=2, sort_keys=True) + "\n")

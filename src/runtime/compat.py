@@ -298,15 +298,23 @@ def exit_process(code):
     os._exit(code)
 
 
-def cross_entropy(logits, target, label_smoothing=0.0):
+def cross_entropy(logits, target, label_smoothing=0.0, weight=None):
     """Mean cross-entropy against targets smoothed by label_smoothing: (1 - eps) on the class, eps / K spread over
-    all K (F.cross_entropy's label_smoothing from torch 1.10; the same formula by hand before)."""
+    all K (F.cross_entropy's label_smoothing from torch 1.10; the same formula by hand before); weight: one per
+    class (--class-weights), the mean weighted by each sample's class weight."""
     import torch.nn.functional as F
     if not label_smoothing:
-        return F.cross_entropy(logits, target)
+        return F.cross_entropy(logits, target, weight=weight)
     if _CE_SMOOTHING:
-        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
-    return smoothed_cross_entropy(logits, target, label_smoothing)
+        return F.cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing)
+    if weight is None:
+        return smoothed_cross_entropy(logits, target, label_smoothing)
+    logp = F.log_softmax(logits, 1)
+    k = logits.shape[1]
+    per = -(1 - label_smoothing) * logp.gather(1, target.view(-1, 1)).view(-1) - label_smoothing / k * (
+        logp * weight.view(1, -1)).sum(1) / weight[target]
+    w = weight[target]
+    return (per * w).sum() / w.sum()
 
 
 _CE_SMOOTHING = _accepts(torch.nn.functional.cross_entropy, "label_smoothing")  # looked up once, not every step

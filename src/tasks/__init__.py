@@ -98,6 +98,11 @@ class Task(object):
     def eval_values(self, sums):
         raise NotImplementedError
 
+    def learned_nothing(self, values):
+        """One line when the evaluated values ({name: float}) are no better than a model that ignores its inputs
+        (with the likely cause and what to try), else None."""
+        return None
+
     def pictures(self, sums, first):
         """{tag: CHW float image} logged at each evaluation; first is (inputs, target, prediction) of up to 32
         samples of the first batch (of rank 0; None elsewhere), for tasks that show examples."""

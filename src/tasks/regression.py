@@ -66,6 +66,15 @@ class Regression(Task):
                 "rmse": (float(sums["sq_err"]) / n) ** 0.5,
                 "r2": 1.0 - float(sums["sq_err"]) / total if total > 0 else 0.0}
 
+    def learned_nothing(self, values):
+        """A line when val/r2 <= 0: no better than always predicting the train mean."""
+        if "r2" not in values or values["r2"] > 0:
+            return None
+        return ("val/r2 %.3f: no better than always predicting the mean target; the model has learned nothing "
+                "usable yet. Likely too few steps or too high a learning rate for this data, or features that do not "
+                "predict the target; try more --epochs, a lower --lr, or --loss huber for a target with outliers"
+                % values["r2"])
+
     def pictures(self, sums, first):
         """Predicted vs true over the mean +- 3 standard deviations of the training targets: a dot per occupied cell
         of the histogram, axes in the target's units, the identity line."""
