@@ -113,10 +113,11 @@ def _split_files(root, *extra):
 
 
 def test_files_added_or_removed_move_no_other_file_between_splits(tmp_path):
-    """Splits by a hash of each image's path: 54 of 78 new test images had been training images when the split was
-    a permutation of positions in the sorted file list."""
+    """--split-by path: by a hash of each image's path alone (54 of 78 new test images had been training images when
+    the split was a permutation of positions in the sorted file list). The default, class, moves at most one other
+    file of a class (test_results.py)."""
     root = write_images(tmp_path / "toys", 40)
-    before = _split_files(root)
+    before = _split_files(root, "--split-by", "path")
     assert sum(len(v) for v in before.values()) == 120 and all(before.values())
     write_images(tmp_path / "more", 30, seed=5)
     for cls in ("cat", "dog", "fox"):  # 90 new files beside the old ones, and 6 old ones gone
@@ -124,7 +125,7 @@ def test_files_added_or_removed_move_no_other_file_between_splits(tmp_path):
             f.rename(root / cls / ("new-" + f.name))
         for f in sorted((root / cls).glob("0[01]*.*"))[:2]:
             f.unlink()
-    after = _split_files(root)
+    after = _split_files(root, "--split-by", "path")
     for name in before:
         kept = {f for f in before[name] if (root / f).exists()}
         assert kept <= after[name], "%s lost files that still exist" % name

@@ -239,16 +239,19 @@ FLAGS = _records([
          "set of its own (folder:PATH without PATH/test); fixed for a run", (lambda v: 0 < v < 1, "in (0, 1)"),
          scope="fixed", metavar="FRACTION"),
     flag("split-by", str, "class", "folder and csv data: which samples are held out for val and test; class: each "
-         "class in proportion, by a hash of each image's path (or row's text) within its class (regression and "
-         "multilabel: as path); path: by that hash alone (files added later move no other); position: by a seeded "
-         "permutation of the list (runs started before these); fixed for a run", scope="fixed",
-         choices=("class", "path", "position")),
+         "class in proportion, by a hash of each image's path (or row's text) within its class (a file added moves at "
+         "most one other of its class a split; regression, multilabel: as path); path: by that hash alone (files "
+         "added later move no other); position: by a seeded permutation of the list (runs started before these); "
+         "fixed for a run", scope="fixed", choices=("class", "path", "position")),
     flag("allow-data-change", bool, False, "resume although the data's files changed since the checkpoint (the "
          "record notes it; otherwise such a resume is refused)", scope="invocation"),
     flag("image-size", int, 0, "folder data: each image becomes N x N (shorter side resized, the centre cut; 0: "
          "the images' own size when all share one square size)", _in(0, 4096), scope="fixed", metavar="N"),
     flag("target", str, None, "csv data: the column(s) to predict, COLUMN[,COLUMN...] (None: the last column)",
          scope="fixed", metavar="COLUMN"),
+    flag("id-column", str, None, "csv data: the column naming each row, left out of the features and written beside "
+         "each prediction (None: a column named id, *_id, *Id or *ID with a value of its own in every row; none: "
+         "no such column)", scope="fixed", metavar="COLUMN"),
     flag("label-sep", str, "|", "csv data with --task multilabel: what joins a row's labels in one target column",
          (lambda v: len(v) > 0, "a non-empty string"), scope="fixed", metavar="SEP"),
     flag("image-cache", str, "auto", "folder data: decode the images once and keep them in memory and in "

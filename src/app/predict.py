@@ -10,7 +10,8 @@ The file is written whole or not at all; an input whose name is taken by another
 predictions-<name>-2.csv (logs/<run>/predictions.json says which input each file holds). Cells that a
 spreadsheet would run as a formula are written as text (safe_cell).
 
-One row per input: the input (its path, or the row's line number in the CSV), then for classification the class
+One row per input: the input (its path, or the row's line number in the CSV, then the table's id column where
+the model was trained with one: --id-column), then for classification the class
 and every class's probability; for regression the value(s) in the target's units; for multilabel the labels
 whose probability is above 0.5 (joined by --label-sep) and every label's probability."""
 import csv
@@ -39,7 +40,7 @@ def run(cfg):
     state = load_or_usage_error(path, "--predict", full=False)  # a truncated or forged file: one line
     spec, config = state.get("model_spec") or {}, state.get("config") or {}
     source = Path(cfg.predict).expanduser()
-    names, batches = _inputs(source, spec, cfg.batch_size)
+    names, batches, ids = _inputs(source, spec, cfg.batch_size)
     model = models.from_state(state, path)
     check_folder(cfg.logs_dir, "--logs-dir")
     run_dir = RunPaths(cfg).run_dir
@@ -51,6 +52,9 @@ def run(cfg):
         with torch.no_grad():
             for x in batches:
                 header, rows = _rows(spec, config, names[count:count + len(x)], model(x).float())
+                if ids is not None:  # the table's id column beside the line number
+                    header = header[:1] + [ids[0]] + header[1:]
+                    rows = [row[:1] + [i] + row[1:] for row, i in zip(rows, ids[1][count:count + len(x)])]
                 if count == 0:
                     writer.writerow([safe_cell(c) for c in header])
                 writer.writerows([safe_cell(c) for c in row] for row in rows)
@@ -125,8 +129,12 @@ def _inputs(source, spec, batch_size):
             raise UsageError("--predict %s: this model reads table rows; give a CSV file with its columns (%s)"
                              % (source, ", ".join(c["name"] for c in encoding["columns"])))
         header, rows = table.read(source)
-        x = table.Encoder(encoding["columns"]).encode(header, rows, str(source))
-        return [str(n) for n in range(2, len(rows) + 2)], _batches(x, batch_size)
+        encoder = table.Encoder(encoding["columns"], encoding.get("id"))
+        x = encoder.encode(header, rows, str(source))
+        encoder.say_unseen(printable(source))
+        ids = encoder.ids(header, rows)
+        return ([str(n) for n in range(2, len(rows) + 2)], _batches(x, batch_size),
+                (encoder.id_column, ids) if ids is not None else None)
     shape = spec.get("input_shape") or []
     transform = spec.get("input_transform") or {}
     if len(shape) != 3 or abs(float(transform.get("scale", 0)) - 1 / 255.0) > 1e-9:
@@ -148,7 +156,7 @@ def _inputs(source, spec, batch_size):
     if not files:
         raise UsageError("--predict %s: no PNG or JPEG images in it; give a folder that holds some" % source)
     decode = folder.Decoder(shape[1], shape[0])
-    return names, (torch.stack([decode(f) for f in chunk]) for chunk in _batches(files, batch_size))
+    return names, (torch.stack([decode(f) for f in chunk]) for chunk in _batches(files, batch_size)), None
 
 
 def _rows(spec, config, names, out):

@@ -47,7 +47,8 @@ def carve_by_class(keys, labels, fraction, salt, flag="--val-split", names=None)
     """(kept, held, small) like carve, stratified: each class holds out round(its count x fraction) of its samples,
     those of the smallest unit(salt, key) (at least one where the share asks for half a sample or more), so every
     class is in each split in proportion. A file added to or removed from a class moves at most one other file of
-    that class across the line (its share's rounding). small: the names of classes too small to give this split
+    that class across this line (its share's rounding): one into or out of test, one into or out of val.
+    small: the names of classes too small to give this split
     one sample (and keep one)."""
     by_class = {}
     for i, label in enumerate(labels):

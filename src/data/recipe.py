@@ -69,10 +69,13 @@ def describe(cfg, splits, filled):
     if splits.classes:
         what = "%d classes, %s" % (len(splits.classes), what)
     chosen = []
-    if "depth" in filled:
+    if "depth" in filled and cfg.depth:
         chosen.append("%s depth %d" % (cfg.model, cfg.depth))
-    if "optimizer" in filled or "lr" in filled:
-        chosen.append("%s %g" % ({"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}[cfg.optimizer], cfg.lr))
+    name = {"adamw": "AdamW", "adam": "Adam", "sgd": "SGD"}[cfg.optimizer]
+    if "optimizer" in filled:
+        chosen.append("%s %g" % (name, cfg.lr) if "lr" in filled else name)
+    elif "lr" in filled:
+        chosen.append("lr %g" % cfg.lr)
     if "weight_decay" in filled:
         chosen.append("weight decay %g" % cfg.weight_decay)
     if "batch_size" in filled:

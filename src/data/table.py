@@ -191,6 +191,19 @@ def targets(cfg, header):
     return names
 
 
+def _id_column(cfg, header, names):
+    """--id-column's column (checked), "" for none, or None: detected from the train rows."""
+    wanted = getattr(cfg, "id_column", None)
+    if wanted is None:
+        return None
+    if wanted == "none":
+        return ""
+    if wanted not in header or wanted in names:
+        raise UsageError("--id-column %s: %s has no such feature column; name one of %s (or none)" % (
+            wanted, location(cfg.dataset), ", ".join(n for n in header if n not in names)))
+    return wanted
+
+
 def infer_task(cfg):
     """The task a table's target implies (see the module docstring)."""
     header, rows = read(files(location(cfg.dataset))["train"])
@@ -259,18 +272,41 @@ def _squash(x, column):
     return _NORMAL.inv_cdf(min(1 - TAIL, max(TAIL, level)))
 
 
+ID_NAMES = re.compile(r"(?i)(.*[_ .-])?id|.*[a-z]Id|.*ID")
+
+
+def _identifier(header, rows, skip):
+    """The rows' identifier column, where one is plain to see: named id (or ending in _id, Id, ID) with a value
+    of its own in every train row."""
+    for i, name in enumerate(header):
+        if name not in skip and ID_NAMES.fullmatch(name.strip()) and len(rows) > 1:
+            values = [row[i] for row in rows]
+            if not any(_missing(v) for v in values) and len(set(values)) == len(values):
+                return name
+    return None
+
+
 class Encoder(object):
     """Feature columns -> numbers, fitted on the train rows; `state()` is what the checkpoint keeps."""
 
-    def __init__(self, columns):
+    def __init__(self, columns, id_column=None):
         self.columns = columns  # [{"name", "kind": "number", "fill", "gap"} | {"name", "kind": "category", "values"}]
+        self.id_column = id_column  # the rows' identifier: left out of the features, carried to predictions
         self.dropped = []  # why columns were left out (identifiers), as lines
+        self.unseen = {}  # column -> [rows with a category train never had, the first such value] (last encode)
 
     @classmethod
-    def fit(cls, header, rows, skip):
+    def fit(cls, header, rows, skip, id_column=None):
         columns, dropped = [], []
+        if id_column is None:
+            id_column = _identifier(header, rows, skip)
+        id_column = id_column or None
         for i, name in enumerate(header):
             if name in skip:
+                continue
+            if name == id_column:
+                dropped.append("column %s: the rows' identifier (--id-column): left out of the features, written "
+                               "beside each prediction" % name)
                 continue
             present = [row[i] for row in rows if not _missing(row[i])]
             numbers = [_number(v) for v in present]
@@ -287,7 +323,7 @@ class Encoder(object):
                                    % (name, len(values), len(rows)))
                     continue
                 columns.append({"name": name, "kind": "category", "values": values})
-        encoder = cls(columns)
+        encoder = cls(columns, id_column)
         encoder.dropped = dropped  # said once the table is known to have features left
         return encoder
 
@@ -309,6 +345,7 @@ class Encoder(object):
             raise UsageError("%s has no column %s; the model was trained with it" % (where, ", ".join(lost)))
         at = [position[c["name"]] for c in self.columns]
         out = []
+        self.unseen = {}
         for row in rows:
             vec = []
             for c, i in zip(self.columns, at):
@@ -324,12 +361,29 @@ class Encoder(object):
                         vec.append(1.0 if number is None else 0.0)
                 else:
                     key = "" if _missing(value) else value
-                    vec += [1.0 if key == v else 0.0 for v in c["values"]]
+                    row_vec = [1.0 if key == v else 0.0 for v in c["values"]]
+                    if not any(row_vec):
+                        seen = self.unseen.setdefault(c["name"], [0, key])
+                        seen[0] += 1
+                    vec += row_vec
             out.append(vec)
         return torch.tensor(out, dtype=torch.float32).view(len(rows), -1)
 
+    def say_unseen(self, where):
+        """One line per column whose last encoded rows held categories train never had (encoded as none of them)."""
+        for name, (count, first) in sorted(self.unseen.items()):
+            log.info("%s: %d %s a value of column %s that the train rows never had (such as %r): encoded as none of "
+                     "its categories", where, count, "rows hold" if count > 1 else "row holds", name, first[:40])
+
+    def ids(self, header, rows):
+        """The identifier of each row (None without an id column, or when these rows lack it)."""
+        if self.id_column is None or self.id_column not in header:
+            return None
+        i = header.index(self.id_column)
+        return [row[i] for row in rows]
+
     def state(self):
-        return {"columns": [dict(c) for c in self.columns]}
+        return {"columns": [dict(c) for c in self.columns], "id": self.id_column}
 
 
 class Target(object):
@@ -456,7 +510,7 @@ def build(cfg):
         found = {name: ([base / row[image] for row in rows[name]], ys[name]) for name in SPLITS}
         splits = image_splits(cfg, found, target.classes, paths["train"], outputs=target.outputs())
         return splits._replace(source=identity.combined(identity.of_bytes(paths), splits.source))
-    encoder = Encoder.fit(header, rows["train"], names)
+    encoder = Encoder.fit(header, rows["train"], names, _id_column(cfg, header, names))
     if not encoder.features():
         raise UsageError("%s: no column is left to learn from (%s); a table needs feature columns of numbers or "
                          "categories beside the target: check the separator (a ';' file with decimal commas is "
@@ -465,7 +519,10 @@ def build(cfg):
                                                              "only the target"))
     for line in encoder.dropped:
         log.info("%s", line)
-    xs = {name: encoder.encode(header, rows[name], where[name]) for name in SPLITS}
+    xs = {}
+    for name in SPLITS:
+        xs[name] = encoder.encode(header, rows[name], where[name])
+        encoder.say_unseen(where[name])
     mean, std = xs["train"].mean(0), xs["train"].std(0) if len(xs["train"]) > 1 else torch.ones(xs["train"].shape[1])
     std = torch.where(std > 1e-6, std, torch.ones_like(std))  # a constant feature is only centred
     parts = {name: ArrayDataset(xs[name], ys[name], mean=mean, std=std) for name in SPLITS}
