@@ -44,7 +44,8 @@ def test_the_recipe_gives_a_small_set_as_many_steps_as_a_large_one_and_what_the_
     assert small["warmup_steps"] == round(0.05 * small["epochs"] * steps_per_epoch(261, 32))
     large = fit(_cfg(), 60000, (1, 28, 28))
     assert large["epochs"] == 15 and large["batch_size"] == 64 and large["depth"] == 4
-    assert fit(_cfg(), 1000, (1, 8, 8))["depth"] == 2
+    assert fit(_cfg(), 1000, (1, 8, 8))["depth"] == 2 and fit(_cfg(), 1000, (1, 8, 8))["augment"] == "none"
+    assert small["augment"] == "crop:2" and fit(_cfg(), 500, (3, 64, 64))["augment"] == "crop:4"
     rows = fit(_cfg(model="mlp"), 133, (13,))
     assert rows["batch_size"] == 16 and rows["epochs"] * steps_per_epoch(133, 16) >= 1500 and "depth" not in rows
     assert fit(_cfg(model="mlp"), 40000, (10,))["batch_size"] == 256
@@ -71,7 +72,7 @@ def test_a_folder_run_prints_its_recipe_saves_it_and_the_shipped_datasets_keep_t
 
 
 def _pets_args(project, cache):
-    return ["--dataset", "folder:%s" % (project.root / "data" / "pets"), "--image-size", "10", "--deterministic",
+    return ["--dataset", "folder:%s" % (project.root / "data" / "pets"), "--image-size", "16", "--deterministic",
             "--max-steps", "12", "--ckpt-every", "3", "--log-every", "2", "--eval-every", "4", "--run-name", "exact",
             "--image-cache", cache] + (["--num-workers", "2"] if cache == "off" else []) + PLAIN
 
@@ -89,7 +90,8 @@ def test_the_data_s_recipe_resumes_exactly_after_kill_and_stop_cached_and_stream
     prefix = "saved checkpoint step " if sig == signal.SIGKILL else "step "
     b = finish_run(twice, _pets_args(twice, cache), 12, stop=(sig, prefix, 6))
     assert same_weights(a, b)
-    assert load(twice.latest("exact"))["config"]["optimizer"] == "adamw"
+    config = load(twice.latest("exact"))["config"]
+    assert (config["optimizer"], config["augment"]) == ("adamw", "crop:1")
 
 
 def test_a_table_with_outliers_and_heavy_tails_trains_on_its_defaults(tmp_path):

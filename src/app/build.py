@@ -175,13 +175,14 @@ def build_data(cfg, stop):
 def fit_recipe(cfg, splits, dist):
     """The training flags the data chooses (data/recipe.py) where the config leaves them unset: a fresh run of
     folder:PATH, csv:PATH or a dataset of your own. Said in one line; a resumed run has its values already."""
-    filled = recipe.missing(cfg) + (["depth"] if cfg.depth is None else [])
+    filled = recipe.missing(cfg) + (["depth"] if cfg.depth is None else []) + (["augment"] if cfg.augment == "auto"
+                                                                                else [])
     if not filled:
         return
     n = len(splits.train)
     values = recipe.fit(cfg, n, splits.input_shape, lambda batch: steps_per_epoch(n, batch, dist.world))
     for key in filled:
-        setattr(cfg, key, values.get(key, 0))
+        setattr(cfg, key, augment.parse(values["augment"]) if key == "augment" else values.get(key, 0))
     flags.check_batch(cfg)
     log.info("%s", recipe.describe(cfg, splits, filled))
 

@@ -700,8 +700,9 @@ def _resolve_auto(cfg, need):
          % (cfg.loss, cfg.task))
     need(not cfg.label_smoothing or cfg.task == "classification", "--label-smoothing applies to --task "
          "classification, not %s" % cfg.task)
-    if cfg.augment == "auto":
+    if cfg.augment == "auto" and not (meta["recipe"] == "fit" and meta["augment"] == "none"):
         cfg.augment = augment.parse(meta["augment"])  # its arguments are checked against the data once it is built
+    # (else it stays auto: data/recipe.py chooses it from the data once read)
 
 
 def to_yaml(cfg):

@@ -12,7 +12,8 @@ The rule (measured on benchmarks/own_data_accuracy.py's tables and folders):
   optimizer AdamW, gradient norm clipped at 1 (a table with outliers cannot blow up), cosine schedule after a
   linear warmup of 5 % of the steps;
   images: batch 32 under 1,000 training images, else 64; lr 2e-3, weight decay 0.05; at least 1,000 steps
-  (15 to 300 epochs); cnn depth 2 under 16 pixels, 3 under 2,000 images, else 4;
+  (15 to 300 epochs); cnn depth 2 under 16 pixels, 3 under 2,000 images, else 4; --augment crop:N, shifts of up
+  to N = side / 16 pixels (none under 16 pixels; no flips: they change what text, digits or arrows mean);
   tables: batch n/32 as a power of two in 16 .. 256; lr 1e-3, weight decay 0.01; at least 1,500 steps (15 to
   500 epochs).
 The values chosen are saved with the run like any flag: a resume continues with them whatever the rule becomes.
@@ -55,6 +56,8 @@ def fit(cfg, n, input_shape, steps_per_epoch):
                warmup_steps=int(round(0.05 * total)), grad_clip=1.0)
     if images and cfg.model == "cnn" and cfg.depth is None:
         out["depth"] = 2 if min(input_shape[1:]) < 16 else 3 if n < 2000 else 4
+    shift = min(input_shape[1:]) // 16 if images else 0
+    out["augment"] = "crop:%d" % shift if shift else "none"
     return out
 
 
@@ -86,4 +89,6 @@ def describe(cfg, splits, filled):
         chosen.append("warmup %d steps" % cfg.warmup_steps)
     if "grad_clip" in filled and cfg.grad_clip:
         chosen.append("gradients clipped at norm %g" % cfg.grad_clip)
+    if "augment" in filled and cfg.augment:
+        chosen.append("augment %s" % (cfg.augment,))
     return "%s: %s (the data's defaults; any of them can be set)" % (what, ", ".join(chosen))
