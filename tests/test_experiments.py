@@ -261,7 +261,7 @@ def test_bad_sweep_specs_are_one_line_errors_and_a_changed_spec_is_refused(tmp_p
              ({"random": {"trials": 2, "space": {"lr": {"loguniform": [0, 1]}}}}, "LOW > 0"),
              ({"grid": {"lr": [0.1]}, "random": {"trials": 1}}, "give one of grid, random or optuna"),
              ({"grid": {"lr": [0.1]}, "metric": "test/acc:max"}, "never on test data"),
-             ({"grid": {"lr": [0.1]}, "metric": "val/f1:max"}, "--task classification has val/loss, val/acc"),
+             ({"grid": {"lr": [0.1]}, "metric": "val/map:max"}, "--task classification has val/loss, val/acc"),
              ({"grid": {"lr": [0.1]}, "name": "s" * 99}, "is 99 characters; its trials' runs are <name>-<trial>")]
     for spec, words in cases:
         (project.root / "bad.yaml").write_text(yaml.safe_dump(spec))

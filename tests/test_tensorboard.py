@@ -46,7 +46,8 @@ def test_run_logs_scalars_images_text_and_hparams_in_one_run(project):
     assert info.hparams["lr"].number_value == 0.05 and info.hparams["model"].string_value == "mlp"
     exp = [v for e in raw_events(run_dir) for v in e.summary.value if v.tag == "_hparams_/experiment"][0]
     metrics = plugin_data_pb2.HParamsPluginData.FromString(exp.metadata.plugin_data.content).experiment
-    assert {m.name.tag for m in metrics.metric_infos} == {"val/loss", "val/acc", "test/loss", "test/acc"}
+    assert {m.name.tag for m in metrics.metric_infos} == {"%s/%s" % (split, name) for split in ("val", "test") for
+                                                          name in ("loss", "acc", "balanced_acc", "f1")}
     assert [e.step for e in acc.Scalars("test/acc")] == [90]  # once, at the end, for the best checkpoint
 
 

@@ -42,7 +42,7 @@ def test_every_flag_has_one_record_and_the_parser_is_made_from_them():
     (["--verify-resume", "1"], "--verify-resume must be 2 steps or more"),
     (["--accum-steps", "65"], "--accum-steps must be in 1 .. --batch-size (64)"),
     (["--dataset", "diabetes", "--label-smoothing", "0.1"], "--label-smoothing applies to --task classification"),
-    (["--monitor", "val/f1:max"], "use METRIC:min or METRIC:max"),
+    (["--monitor", "val/map:max"], "use METRIC:min or METRIC:max"),
 ])
 def test_a_records_check_names_the_flag_and_the_value(argv, message):
     with pytest.raises(UsageError) as err:

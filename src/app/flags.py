@@ -570,7 +570,8 @@ def merge_resumed(saved, cfg, user, source="the checkpoint"):
                 old = _coerce(actions[key], key, old, "%s: its config" % source)
             except UsageError as err:
                 raise UsageError("%s; it was not written by this project: resume another checkpoint" % err)
-        if key in merged and key not in user and key not in PER_INVOCATION and key not in LOCAL:
+        unset = key in RECIPE + ("depth", "augment") and merged.get(key) in (None, "auto")  # the data's: as saved
+        if key in merged and (key not in user or unset) and key not in PER_INVOCATION and key not in LOCAL:
             merged[key] = old
     for key in FIXED_ON_RESUME:
         if key in user and key in saved and saved[key] != merged[key]:
@@ -650,7 +651,6 @@ def validate(cfg):
             value = getattr(cfg, dest)
             need((value is None and f.default is None) or ok(value), "--%s must be %s, got %s"
                  % (f.name, what, _short(value)))
-    check_batch(cfg)
     need(not cfg.unfreeze_at or bool(cfg.freeze), "--unfreeze-at needs --freeze PATTERN,... (the parameters to "
          "unfreeze)")
     need(cfg.scheduler != "multistep" or bool(cfg.lr_milestones),
@@ -663,6 +663,7 @@ def validate(cfg):
     need(not (cfg.resume and cfg.evaluate), "--resume and --evaluate do not go together: --evaluate [PATH] tests a "
          "checkpoint without training, --resume trains on; drop one")
     _resolve_auto(cfg, need)
+    check_batch(cfg)  # the shipped datasets' batch size is known by now; one the data chooses, once it is read
 
 
 def check_batch(cfg):

@@ -125,6 +125,8 @@ def input_transform(dataset):
 def class_counts(dataset, num_classes):
     """The number of samples of each class in a split whose class indices are at hand (a `y` tensor of class
     indices: ArrayDataset, folder images), else None."""
+    if dataset is None:
+        return None
     indices = None
     while isinstance(dataset, torch.utils.data.Subset):
         indices, dataset = (torch.as_tensor(dataset.indices) if indices is None else

@@ -262,13 +262,14 @@ def image_splits(cfg, found, classes, root, outputs=None):
         pools["test"] = found["test"]
         keep = torch.arange(len(files))
     else:
-        keep, held = _carve(cfg, keys, cfg.test_split, "test", labels, classes)
+        keep, held = carve_split(cfg, keys, cfg.test_split, "test", labels=_classes_of(labels), classes=classes)
         pools["test"] = ([files[i] for i in held.tolist()], labels[held])
     if "val" in found:
         pools["val"] = found["val"]
         train_idx = keep
     else:
-        rest, held = _carve(cfg, [keys[i] for i in keep.tolist()], cfg.val_split, "val", labels[keep], classes)
+        rest, held = carve_split(cfg, [keys[i] for i in keep.tolist()], cfg.val_split, "val",
+                                 labels=_classes_of(labels[keep]), classes=classes)
         train_idx = keep[rest]
         pools["val"] = ([files[i] for i in keep[held].tolist()], labels[keep[held]])
     pools["train"] = ([files[i] for i in train_idx.tolist()], labels[train_idx])
@@ -295,22 +296,22 @@ def image_splits(cfg, found, classes, root, outputs=None):
                   num_classes=len(classes) if classes else outputs, classes=classes, source=source)
 
 
-def _carve(cfg, keys, fraction, which, labels, classes):
-    """(kept, held) index tensors of the samples with these keys (paths relative to the dataset's folder): by a
-    hash of each key within each class (--split-by class), by that hash alone (path), or by the seeded
-    permutation of older runs (position)."""
-    return carve_split(cfg, keys, fraction, which, labels.tolist() if labels.dim() == 1 else None, classes)
+def _classes_of(labels):
+    """Each sample's class index as a list (None for rows of 0/1 labels: multilabel)."""
+    return labels.tolist() if labels.dim() == 1 else None
 
 
-def carve_split(cfg, keys, fraction, which, labels=None, classes=None):
-    """The held-out rule of --split-by for folder and table data: (kept, held) index tensors. labels: each
-    sample's class (None where there are no classes: regression, multilabel), classes: their names."""
+def carve_split(cfg, keys, fraction, which, *, labels=None, classes=None):
+    """The held-out rule of --split-by for folder and table data, (kept, held) index tensors of the samples with
+    these keys (an image's path relative to the dataset's folder, a row's text): by the hash of each key within
+    each class (class), by that hash alone (path), or by the seeded permutation of older runs (position).
+    labels: each sample's class (None where there are no classes: regression, multilabel); classes: names."""
     flag = "--%s-split" % which
     if cfg.split_by == "position":
         return carve(len(keys), fraction, TEST_SEED, flag) if which == "test" else carve(len(keys), fraction)
     if cfg.split_by == "path" or labels is None or cfg.task != "classification":
         return identity.carve(keys, fraction, which, flag)
-    kept, held, small = identity.carve_by_class(keys, labels, fraction, which, flag, classes)
+    kept, held, small = identity.carve_by_class(keys, labels, fraction, which, flag=flag, names=classes)
     if small:
         log.info("%s: too few samples of class%s %s to hold any out for %s at --%s-split %g: the %s scores leave "
                  "%s out; add samples, or give %s files of your own" % (

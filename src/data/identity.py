@@ -43,32 +43,35 @@ def carve(keys, fraction, salt, flag="--val-split"):
     return torch.tensor(kept, dtype=torch.long), torch.tensor(held, dtype=torch.long)
 
 
-def carve_by_class(keys, labels, fraction, salt, flag="--val-split", names=None):
-    """(kept, held, small) like carve, stratified: each class holds out round(its count x fraction) of its samples,
-    those of the smallest unit(salt, key) (at least one where the share asks for half a sample or more), so every
-    class is in each split in proportion. A file added to or removed from a class moves at most one other file of
-    that class across this line (its share's rounding): one into or out of test, one into or out of val.
-    small: the names of classes too small to give this split
-    one sample (and keep one)."""
+def carve_by_class(keys, labels, fraction, salt, *, flag="--val-split", names=None):
+    """(kept, held, small) like carve, stratified: round(n x fraction) samples held out, shared among the classes
+    in proportion to their counts (the largest remainders get the rest; each class keeps one sample), within each
+    class those of the smallest unit(salt, key). A file added to or removed from a class moves at most one other
+    file of that class across this line (its share's rounding): one into or out of test, one into or out of val.
+    small: the names of classes too small to give this split one sample."""
     by_class = {}
     for i, label in enumerate(labels):
         by_class.setdefault(label, []).append(i)
-    held, small = [], []
-    for label in sorted(by_class, key=str):
-        members = by_class[label]
-        count = min(len(members) - 1, int(math.floor(len(members) * fraction + 0.5)))
-        if count < 1:
-            small.append(names[label] if names is not None else label)
-            continue
-        held += sorted(members, key=lambda i: unit(salt, keys[i]))[:count]
     n = len(keys)
+    order = sorted(by_class, key=str)
+    exact = {c: len(by_class[c]) * fraction for c in order}
+    quota = {c: min(len(by_class[c]) - 1, int(math.floor(exact[c]))) for c in order}
+    extra = max(0, int(math.floor(n * fraction + 0.5)) - sum(quota.values()))
+    # the rest of the share to the largest remainders (then the larger classes, then a hash of the class's name)
+    for c in sorted(order, key=lambda c: (quota[c] - exact[c], -len(by_class[c]), unit(salt, str(c)))):
+        if extra and quota[c] < len(by_class[c]) - 1:
+            quota[c] += 1
+            extra -= 1
+    held = []
+    for c in order:
+        held += sorted(by_class[c], key=lambda i: unit(salt, keys[i]))[:quota[c]]
+    small = [str(names[c] if names is not None else c) for c in order if quota[c] < 1]
     if not 1 <= len(held) < n:
         raise TrainingError("%s %g leaves %d of %d samples held out; pick a share that leaves at least one on each "
                             "side" % (flag, fraction, len(held), n))
     chosen = set(held)
     kept = [i for i in range(n) if i not in chosen]
-    return (torch.tensor(kept, dtype=torch.long), torch.tensor(sorted(held), dtype=torch.long),
-            [str(s) for s in small])
+    return torch.tensor(kept, dtype=torch.long), torch.tensor(sorted(held), dtype=torch.long), small
 
 
 def files(paths, base):

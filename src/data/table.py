@@ -453,7 +453,7 @@ def _split_rows(cfg, parts, target):
         if which in rows:
             continue
         labels = [row[target] for row in train] if cfg.task == "classification" else None
-        keep, held = carve_split(cfg, _row_keys(train), fraction, which, labels)
+        keep, held = carve_split(cfg, _row_keys(train), fraction, which, labels=labels)
         rows[which] = [train[i] for i in held.tolist()]
         train = [train[i] for i in keep.tolist()]
     rows["train"] = train

@@ -475,7 +475,8 @@ class Trainer(object):
         return 0
 
     def log_hparams(self, test=None):
-        self.loggers.hparams(self.run.hparams, dict(self.last_eval.values, **(test or {})))
+        metrics = dict(self.last_eval.values, **(test or {}))  # the breakdowns (val/f1/<class>) stay scalars only
+        self.loggers.hparams(self.run.hparams, {k: v for k, v in metrics.items() if k.count("/") < 2})
         self.loggers.flush(durable=True)
 
 

@@ -30,14 +30,14 @@ class Classification(Task):
         from .. import data
         k = self.num_outputs
         self.weight = None
-        counts = data.class_counts(splits.train, k) if k else None
+        counts = data.class_counts(getattr(splits, "train", None), k) if k else None
         if getattr(cfg, "class_weights", "none") == "balanced":
             if counts is None:
                 raise UsageError("--class-weights balanced needs the training labels at hand (an in-memory dataset "
                                  "or a folder); drop it for this dataset")
             total = float(sum(counts))
             self.weight = torch.tensor([total / (k * c) if c else 0.0 for c in counts])
-        val = data.class_counts(splits.val, k) if k else None
+        val = data.class_counts(getattr(splits, "val", None), k) if k else None
         self.majority = (max(val) / float(sum(val)), val.index(max(val))) if val and sum(val) else None
         metric = str(getattr(cfg, "monitor", "")).partition(":")[0]
         if metric == "val/auc" and k != 2:
