@@ -5,8 +5,8 @@ the dataset's own model) that are still None (or auto) after the command line, -
   batch 64, 15 epochs; benchmarks/README.md).
 - Any other dataset (folder:PATH, csv:PATH, a dataset of your own) gets `fit`: a recipe chosen from the data once
   it is read, by the rule below (README "Defaults that fit your data"), printed at the start of the run. A small
-  data set gets the same number of optimizer steps as a large one, not the same number of epochs: 15 epochs of
-  261 images are 75 steps, too few for any optimizer to learn anything.
+  data set gets enough epochs for a fixed least number of optimizer steps, not a fixed number of epochs: 15
+  epochs of 261 images were 75 steps, too few for any optimizer to learn anything.
 
 The rule (measured on benchmarks/own_data_accuracy.py's tables and folders):
   optimizer AdamW, gradient norm clipped at 1 (a table with outliers cannot blow up), cosine schedule after a
