@@ -175,8 +175,7 @@ def build_data(cfg, stop):
 def fit_recipe(cfg, splits, dist):
     """The training flags the data chooses (data/recipe.py) where the config leaves them unset: a fresh run of
     folder:PATH, csv:PATH or a dataset of your own. Said in one line; a resumed run has its values already."""
-    filled = recipe.missing(cfg) + (["depth"] if cfg.depth is None else []) + (["augment"] if cfg.augment == "auto"
-                                                                                else [])
+    filled = recipe.missing(cfg, recipe.FITTED)
     if not filled:
         return
     n = len(splits.train)

@@ -408,8 +408,6 @@ _TEXT_TYPES = {f.type for f in FLAGS if f.type not in (None, str, int, float, bo
 FIXED_ON_RESUME = tuple(d for d, f in BY_DEST.items() if f.scope == "fixed")
 LOCAL = tuple(d for d, f in BY_DEST.items() if f.scope == "local")
 FINITE = tuple(d for d, f in BY_DEST.items() if f.type is float and f.scope != "local")
-# the training recipe a dataset chooses where the user gave none (None or auto: src/data/recipe.py)
-RECIPE = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_steps", "grad_clip")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -570,7 +568,7 @@ def merge_resumed(saved, cfg, user, source="the checkpoint"):
                 old = _coerce(actions[key], key, old, "%s: its config" % source)
             except UsageError as err:
                 raise UsageError("%s; it was not written by this project: resume another checkpoint" % err)
-        unset = key in RECIPE + ("depth", "augment") and merged.get(key) in (None, "auto")  # the data's: as saved
+        unset = key in recipe.FITTED and recipe.unset(merged.get(key))  # left to the data: the run's value
         if key in merged and (key not in user or unset) and key not in PER_INVOCATION and key not in LOCAL:
             merged[key] = old
     for key in FIXED_ON_RESUME:

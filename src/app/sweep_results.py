@@ -59,6 +59,7 @@ def stats(values, metric=""):
     if n < 2:
         return {"n": n, "mean": mean, "std": None, "ci95": None, "low": None, "high": None}
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t975(n - 1) * std / math.sqrt(n)
     to, back = _scale(metric)
     scaled = [to(v) for v in values]
     centre = sum(scaled) / n
@@ -66,8 +67,8 @@ def stats(values, metric=""):
     try:
         low, high = sorted((back(centre - spread), back(centre + spread)))
     except OverflowError:
-        low, high = mean - t975(n - 1) * std / math.sqrt(n), mean + t975(n - 1) * std / math.sqrt(n)
-    return {"n": n, "mean": mean, "std": std, "ci95": t975(n - 1) * std / math.sqrt(n), "low": low, "high": high}
+        low, high = mean - half, mean + half
+    return {"n": n, "mean": mean, "std": std, "ci95": half, "low": low, "high": high}
 
 
 def _last_line(path):

@@ -1,5 +1,6 @@
-"""The training recipe a dataset gets where the user chose none: the flags of app/flags.py's RECIPE (and --depth of
-the dataset's own model) that are still None (or auto) after the command line, --config and a resumed checkpoint.
+"""The training recipe a dataset gets where the user chose none: the flags of KEYS below (and --depth of the
+dataset's own model, --augment) that are still None (or auto) after the command line, --config and a resumed
+checkpoint.
 
 - The datasets this project ships register CLASSIC, the recipe their figures were measured with (SGD 0.05,
   batch 64, 15 epochs; benchmarks/README.md).
@@ -22,13 +23,19 @@ import math
 
 CLASSIC = dict(epochs=15, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=5e-4, warmup_steps=0, grad_clip=0.0)
 KEYS = tuple(CLASSIC)
+FITTED = KEYS + ("depth", "augment")  # what `fit` chooses: the recipe, and the model's depth and augmentation
 IMAGES = dict(lr=2e-3, weight_decay=0.05, steps=1000, max_epochs=300)
 TABLES = dict(lr=1e-3, weight_decay=0.01, steps=1500, max_epochs=500)
 
 
-def missing(cfg):
-    """The recipe flags this config leaves to the data (None, or auto for the optimizer)."""
-    return [k for k in KEYS if getattr(cfg, k) in (None, "auto")]
+def unset(value):
+    """Whether a flag's value leaves it to the data (None, or auto for the optimizer and --augment)."""
+    return value is None or (isinstance(value, str) and value == "auto")
+
+
+def missing(cfg, keys=KEYS):
+    """The flags among keys this config leaves to the data."""
+    return [k for k in keys if unset(getattr(cfg, k))]
 
 
 def fill(cfg, recipe):
