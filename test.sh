@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the whole test suite in its own environment: .venv-test with the pinned requirements
-# (torch==2.13.0 on the host, never an unpinned torch). Arguments go to pytest, e.g. ./test.sh -k resume
+# (torch pinned on the host, never an unpinned torch). Arguments go to pytest, e.g. ./test.sh -k resume
 # The Docker tests build with the settings of .env (./setup.sh wrote them), unless the environment sets them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"

@@ -351,8 +351,9 @@ def test_the_record_of_a_run_on_a_dirty_checkout_is_complete_and_reproduce_says_
     assert code["commit"] == head and code["dirty"] and "+# a local change" in code["diff"]
     assert [u["path"] for u in code["untracked"]] == ["src/models/extra.py"]
     assert (project.run_dir("dirty") / "code.diff").read_text() == code["diff"]
+    import importlib.metadata
     import torch
-    assert session["packages"]["torch"] == torch.__version__ and "numpy" in session["packages"]
+    assert session["packages"]["torch"] == importlib.metadata.version("torch") and "numpy" in session["packages"]
     assert hw["torch"] == torch.__version__ and hw["python"] and hw["cpu"] and hw["cpus"] == os.cpu_count()
     assert "gpus" in hw and "cuda" in hw and "driver" in hw
     assert session["command"][1:] == [str(root / "train.py"), "--epochs", "1", "--run-name", "dirty"] + FAST

@@ -44,7 +44,7 @@ def test_partial_init_loads_the_body_starts_the_head_fresh_and_freezes_until_ask
     assert len(groups) == 2 and groups[1]["lr"] == pytest.approx(10 * groups[0]["lr"])
 
     res = source.ok(*args)
-    assert "step 12: the --freeze parameters train from now on (--unfreeze-at 12)" in res.stderr
+    assert "from step 12 on the --freeze parameters train too (--unfreeze-at 12)" in res.stderr
     late = load(source.latest("tuned"))
     assert not torch.equal(late["model"]["1.weight"], weights["1.weight"])  # trained after step 12
     assert late["init"]["path"] == "models/best/digits-mlp.pt"

@@ -98,7 +98,7 @@ def test_the_readme_fine_tuning_commands_work_as_written(tmp_path):
     tuned = load(project.latest("birds-cnn"))
     assert tuned["model_spec"]["classes"] == ["crow", "tit"] and tuned["config"]["freeze"] == "0.*,1.*"
     # the first convolution stays as loaded until step 100, then trains on (the data's recipe runs past it)
-    assert "step 100: the --freeze parameters train from now on (--unfreeze-at 100)" in res.stdout, res.stdout[-3000:]
+    assert "from step 100 on the --freeze parameters train too (--unfreeze-at 100)" in res.stdout, res.stdout[-3000:]
     assert not torch.equal(tuned["model"]["0.weight"], load(project.best("pets-cnn"))["model"]["0.weight"])
 
 

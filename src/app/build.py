@@ -90,10 +90,12 @@ def build_parts(cfg, splits, device, dist):
     model, task = build_model_and_task(cfg, splits, device)
     if cfg.channels_last:
         model = compat.channels_last(model)
-    if cfg.unfreeze_at and (dist.enabled or cfg.cuda_graphs):
-        raise UsageError("--unfreeze-at works in one process without --cuda-graphs (DDP and the graphs fix which "
-                         "parameters train when they start); drop it, or train the two phases as two runs with "
-                         "--init-from")
+    if cfg.pretrained and not cfg.lr_groups:  # fine-tuning: the fresh head at HEAD_LR x the pretrained layers' lr
+        cfg.lr_groups = flags.LrGroups((name + ".*", recipe.HEAD_LR) for name in models.head_of(model))
+    if (cfg.unfreeze_at or cfg.freeze_backbone) and (dist.enabled or cfg.cuda_graphs):
+        raise UsageError("--unfreeze-at (--freeze-backbone) works in one process without --cuda-graphs (DDP and the "
+                         "graphs fix which parameters train when they start); drop it, or train the two phases as "
+                         "two runs with --init-from")
     optimizer = optim.build_optimizer(cfg, optim.param_groups(cfg, model), device)
     total = optim.total_steps(cfg, steps_per_epoch(len(splits.train), cfg.batch_size, dist.world))
     scheduler = optim.build_scheduler(cfg, optimizer, total)
@@ -138,7 +140,7 @@ def build_model_and_task(cfg, splits, device):
     except (RuntimeError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
         error = " ".join(str(err).split())[:160] or type(err).__name__
     fits = []
-    for name in models.names() if task is not None else ():
+    for name in models.plain_names() if task is not None else ():
         try:
             _probe(_build_model(SimpleNamespace(**dict(vars(cfg), model=name)), splits, device), task, batch, device)
             fits.append(name)
@@ -186,12 +188,28 @@ def fit_recipe(cfg, splits, dist):
     log.info("%s", recipe.describe(cfg, splits, filled))
 
 
+def fit_inputs(cfg):
+    """--pretrained: the image size, resizing and normalization its weights were trained with (timm's data
+    config) where the config leaves them unset (a resumed run has its values already). Said in one line."""
+    get = models.hook(cfg, "inputs")
+    if not cfg.pretrained or get is None:
+        return
+    filled = []
+    for key, value in sorted(get(cfg).items()):
+        if getattr(cfg, key) in (None, 0):
+            setattr(cfg, key, flags.Floats(value) if key in ("mean", "std") else value)
+            filled.append("%s %s" % (key.replace("_", "-"), getattr(cfg, key)))
+    if filled:
+        log.info("inputs as the pretrained weights of %s expect them: %s", cfg.model, ", ".join(filled))
+
+
 def build_all(cfg, dist, stop):
     """(device, splits, parts) of a config: seeds and threads set, data built (a stop ends it), the recipe the data
     chooses, model and the rest."""
     seeding.seed_everything(cfg.seed)
     torch.set_num_threads(pick_threads(cfg))
     device = pick_device(cfg, dist)
+    fit_inputs(cfg)
     splits = build_data(cfg, stop)
     fit_recipe(cfg, splits, dist)
     splits, where = place_splits(splits, cfg, device)

@@ -121,6 +121,21 @@ def _steps(text):
     return Steps(steps)
 
 
+class Floats(_Items):
+    """--mean, --std: one value per image channel, 0.485,0.456,0.406."""
+
+
+def _floats(text):
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 3) or not all(_finite(v) for v in values):
+        raise argparse.ArgumentTypeError("expected one value per channel such as 0.485,0.456,0.406 (or one value), "
+                                         "got %r" % text)
+    return Floats(values)
+
+
 class Seeds(_Items):
     """--seeds: distinct seeds, 0,1,2."""
 
@@ -247,6 +262,15 @@ FLAGS = _records([
          "record notes it; otherwise such a resume is refused)", scope="invocation"),
     flag("image-size", int, 0, "folder data: each image becomes N x N (shorter side resized, the centre cut; 0: "
          "the images' own size when all share one square size)", _in(0, 4096), scope="fixed", metavar="N"),
+    flag("interpolation", str, None, "folder data: how images are resized (None: bilinear, or what --pretrained "
+         "weights were trained with)", scope="fixed", choices=("bilinear", "bicubic", "nearest", "lanczos")),
+    flag("crop-pct", float, None, "folder data: the centre cut's share of the resized image (the shorter side is "
+         "resized to N / CROP_PCT, then N x N cut; None: 1, or what --pretrained weights were trained with)",
+         (lambda v: _finite(v) and 0.1 <= v <= 1, "in 0.1 .. 1"), scope="fixed", metavar="CROP_PCT"),
+    flag("mean", _floats, None, "folder data: per-channel mean the inputs are normalized by (None: the train split's, "
+         "or --pretrained weights' own)", scope="fixed", metavar="M1,M2,M3"),
+    flag("std", _floats, None, "folder data: per-channel standard deviation (None: the train split's, or "
+         "--pretrained weights' own)", scope="fixed", metavar="S1,S2,S3"),
     flag("target", str, None, "csv data: the column(s) to predict, COLUMN[,COLUMN...] (None: the last column)",
          scope="fixed", metavar="COLUMN"),
     flag("id-column", str, None, "csv data: the column naming each row, left out of the features and written beside "
@@ -278,8 +302,14 @@ FLAGS = _records([
     flag("synthetic-classes", int, 10, "synthetic: classes", _at_least(2), metavar="K"),
 
     "model",
-    flag("model", str, "auto", "model (auto: the dataset's own: cnn for images, mlp for tables, fcn for "
-         "segmentation)", choices=("auto",) + tuple(models.names())),
+    flag("model", str, "auto", "model: %s, or timm:NAME, any architecture of the timm library (auto: the dataset's "
+         "own: cnn for images, mlp for tables, fcn for segmentation)" % ", ".join(models.plain_names()),
+         metavar="NAME"),
+    flag("pretrained", help="timm models: start from pretrained weights, the architecture's default ones from the "
+         "Hugging Face hub (cached in HF_HOME), or PATH, a .safetensors, .pth or .bin file; their input size, "
+         "resizing and normalization become the data's, and the fine-tuning recipe the default (README \"Fine-"
+         "tuning a pretrained model\")", metavar="PATH", const="hub"),
+    flag("drop-path", float, 0.0, "timm models: stochastic depth rate (0: off)", _fraction(), metavar="RATE"),
     flag("task", str, "auto", "what the model learns: loss, metrics, pictures (auto: the dataset's own)",
          scope="fixed", choices=("auto",) + tuple(tasks.names())),
     flag("loss", str, "auto", "regression loss (auto: mse)", choices=("auto", "mse", "l1", "huber")),
@@ -316,6 +346,12 @@ FLAGS = _records([
          metavar="S1,S2"),
     flag("lr-groups", _lr_groups, "", "per-group learning rates: parameters whose names match PATTERN train at "
          "--lr times FACTOR (the first pattern that matches; the rest at --lr)", metavar="PATTERN=FACTOR,..."),
+    flag("layer-decay", float, 0.0, "layer-wise lr decay: each block from the head down trains at FACTOR times the "
+         "lr of the one above it (timm models; 0: off; say 0.75 for a ViT)", (lambda v: _finite(v) and 0 <= v <= 1,
+                                                                              "in 0 .. 1 (0: off)"),
+         metavar="FACTOR"),
+    flag("freeze-backbone", int, 0, "train only the classifier head for the first N steps, then everything (a "
+         "linear probe before fine-tuning; 0: off)", _at_least(0), metavar="STEPS"),
     flag("lr-gamma", float, 0.1, "step and multistep schedules: decay factor",
          (lambda v: 0 < v <= 1, "in (0, 1]")),
     flag("grad-clip", float, None, "clip gradient norm (0: off; None: the data's own)", _at_least(0),
@@ -465,6 +501,8 @@ def _coerce(action, key, value, where):
     if kind is _steps and isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool)
                                                          for v in value):
         value = ",".join(str(v) for v in value)
+    if kind is _floats and isinstance(value, (list, int, float)) and not isinstance(value, bool):
+        value = ",".join(str(v) for v in (value if isinstance(value, list) else [value]))
     if isinstance(value, bool) or isinstance(value, (list, dict)):
         raise UsageError(bad)
     if kind is int and not isinstance(value, int):
@@ -632,12 +670,15 @@ def validate(cfg):
                                                                              ", ".join(data.choices())))
     if cfg.model == "auto":
         cfg.model = data.defaults(cfg.dataset, cfg)["model"]
-    need(cfg.model in models.names(), "--model %s: no such model (known: %s)" % (_short(cfg.model),
-                                                                             ", ".join(models.names())))
+    need(models.known(cfg.model), "--model %s: no such model (known: %s)" % (_short(cfg.model),
+                                                                         ", ".join(models.choices())))
+    need(not cfg.pretrained or models.hook(cfg, "pretrained") is not None, "--pretrained: model %s has no pretrained "
+         "weights; use a timm model (--model timm:NAME), or --init-from a checkpoint of this project"
+         % _short(cfg.model))
     need(cfg.task == "auto" or cfg.task in tasks.names(), "--task %s: no such task (known: %s)"
          % (_short(cfg.task), ", ".join(tasks.names())))
     if cfg.run_name is None:
-        cfg.run_name = "%s-%s" % (_data_name(cfg.dataset), cfg.model)
+        cfg.run_name = "%s-%s" % (_data_name(cfg.dataset), cfg.model.replace(":", "-").replace("/", "-"))
     check_run_name(cfg.run_name)
     for dest in FINITE:
         value = getattr(cfg, dest)
@@ -649,6 +690,10 @@ def validate(cfg):
             value = getattr(cfg, dest)
             need((value is None and f.default is None) or ok(value), "--%s must be %s, got %s"
                  % (f.name, what, _short(value)))
+    need(not (cfg.pretrained and cfg.init_from), "--pretrained and --init-from do not go together: --init-from "
+         "starts from a trained checkpoint's weights already; drop one")
+    need(not (cfg.freeze_backbone and cfg.freeze), "--freeze-backbone and --freeze do not go together: "
+         "--freeze-backbone N is --freeze with every parameter outside the head and --unfreeze-at N; drop one")
     need(not cfg.unfreeze_at or bool(cfg.freeze), "--unfreeze-at needs --freeze PATTERN,... (the parameters to "
          "unfreeze)")
     need(cfg.scheduler != "multistep" or bool(cfg.lr_milestones),
@@ -681,7 +726,8 @@ def _resolve_auto(cfg, need):
         cfg.model = meta["model"]
     if not cfg.depth and cfg.model == meta["model"] and meta.get("depth"):
         cfg.depth = meta["depth"]  # the dataset's own depth for its own model (src/data/*.py: register)
-    if meta["recipe"] == "classic":  # the shipped datasets' measured recipe; others: chosen from the data once read
+    if meta["recipe"] == "classic" and not cfg.pretrained:  # the shipped datasets' measured recipe; others (and
+        # pretrained weights, which fine-tune): chosen from the data once read
         recipe.fill(cfg, recipe.CLASSIC)
         if cfg.depth is None:
             cfg.depth = 0

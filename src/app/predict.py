@@ -40,7 +40,7 @@ def run(cfg):
     state = load_or_usage_error(path, "--predict", full=False)  # a truncated or forged file: one line
     spec, config = state.get("model_spec") or {}, state.get("config") or {}
     source = Path(cfg.predict).expanduser()
-    names, batches, ids = _inputs(source, spec, cfg.batch_size)
+    names, batches, ids = _inputs(source, spec, config, cfg.batch_size)
     model = models.from_state(state, path)
     check_folder(cfg.logs_dir, "--logs-dir")
     run_dir = RunPaths(cfg).run_dir
@@ -117,9 +117,9 @@ def _batches(x, size):
         yield x[i:i + size]
 
 
-def _inputs(source, spec, batch_size):
+def _inputs(source, spec, config, batch_size):
     """(names, batches of raw inputs) of INPUT, as the checkpoint's model takes them; image files are decoded a
-    batch at a time."""
+    batch at a time, resized as the run's config says."""
     if not source.exists():
         raise UsageError("--predict %s: no such file or folder; give an image, a folder of images or a CSV file"
                          % source)
@@ -155,7 +155,7 @@ def _inputs(source, spec, batch_size):
         files, names = [source], [source.name]
     if not files:
         raise UsageError("--predict %s: no PNG or JPEG images in it; give a folder that holds some" % source)
-    decode = folder.Decoder(shape[1], shape[0])
+    decode = folder.Decoder.of(config, shape[1], shape[0])
     return names, (torch.stack([decode(f) for f in chunk]) for chunk in _batches(files, batch_size)), None
 
 

@@ -109,11 +109,15 @@ class Run(object):
     def build(self):
         """The parts and the Trainer, with the checkpoint's state restored into them (or --init-from's weights)."""
         cfg = self.cfg
+        if self.state is None and cfg.pretrained:  # no weights to start from: one line before the data is read
+            models.hook(cfg, "locate")(cfg)
         _, splits, self.parts = build_all(cfg, self.dist, self.stop)
         self.data = identity.with_splits(splits.source, splits)
         data_changed = self.check_data()
         if self.state is None and cfg.init_from:  # before the Trainer: --ema averages from these weights
             self.init_record = init_weights(self.parts.model, self.init, cfg)
+        if self.state is None and cfg.pretrained:
+            self.init_record = pretrained_weights(self.parts.model, cfg)
         enabled = cfg.tensorboard and self.dist.main
         # resuming: drop events logged after the checkpoint; fresh: drop any left by a run that never saved
         self.loggers = Loggers([TensorBoard(self.paths.run_dir, enabled, self.step0 if self.state else -1)])
@@ -159,7 +163,8 @@ class Run(object):
             raise UsageError("checkpoint %s: unusable progress (sample %d of an epoch of %d training samples); "
                              "resume another checkpoint" % (self.source, sample, len(splits.train)))
         self.trainer.checkpoints.restore(self.state, self.source)  # random streams last
-        optim.apply_config(self.cfg, self.parts.optimizer, self.parts.scheduler, self.parts.device)
+        optim.apply_config(self.cfg, self.parts.optimizer, self.parts.scheduler, self.parts.device,
+                           self.parts.model)
 
     def locked(self, bar):
         """Rank 0 locks the run (in logs/ and models/), checks nothing changed since the first look, cleans up."""
@@ -210,8 +215,8 @@ class Run(object):
         """The run's first lines: fresh or resumed, changes, learning rate, recipe, config, model and data."""
         cfg, parts, dist, step0 = self.cfg, self.parts, self.dist, self.step0
         if self.state is None:
-            log.info("run %s: fresh start%s", cfg.run_name,
-                     " from the weights of %s" % cfg.init_from if cfg.init_from else "")
+            log.info("run %s: fresh start%s", cfg.run_name, " from the weights of %s" % cfg.init_from if cfg.init_from
+                     else " from the pretrained weights of %s" % cfg.model if cfg.pretrained else "")
             if self.init_record is not None:
                 log.info("%s", describe_init(self.init_record))
         else:
@@ -325,10 +330,29 @@ def init_weights(model, state, cfg):
     return dict(report, path=str(cfg.init_from), partial=cfg.init_partial)
 
 
+def pretrained_weights(model, cfg):
+    """--pretrained's weights into model: those whose names and shapes fit (a head for another number of classes
+    starts fresh); the record of what was loaded. Weights that fit nothing, or under half of the model, are one
+    line: they are another architecture's."""
+    state, where = models.hook(cfg, "pretrained")(cfg, model)
+    what = models.describe(cfg)
+    try:
+        report = fileformat.fit_weights(model, state, what, partial=True)
+    except UsageError as err:
+        raise UsageError("--pretrained %s %s" % (where, err))
+    total = len(report["loaded"]) + len(report["fresh"])
+    if len(report["loaded"]) * 2 < total:
+        raise UsageError("--pretrained %s fits only %d of the %d tensors of %s (not in the file: %s); give weights "
+                         "of this architecture" % (where, len(report["loaded"]), total, what,
+                                                   ", ".join(report["fresh"][:3])))
+    return dict(report, path=str(where), partial=True, flag="--pretrained")
+
+
 def describe_init(loaded):
     """--init-from X: loaded 6 of 8 tensors; fresh: ...; not in this model: ..."""
     total = len(loaded["loaded"]) + len(loaded["fresh"])
-    parts = ["--init-from %s: loaded %d of the model's %d tensors" % (loaded["path"], len(loaded["loaded"]), total)]
+    parts = ["%s %s: loaded %d of the model's %d tensors" % (loaded.get("flag", "--init-from"), loaded["path"],
+                                                              len(loaded["loaded"]), total)]
     for what, names in (("fresh", loaded["fresh"]), ("not in this model", loaded["unused"])):
         if names:
             parts.append("%s: %s%s" % (what, ", ".join(names[:8]), " and %d more" % (len(names) - 8)

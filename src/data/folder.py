@@ -6,11 +6,12 @@ missing ones are held out by a hash of each image's path relative to PATH (--spl
 removed later move no other image between splits. The run keeps a fingerprint of the files (identity.py): a
 resume on changed files is refused.
 
-Every image becomes --image-size square (its shorter side resized, then the centre cut; 0: the images' own size
-when they all share one); all-grey data keeps one channel, anything else is RGB (alpha dropped). 16-bit grey
-images are scaled to 8 bits from their depth. An image too large to decode safely (Pillow's decompression-bomb
-guard) is one line. Inputs are
-normalized per channel by the mean and standard deviation of the train split only (stored with the model).
+Every image becomes --image-size square (its shorter side resized to size / --crop-pct with --interpolation,
+then the centre cut; 0: the images' own size when they all share one); all-grey data keeps one channel, anything
+else is RGB (alpha dropped). 16-bit grey images are scaled to 8 bits from their depth. An image too large to
+decode safely (Pillow's decompression-bomb guard) is one line. Inputs are normalized per channel by --mean and
+--std, by default those of the train split only (stored with the model); pretrained weights bring their own
+(timm's data config: models/timm_models.py).
 
 --image-cache: a set that fits in memory is decoded once (the decoded pixels are kept in DATA_DIR/.cache/, keyed
 by the files' names, sizes and times, so a resume or a second run skips the decoding) and then indexed like any
@@ -20,6 +21,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -147,11 +149,28 @@ def _headers(files):
     return sizes, grey
 
 
-class Decoder(object):
-    """One image file -> uint8 tensor (C, S, S): grey or RGB, shorter side resized to S, the centre cut."""
+RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos")
 
-    def __init__(self, size, channels):
+
+class Decoder(object):
+    """One image file -> uint8 tensor (C, S, S): grey or RGB, shorter side resized to floor(S / crop_pct) (timm's
+    rule), the centre S x S cut."""
+
+    def __init__(self, size, channels, interpolation=None, crop_pct=None):
         self.size, self.channels = size, channels
+        self.interpolation, self.crop_pct = interpolation or "bilinear", crop_pct or 1.0
+
+    @classmethod
+    def of(cls, cfg, size, channels):
+        """The decoder of a config's resizing flags (a checkpoint's config too: --predict decodes as training did)."""
+        get = cfg.get if isinstance(cfg, dict) else lambda key: getattr(cfg, key, None)
+        return cls(size, channels, get("interpolation"), get("crop_pct"))
+
+    def key(self):
+        """What the decoded pixels depend on besides the files (the cache's key; the default ones as before)."""
+        extra = [] if (self.interpolation, self.crop_pct) == ("bilinear", 1.0) else [self.interpolation,
+                                                                                     self.crop_pct]
+        return [self.size, self.channels] + extra
 
     def __call__(self, path):
         from PIL import Image
@@ -163,10 +182,12 @@ class Decoder(object):
         image = image.convert("L" if self.channels == 1 else "RGB")
         w, h = image.size
         s = self.size
-        if (w, h) != (s, s):
-            scale = s / float(min(w, h))
-            nw, nh = max(s, int(round(w * scale))), max(s, int(round(h * scale)))
-            image = image.resize((nw, nh), Image.BILINEAR)
+        r = s if self.crop_pct >= 1 else int(math.floor(s / self.crop_pct))
+        if (w, h) != (s, s) or r != s:
+            scale = r / float(min(w, h))
+            nw, nh = max(r, int(round(w * scale))), max(r, int(round(h * scale)))
+            resample = getattr(Image, "Resampling", Image)  # Pillow >= 9.1 names them there
+            image = image.resize((nw, nh), getattr(resample, self.interpolation.upper()))
             left, top = (nw - s) // 2, (nh - s) // 2
             image = image.crop((left, top, left + s, top + s))
         pixels = np.asarray(image, dtype=np.uint8).reshape(s, s, self.channels)
@@ -200,11 +221,11 @@ class ImageFiles(object):
         return {"scale": float(self.scale), "mean": self.mean.clone(), "std": self.std.clone()}
 
 
-def _cache_key(root, files, size, channels, source):
-    """The decoded images' cache file name: the files in their order, and the data's fingerprint (every file's
-    name, size and contents, or time where not hashed: a file rewritten with the same size and time is decoded
-    again)."""
-    digest = hashlib.sha256(json.dumps([str(root), size, channels, source["digest"]]).encode())
+def _cache_key(root, files, decode, source):
+    """The decoded images' cache file name: the files in their order, how they are decoded, and the data's
+    fingerprint (every file's name, size and contents, or time where not hashed: a file rewritten with the same
+    size and time is decoded again)."""
+    digest = hashlib.sha256(json.dumps([str(root)] + decode.key() + [source["digest"]]).encode())
     for path in files:
         digest.update(("%s\n" % path).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()[:24]
@@ -252,7 +273,7 @@ def image_splits(cfg, found, classes, root, outputs=None):
         raise UsageError("--dataset %s: the images are not all one square size (%s); give --image-size N "
                          "(each image's shorter side is resized to N, then the centre cut)" % (cfg.dataset, shown))
     channels = 1 if grey else 3
-    decode = Decoder(size, channels)
+    decode = Decoder.of(cfg, size, channels)
     files, labels = found["train"]
     labels = _labels(labels)
     base = root if root.is_dir() else root.parent
@@ -278,18 +299,20 @@ def image_splits(cfg, found, classes, root, outputs=None):
     in_memory = cfg.image_cache == "on" or (cfg.image_cache == "auto" and need <= compat.memory_bytes() // 4)
     if in_memory:
         order = [f for name in SPLITS for f in pools[name][0]]
-        key = _cache_key(root.resolve(), order, size, channels, source)
+        key = _cache_key(root.resolve(), order, decode, source)
         x = _decode_all(order, decode, Path(cfg.data_dir) / ".cache" / ("folder-%s.pt" % key))
         bounds, start = {}, 0
         for name in SPLITS:
             bounds[name] = (start, start + len(pools[name][0]))
             start = bounds[name][1]
-        mean, std = _stats(x[bounds["train"][0]:bounds["train"][1]][_every(len(pools["train"][0]))])
+        mean, std = _given(cfg, channels) or _stats(x[bounds["train"][0]:bounds["train"][1]][_every(len(
+            pools["train"][0]))])
         parts = {name: ArrayDataset(x[a:b], _labels(pools[name][1]), scale=1 / 255.0, mean=mean, std=std)
                  for name, (a, b) in bounds.items()}
     else:
         files = pools["train"][0]
-        mean, std = _stats(torch.stack([decode(files[i]) for i in _every(len(files)).tolist()]))
+        mean, std = _given(cfg, channels) or _stats(torch.stack([decode(files[i]) for i in
+                                                                _every(len(files)).tolist()]))
         parts = {name: ImageFiles(pools[name][0], pools[name][1], decode, scale=1 / 255.0, mean=mean, std=std)
                  for name in SPLITS}
     return Splits(train=parts["train"], val=parts["val"], test=parts["test"], input_shape=(channels, size, size),
@@ -330,6 +353,23 @@ def _labels(labels):
 def _every(n):
     """Indices of the train images the statistics come from: all, or STATS_IMAGES evenly spaced."""
     return torch.arange(n) if n <= STATS_IMAGES else torch.linspace(0, n - 1, STATS_IMAGES).long()
+
+
+def _given(cfg, channels):
+    """(mean, std) (C, 1, 1) of --mean and --std where given (three values on grey images: their mean), else None."""
+    mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
+    if mean is None and std is None:
+        return None
+    out = []
+    for values, default in ((mean, 0.0), (std, 1.0)):
+        values = torch.tensor([float(v) for v in values] if values is not None else [default])
+        if len(values) != channels:
+            values = values.mean().repeat(channels)
+        out.append(values.view(channels, 1, 1))
+    if (out[1] <= 0).any():
+        raise UsageError("--std must be positive, got %s; give the standard deviation of each channel" % (
+            ",".join("%g" % v for v in out[1].view(-1).tolist())))
+    return tuple(out)
 
 
 def _stats(x):

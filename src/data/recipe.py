@@ -17,6 +17,10 @@ The rule (measured on benchmarks/own_data_accuracy.py's tables and folders):
   to N = side / 16 pixels (none under 16 pixels; no flips: they change what text, digits or arrows mean);
   tables: batch n/32 as a power of two in 16 .. 256; lr 1e-3, weight decay 0.01; at least 1,500 steps (15 to
   500 epochs).
+With --pretrained weights (a timm model) the rule fine-tunes instead: AdamW at lr 3e-4 with the classifier head
+at 10 x that (--lr-groups, the head found for the user: app/build.py), weight decay 0.05, warmup 5 %, clipping at
+1, at least 500 steps (10 to 100 epochs); no depth to choose. Timm's fine-tuning recipes and HF's examples start
+there; the pretrained features need small steps, the fresh head large ones.
 The values chosen are saved with the run like any flag: a resume continues with them whatever the rule becomes.
 """
 import math
@@ -26,6 +30,8 @@ KEYS = tuple(CLASSIC)
 FITTED = KEYS + ("depth", "augment")  # what `fit` chooses: the recipe, and the model's depth and augmentation
 IMAGES = dict(lr=2e-3, weight_decay=0.05, steps=1000, max_epochs=300)
 TABLES = dict(lr=1e-3, weight_decay=0.01, steps=1500, max_epochs=500)
+PRETRAINED = dict(lr=3e-4, weight_decay=0.05, steps=500, max_epochs=100, min_epochs=10)
+HEAD_LR = 10.0  # the fresh classifier head's factor of --lr when fine-tuning pretrained weights
 
 
 def unset(value):
@@ -54,10 +60,11 @@ def fit(cfg, n, input_shape, steps_per_epoch):
     """The rule's recipe for n training samples of input_shape (steps_per_epoch(batch) -> optimizer steps of one
     epoch at that batch size), and cnn's depth where it is the model and none was given: {flag: value}."""
     images = len(input_shape) == 3
-    rule = IMAGES if images else TABLES
+    rule = PRETRAINED if getattr(cfg, "pretrained", None) else IMAGES if images else TABLES
     batch = cfg.batch_size or max(1, min(n, (32 if n < 1000 else 64) if images else _pow2_in(n / 32.0, 16, 256)))
     per_epoch = max(1, steps_per_epoch(batch))
-    epochs = cfg.epochs or int(min(rule["max_epochs"], max(15, math.ceil(rule["steps"] / float(per_epoch)))))
+    epochs = cfg.epochs or int(min(rule["max_epochs"], max(rule.get("min_epochs", 15),
+                                                           math.ceil(rule["steps"] / float(per_epoch)))))
     total = epochs * per_epoch
     out = dict(batch_size=batch, epochs=epochs, optimizer="adamw", lr=rule["lr"], weight_decay=rule["weight_decay"],
                warmup_steps=int(round(0.05 * total)), grad_clip=1.0)

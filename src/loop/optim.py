@@ -26,25 +26,76 @@ def lr_scales(cfg):
     return [1.0] + [factor for _, factor in cfg.lr_groups]
 
 
-def param_groups(cfg, model):
-    """The optimizer's parameter groups: a parameter goes to the group of the first --lr-groups pattern its name
-    matches (lr x that factor), else to group 0 (lr x 1)."""
+def _groups(cfg, model):
+    """[(factor of --lr, [parameters])]: a parameter goes to the group of the first --lr-groups pattern its name
+    matches (its factor), else to group 0 (x 1); with --layer-decay each of those is split by layer, a layer k
+    below the top one at FACTOR ** k more (layer_map)."""
     patterns = [pattern for pattern, _ in cfg.lr_groups]
     _matching(model, patterns, "--lr-groups")
-    groups = [[] for _ in lr_scales(cfg)]
-    for name, p in compat.unwrap_model(model).named_parameters():
-        groups[next((k + 1 for k, pattern in enumerate(patterns) if fnmatchcase(name, pattern)), 0)].append(p)
-    return [{"params": params, "lr": cfg.lr * scale} for params, scale in zip(groups, lr_scales(cfg))]
+    named = list(compat.unwrap_model(model).named_parameters())
+    scales = lr_scales(cfg)
+    which = [next((k + 1 for k, pattern in enumerate(patterns) if fnmatchcase(name, pattern)), 0)
+             for name, _ in named]
+    if not getattr(cfg, "layer_decay", 0):
+        return [(scale, [p for (_, p), w in zip(named, which) if w == k]) for k, scale in enumerate(scales)]
+    layer = layer_map(model)
+    top = max(layer.values()) if layer else 0
+    keys = sorted(set((w, layer.get(name, top)) for (name, _), w in zip(named, which)))
+    return [(scales[w] * cfg.layer_decay ** (top - k), [p for (name, p), w2 in zip(named, which)
+                                                        if (w2, layer.get(name, top)) == (w, k)]) for w, k in keys]
+
+
+def layer_map(model):
+    """{parameter name: layer} from the input (0) up to the head: the model family's own grouping (timm's
+    group_matcher), else the order of the model's top-level parts."""
+    from .. import models
+    found = models.layers_of(model)
+    if found:
+        return found
+    plain = compat.unwrap_model(model)
+    tops = []
+    for name, _ in plain.named_parameters():
+        top = name.split(".")[0]
+        if top not in tops:
+            tops.append(top)
+    return {name: tops.index(name.split(".")[0]) for name, _ in plain.named_parameters()}
+
+
+def param_groups(cfg, model):
+    """The optimizer's parameter groups, each at --lr times its factor (_groups)."""
+    return [{"params": params, "lr": cfg.lr * scale} for scale, params in _groups(cfg, model)]
+
+
+def backbone(model):
+    """fnmatch patterns of every parameter outside the classifier head (--freeze-backbone): the modules beside the
+    head on its path, conv1.*, layer1.*, ..., head.norm.*."""
+    from .. import models
+    plain = compat.unwrap_model(model)
+    heads = models.head_of(plain)
+    out = []
+    for name, _ in plain.named_parameters():
+        parts = name.split(".")
+        for k in range(1, len(parts) + 1):
+            prefix = ".".join(parts[:k])
+            if any(h == prefix for h in heads):
+                break
+            if not any(h.startswith(prefix + ".") for h in heads):
+                pattern = prefix + ".*" if k < len(parts) else prefix
+                if pattern not in out:
+                    out.append(pattern)
+                break
+    return out
 
 
 class Freeze(object):
     """--freeze: the matching parameters keep requires_grad off (no gradient, so no optimizer update, weight decay
-    or momentum either) until step --unfreeze-at (0: for good). A pure function of the step: a resume freezes
-    alike."""
+    or momentum either) until step --unfreeze-at (0: for good); --freeze-backbone N: every parameter outside the
+    classifier head until step N. A pure function of the step: a resume freezes alike."""
 
     def __init__(self, model, cfg):
-        self.params = [p for _, p in _matching(model, cfg.freeze, "--freeze")]
-        self.until, self.frozen = cfg.unfreeze_at, None
+        patterns = cfg.freeze or (backbone(model) if getattr(cfg, "freeze_backbone", 0) else ())
+        self.params = [p for _, p in _matching(model, patterns, "--freeze")]
+        self.until, self.frozen = cfg.unfreeze_at or getattr(cfg, "freeze_backbone", 0), None
 
     def update(self, step):
         """Set the parameters for this step; True when that changed them after the first time."""
@@ -100,11 +151,11 @@ def build_scheduler(cfg, optimizer, total):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, total))
 
 
-def apply_config(cfg, optimizer, scheduler, device=None):
+def apply_config(cfg, optimizer, scheduler, device=None, model=None):
     """Put the config's hyperparameters into restored optimizer and scheduler states (and the fused kernel of
     this device: a checkpoint written on a GPU may resume on a CPU, and the other way round)."""
     fused = compat.fused_optimizer_kwargs(device).get(type(optimizer).__name__, {}).get("fused")
-    scales = lr_scales(cfg)
+    scales = [scale for scale, _ in _groups(cfg, model)] if model is not None else lr_scales(cfg)
     for group, scale in zip(optimizer.param_groups, scales):
         if "fused" in group:
             group["fused"] = fused

@@ -216,8 +216,9 @@ class Trainer(object):
     def _train_step(self, batch, indices, global_size, log_step):
         """One optimizer step on this rank's part of a global batch (indices: its samples' dataset indices)."""
         if self.parts.freeze.update(self.step):
-            log.info("step %d: the --freeze parameters train from now on (--unfreeze-at %d)", self.step,
-                     self.cfg.unfreeze_at)
+            log.info("from step %d on the %s parameters train too (%s %d)", self.step, "--freeze" if
+                     self.cfg.freeze else "backbone's", "--unfreeze-at" if self.cfg.freeze else "--freeze-backbone",
+                     self.parts.freeze.until)
         inputs, target = self.task.to_device(batch, self.device)
         if self.augment:
             inputs, target = self.augment(inputs, target, indices, self.progress.epoch)

@@ -10,6 +10,9 @@
 
 cfg carries --width, --depth and --dropout (0 width/depth: the model's own default). num_classes is the number of
 outputs (classes, or 1 for a regression target). `from_checkpoint(path)` rebuilds a trained model.
+
+A model registered with named=True is a family: --model KIND:NAME (timm:resnet18, timm_models.py) builds its
+member NAME; cfg.model holds the whole value.
 """
 from types import SimpleNamespace
 
@@ -22,8 +25,53 @@ _REGISTRY = Registry(__name__, __path__)
 register, names = _REGISTRY.register, _REGISTRY.names
 
 
+def kind(name):
+    """The registered model of a --model value: timm for timm:NAME, the name itself otherwise."""
+    return name.partition(":")[0]
+
+
+def known(name):
+    """Whether a --model value names a model: a registered name, or KIND:NAME of a family (named=True)."""
+    meta = _REGISTRY.meta.get(kind(name))
+    if meta is None:
+        return False
+    return bool(name.partition(":")[2]) if meta.get("named") else ":" not in name
+
+
+def choices():
+    """The --model values, for messages: the names, and KIND:NAME of the families."""
+    return [n + ":NAME" if _REGISTRY.meta[n].get("named") else n for n in names()]
+
+
+def plain_names():
+    """The models that need no NAME (those a dataset can be tried with when the chosen one does not fit)."""
+    return [n for n in names() if not _REGISTRY.meta[n].get("named")]
+
+
+def hook(cfg, name):
+    """A model family's own function `name` (timm's pretrained weights and their input settings), or None."""
+    return _REGISTRY.meta.get(kind(cfg.model), {}).get(name)
+
+
+def head_of(model):
+    """The names of a model's classifier modules: its family's own answer (timm's pretrained config), else the
+    last module with weights (the output layer of the built-in models)."""
+    get = _REGISTRY.meta.get("timm", {}).get("head") if hasattr(model, "pretrained_cfg") else None
+    found = get(model) if get is not None else ()
+    if found:
+        return found
+    last = [name for name, module in model.named_modules() if name and getattr(module, "weight", None) is not None]
+    return (last[-1],) if last else ()
+
+
+def layers_of(model):
+    """{parameter name: layer index from the input} where the model's family says it (timm), else None."""
+    get = _REGISTRY.meta.get("timm", {}).get("layers") if hasattr(model, "pretrained_cfg") else None
+    return get(model) if get is not None else None
+
+
 def build(cfg, input_shape, num_classes):
-    return _REGISTRY[cfg.model](tuple(input_shape), num_classes, cfg)
+    return _REGISTRY[kind(cfg.model)](tuple(input_shape), num_classes, cfg)
 
 
 def describe(cfg):
@@ -81,7 +129,8 @@ def from_state(state, path, device="cpu"):
     spec = state.get("model_spec")
     if not isinstance(spec, dict):
         raise fileformat.CorruptCheckpoint("%s has no model_spec (written before this project stored one)" % path)
-    model = _REGISTRY[spec["model"]](tuple(spec["input_shape"]), spec["outputs"], SimpleNamespace(**state["config"]))
+    model = _REGISTRY[kind(spec["model"])](tuple(spec["input_shape"]), spec["outputs"],
+                                           SimpleNamespace(**state["config"]))
     model.load_state_dict(compat.clean_state_dict(fileformat.evaluated_weights(state)))
     transform = spec.get("input_transform")
     if transform:
