@@ -162,6 +162,84 @@ def test_the_hub_s_weights_come_from_its_cache_offline_and_without_them_one_line
     assert load(project.latest("cached"))["init"]["flag"] == "--pretrained"
 
 
+class _Hub(object):
+    """A web server on 127.0.0.1 answering as the Hugging Face hub does for a file download (HEAD for the commit,
+    ETag and size; GET for the bytes) of {repo: {filename: bytes}}; it counts the GETs."""
+
+    def __init__(self, files):
+        import hashlib
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        hub = self
+        self.gets = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _file(self):
+                for repo, named in files.items():
+                    for filename, blob in named.items():
+                        if self.path.split("?")[0] == "/%s/resolve/main/%s" % (repo, filename):
+                            return blob
+                return None
+
+            def _head(self, blob):
+                if blob is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return False
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", "89abcdef0123456789abcdef0123456789abcdef")
+                self.send_header("ETag", '"%s"' % hashlib.sha256(blob).hexdigest())
+                self.send_header("Content-Length", str(len(blob)))
+                self.end_headers()
+                return True
+
+            def do_HEAD(self):
+                self._head(self._file())
+
+            def do_GET(self):
+                blob = self._file()
+                if self._head(blob):
+                    hub.gets.append(self.path)
+                    self.wfile.write(blob)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@needs_timm
+def test_the_hub_s_weights_download_once_into_its_cache_and_a_second_run_reads_them_there(tmp_path):
+    project = Project(tmp_path)
+    write_images(project.root / "data" / "pets", 8)
+    weights = timm.create_model("resnet18").state_dict()
+    save_file(weights, str(tmp_path / "served.safetensors"))
+    hub = _Hub({HUB_REPO: {"model.safetensors": (tmp_path / "served.safetensors").read_bytes()}})
+    try:
+        project.env.update(HF_HOME=str(tmp_path / "home"), HF_ENDPOINT=hub.url, HF_HUB_DISABLE_TELEMETRY="1",
+                           HF_HUB_DISABLE_XET="1")
+        args = ["--dataset", "folder:%s" % (project.root / "data" / "pets"), "--model", "timm:resnet18",
+                "--pretrained", "--image-size", "16", "--max-steps", "1"] + PLAIN
+        project.ok("--prepare-data", *args)
+        assert len(hub.gets) == 1
+        res = project.ok(*args, "--run-name", "first")
+        assert len(hub.gets) == 1 and "loaded 120 of the model's 122 tensors" in res.stderr
+        cached = list((tmp_path / "home" / "hub").rglob("model.safetensors"))
+        assert len(cached) == 1
+        init = load(project.latest("first"))["init"]  # the run's record of where its first weights came from
+        assert init["path"].startswith(HUB_REPO + " (%s" % (tmp_path / "home" / "hub")), init["path"]
+    finally:
+        hub.close()
+
+
 @needs_timm
 def test_the_fine_tuning_recipe_trains_the_head_faster_decays_lower_layers_and_can_freeze_the_backbone():
     from src.loop import optim

@@ -87,6 +87,12 @@ def train(run, bar):
 
 
 def prepare_data(cfg, stop):
+    """--prepare-data: the dataset downloaded and verified; with --pretrained also the weights, into the hub's cache
+    (a login node with internet fills it for compute nodes without)."""
+    if cfg.pretrained:
+        with stop.interrupting():
+            path, where = models.hook(cfg, "locate")(cfg)
+        log.info("pretrained weights of %s ready: %s", cfg.model, where)
     splits = build_data(cfg, stop)
     log.info("dataset %s ready in %s: %d train, %d val and %d test samples of shape %s", cfg.dataset, cfg.data_dir,
              len(splits.train), len(splits.val), len(splits.test), "x".join(map(str, splits.input_shape)))

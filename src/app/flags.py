@@ -418,7 +418,7 @@ FLAGS = _records([
     flag("sweep-trial", str, None, SUPPRESS, (lambda v: v is None or bool(_SWEEP_TRIAL.fullmatch(v)),
                                               "SWEEP:ID:N"), scope="invocation"),
     flag("sync-check", bool, False, SUPPRESS, scope="invocation"),
-    flag("prepare-data", bool, False, "download/verify the dataset, then exit",
+    flag("prepare-data", bool, False, "download/verify the dataset (and the --pretrained weights), then exit",
          scope="invocation"),
     flag("evaluate", help="evaluate a checkpoint without training (no value: this run's best), print and write the "
          "metrics as JSON, then exit", scope="invocation", metavar="PATH",
