@@ -27,7 +27,7 @@ CORE = ["tests/test_cli.py", "tests/test_doctor.py", "tests/test_resume.py", "te
         "tests/test_distributed.py", "tests/test_checkpoint_writer.py", "tests/test_reliability.py",
         "tests/test_bad_input.py", "tests/test_first_run.py", "tests/test_tasks.py", "tests/test_recipes.py",
         "tests/test_predictions.py", "tests/test_units.py", "tests/test_architecture.py", "tests/test_own_data.py",
-        "tests/test_finetune.py", "tests/test_tables.py", "tests/test_results.py"]
+        "tests/test_finetune.py", "tests/test_tables.py", "tests/test_results.py", "tests/test_timm.py"]
 
 
 def _run(cmd, **kw):
