@@ -22,7 +22,11 @@ RECIPE = ["--augment", "crop:1,flip", "--accum-steps", "2", "--ema", "0.9", "--l
     RECIPE,
     ["--dataset", "synthetic", "--synthetic-size", "2560", "--model", "resnet", "--batch-size", "128", "--amp",
      "bf16", "--channels-last", "--optimizer", "adamw"],
-], ids=["default", "bf16-clip", "recipes", "resnet-adamw"])
+    ["--dataset", "synthetic", "--synthetic-size", "2560", "--synthetic-shape", "3,64,64", "--model",
+     "timm:resnet18", "--batch-size", "128", "--amp", "bf16", "--channels-last", "--compile"],
+    ["--dataset", "synthetic", "--synthetic-size", "2560", "--synthetic-shape", "3,64,64", "--model",
+     "timm:vit_tiny_patch16_224", "--batch-size", "128", "--amp", "bf16", "--compile"],
+], ids=["default", "bf16-clip", "recipes", "resnet-adamw", "timm-resnet-compiled", "timm-vit-compiled"])
 def test_steps_between_logging_steps_never_wait_for_the_gpu(project, extra):
     res = project.ok(*(GPU + extra + ["--max-steps", "60", "--log-every", "20", "--sync-check", "--run-name", "sync"]))
     assert "data: cuda" in res.stderr, "the in-memory dataset was not held on the GPU"

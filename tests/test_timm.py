@@ -301,6 +301,16 @@ def test_predict_gives_what_evaluate_measured_with_the_weights_input_settings(pr
     assert len(found) == 15 and right == round(test["test/acc"] * 15)
 
 
+@needs_timm
+def test_a_timm_model_trains_in_bf16_and_channels_last_on_the_cpu(project):
+    if not hasattr(torch, "autocast"):
+        pytest.skip("bf16 on the CPU needs torch >= 1.10")
+    project.ok("--dataset", "synthetic", "--synthetic-size", "64", "--synthetic-shape", "3,32,32", "--model",
+               "timm:convnext_atto", "--amp", "bf16", "--channels-last", "--max-steps", "2", "--batch-size", "16",
+               "--run-name", "fast", *PLAIN)
+    assert load(project.latest("fast"))["progress"]["step"] == 2
+
+
 def test_without_timm_a_timm_model_is_one_line_naming_the_stacks_that_have_it(project):
     if timm is not None:
         pytest.skip("timm is installed here: the stacks without it (torch 1.7.1) run this test")

@@ -43,10 +43,17 @@ def library(cfg=None):
                          "cu12 stack's pins (pip install -r stacks/cpu/requirements.txt), or use a built-in model"
                          % (cfg.model if cfg is not None else "timm:NAME", err))
     except Exception as err:  # torchvision built for another torch: "operator torchvision::nms does not exist"
-        raise UsageError("--model timm:NAME: timm cannot be imported here (%s: %s); install the torchvision built "
-                         "for this torch (the stack's pins, with its index: README \"Stacks\")"
-                         % (type(err).__name__, " ".join(str(err).split())[:160]))
+        raise UsageError("--model %s: timm cannot be imported here (%s: %s); install the torchvision built for "
+                         "this torch %s (the stack's pins from its index: for the cpu stack PIP_EXTRA_INDEX_URL="
+                         "https://download.pytorch.org/whl/cpu, README \"Stacks\")" % (
+                             cfg.model if cfg is not None else "timm:NAME", type(err).__name__,
+                             " ".join(str(err).split())[:160], _torch_version()))
     return timm
+
+
+def _torch_version():
+    import torch
+    return torch.__version__
 
 
 def check_name(timm, name):

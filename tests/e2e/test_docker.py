@@ -278,6 +278,29 @@ def test_docker_and_native_runs_share_this_checkouts_one_tensorboard(checkout):
                 time.sleep(0.1)
 
 
+def test_a_timm_model_in_the_image_trains_from_a_weights_file_or_says_in_one_line_why_not(checkout):
+    """--model timm:resnet18 --pretrained FILE in the stack's image. The cpu stack's torchvision must be the CPU
+    build of download.pytorch.org; where the image was built without that index (CI here cannot reach it: PyPI's
+    torchvision is a CUDA build, which cannot load beside the CPU torch) the run says so in one line, never a
+    traceback, and writes nothing."""
+    timm = pytest.importorskip("timm", reason="the weights file is made with the host's timm")
+    from safetensors.torch import save_file
+    from conftest import write_images
+    write_images(checkout.root / "data" / "timmpets", 6)
+    save_file(timm.create_model("resnet18").state_dict(), str(checkout.root / "data" / "r18.safetensors"))
+    res = checkout.compose("run", "--rm", "-T", "trainer", "python", "train.py", "--dataset", "folder:data/timmpets",
+                           "--model", "timm:resnet18", "--pretrained", "data/r18.safetensors", "--image-size", "16",
+                           "--max-steps", "2", "--progress", "plain", "--run-name", "timmpets", check=False)
+    assert "Traceback" not in res.stdout, res.stdout[-3000:]
+    if res.returncode == 0:
+        assert "--pretrained data/r18.safetensors: loaded 120 of the model's 122 tensors" in res.stdout
+        assert (checkout.root / "models" / "latest" / "timmpets.pt").exists()
+    else:
+        errors = [line for line in res.stdout.splitlines() if line.startswith("train.py: error:")]
+        assert res.returncode == 2 and len(errors) == 1 and "torchvision" in errors[0], res.stdout[-3000:]
+        assert not (checkout.root / "models" / "latest" / "timmpets.pt").exists()
+
+
 def test_non_root_user_owns_what_the_containers_write(checkout, tmp_path_factory):
     if os.getuid() != 0:
         pytest.skip("creating a user needs root; this run is itself the non-root case")
