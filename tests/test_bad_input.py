@@ -161,7 +161,7 @@ BAD_CONFIGS = [
 CASES = [
     (["--dataset", "nope"], 2, "--dataset 'nope': no such dataset (known: cifar10, csv:PATH, diabetes, digits, "
                                "fashion-mnist, folder:PATH"),
-    (["--model", "nope"], 2, "argument --model: invalid choice: 'nope'"),
+    (["--model", "nope"], 2, "--model 'nope': no such model (known: cnn, fcn, mlp, resnet, timm:NAME)"),
     (["--lr", "0"], 2, "--lr must be > 0"),
     (["--lr", "-1"], 2, "--lr must be > 0"),
     (["--batch-size", "0"], 2, "--batch-size must be >= 1"),

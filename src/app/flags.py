@@ -304,6 +304,7 @@ FLAGS = _records([
     "model",
     flag("model", str, "auto", "model: %s, or timm:NAME, any architecture of the timm library (auto: the dataset's "
          "own: cnn for images, mlp for tables, fcn for segmentation)" % ", ".join(models.plain_names()),
+         (lambda v: v == "auto" or models.known(v), "auto or one of %s" % ", ".join(models.choices())),
          metavar="NAME"),
     flag("pretrained", help="timm models: start from pretrained weights, the architecture's default ones from the "
          "Hugging Face hub (cached in HF_HOME), or PATH, a .safetensors, .pth or .bin file; their input size, "
@@ -519,6 +520,9 @@ def _coerce(action, key, value, where):
         raise UsageError("%s: %s" % (where, err))
     if action.choices is not None and value not in action.choices:
         raise UsageError("%s (choose from %s)" % (bad, ", ".join(map(str, action.choices))))
+    record = BY_DEST.get(key.replace("-", "_"))
+    if key == "model" and record is not None and not record.check[0](value):  # no argparse choices: a family
+        raise UsageError("%s (%s)" % (bad, record.check[1]))
     return value
 
 
