@@ -244,8 +244,8 @@ def _from_hub(cfg, pcfg):
                 except Exception as err:  # no such file, refused, timed out: the next file, then one line
                     reasons.append("%s: %s" % (filename, " ".join(str(err).split())[:100] or type(err).__name__))
     home = os.environ.get("HF_HOME") or str(Path(constants.HF_HUB_CACHE).parent)
-    raise UsageError("--pretrained: the weights of %s (%s) are not in the hub's cache in %s, and the hub was not "
-                     "asked (%s); where there is internet: hf download %s %s, then give --pretrained PATH of that "
+    raise UsageError("--pretrained: the weights of %s (%s) are neither in the hub's cache in %s nor to be had from "
+                     "the hub (%s); where there is internet: hf download %s %s, then give --pretrained PATH of that "
                      "file (or copy that machine's HF_HOME/hub folder here)" % (
                          cfg.model, repo, home, "; ".join(reasons)[:300], repo, HUB_FILES[0]))
 
