@@ -299,6 +299,15 @@ def test_predict_gives_what_evaluate_measured_with_the_weights_input_settings(pr
     right = sum(row["prediction"] == row["input"].split("/")[0] for row in found)
     test = json.loads(project.ok("--evaluate", "--run-name", "pets").stdout)["test"]
     assert len(found) == 15 and right == round(test["test/acc"] * 15)
+    # from_checkpoint on the files, decoded with the run's settings, gives the same probabilities
+    from src.data.folder import Decoder
+    from src.models import from_checkpoint
+    decode = Decoder.of(config, 16, 3)
+    x = torch.stack([decode(project.root / "data" / "pets" / "test" / row["input"]) for row in found])
+    with torch.no_grad():
+        prob = torch.softmax(from_checkpoint(project.best("pets"))(x), 1)
+    written = torch.tensor([[float(row["p(%s)" % c]) for c in ("cat", "dog", "fox")] for row in found])
+    assert torch.allclose(prob, written, rtol=1e-4, atol=1e-5)
 
 
 @needs_timm

@@ -33,9 +33,9 @@ def name_of(cfg):
 def library(cfg=None):
     """The timm module, or one line saying why it cannot be used here. cfg: its download settings go to the hub
     client before it is first imported (it reads them once)."""
-    if cfg is not None:
-        os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(max(1, cfg.download_timeout))))
-        os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(max(1, min(10, cfg.download_timeout)))))
+    timeout = getattr(cfg, "download_timeout", None) or 60.0  # a checkpoint's config: from_checkpoint
+    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", str(int(max(1, timeout))))
+    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", str(int(max(1, min(10, timeout)))))
     try:
         import timm
     except ImportError as err:
