@@ -494,6 +494,8 @@ def _coerce(action, key, value, where):
         if not isinstance(value, bool):
             raise UsageError(bad + " (expected true or false)")
         return value
+    if isinstance(value, bool) and action.const is not None and action.nargs == "?":
+        return action.const if value else None  # pretrained: true (a flag given without its value) / false
     if value is None:
         if action.default is None:
             return None
