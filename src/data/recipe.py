@@ -105,4 +105,6 @@ def describe(cfg, splits, filled):
         chosen.append("gradients clipped at norm %g" % cfg.grad_clip)
     if "augment" in filled and cfg.augment:
         chosen.append("augment %s" % (cfg.augment,))
-    return "%s: %s (the data's defaults; any of them can be set)" % (what, ", ".join(chosen))
+    return "%s: %s (%s; any of them can be set)" % (what, ", ".join(chosen), "the fine-tuning defaults for "
+                                                    "pretrained weights" if getattr(cfg, "pretrained", None)
+                                                    else "the data's defaults")
