@@ -20,6 +20,7 @@ from collections import namedtuple
 import torch
 
 from ..runtime.errors import TrainingError
+from ..runtime import registry
 from ..runtime.registry import Registry
 
 _REGISTRY = Registry(__name__, __path__, skip=("download", "identity", "loading", "recipe"))
@@ -32,27 +33,18 @@ Splits.__new__.__defaults__ = (None, None, None, None, None, None, None)
 VAL_SEED = 20240601  # the validation split is the same for every --seed: changing the seed changes training only
 
 
-def kind(name):
-    """The registered dataset of a --dataset value: folder for folder:PATH, the name itself otherwise."""
-    return name.partition(":")[0]
-
-
-def location(name):
-    """The PATH of a --dataset KIND:PATH ('' for a plain name)."""
-    return name.partition(":")[2]
+kind = registry.kind  # the registered dataset of a --dataset value: folder for folder:PATH
+location = registry.argument  # the PATH of a --dataset KIND:PATH ('' for a plain name)
 
 
 def known(name):
     """Whether a --dataset value names a dataset: a registered name, or KIND:PATH for a kind that takes a path."""
-    meta = _REGISTRY.meta.get(kind(name))
-    if meta is None:
-        return False
-    return bool(location(name)) if meta.get("path") else ":" not in name
+    return _REGISTRY.known(name, "path")
 
 
 def choices():
     """The --dataset values, for messages: the names, and KIND:PATH of the kinds that take a path."""
-    return [n + ":PATH" if _REGISTRY.meta[n].get("path") else n for n in names()]
+    return _REGISTRY.choices("path", "PATH")
 
 
 def defaults(name, cfg=None):

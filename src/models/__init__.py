@@ -19,28 +19,24 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
+from ..runtime import registry
 from ..runtime.registry import Registry
 
 _REGISTRY = Registry(__name__, __path__)
 register, names = _REGISTRY.register, _REGISTRY.names
 
 
-def kind(name):
-    """The registered model of a --model value: timm for timm:NAME, the name itself otherwise."""
-    return name.partition(":")[0]
+kind = registry.kind  # the registered model of a --model value: timm for timm:NAME
 
 
 def known(name):
     """Whether a --model value names a model: a registered name, or KIND:NAME of a family (named=True)."""
-    meta = _REGISTRY.meta.get(kind(name))
-    if meta is None:
-        return False
-    return bool(name.partition(":")[2]) if meta.get("named") else ":" not in name
+    return _REGISTRY.known(name, "named")
 
 
 def choices():
     """The --model values, for messages: the names, and KIND:NAME of the families."""
-    return [n + ":NAME" if _REGISTRY.meta[n].get("named") else n for n in names()]
+    return _REGISTRY.choices("named", "NAME")
 
 
 def plain_names():

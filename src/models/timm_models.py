@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from . import register
-from ..runtime import compat
+from ..runtime import compat, registry
 from ..runtime.errors import UsageError
 
 EXTENSIONS = (".safetensors", ".pth", ".pt", ".bin")
@@ -27,7 +27,7 @@ CONTAINERS = ("state_dict_ema", "model_ema", "state_dict", "model")  # timm's lo
 
 def name_of(cfg):
     """NAME of --model timm:NAME."""
-    return cfg.model.partition(":")[2]
+    return registry.argument(cfg.model)
 
 
 def library(cfg=None):
