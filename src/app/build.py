@@ -91,7 +91,7 @@ def build_parts(cfg, splits, device, dist):
     if cfg.channels_last:
         model = compat.channels_last(model)
     if cfg.pretrained and not cfg.lr_groups:  # fine-tuning: the fresh head at HEAD_LR x the pretrained layers' lr
-        cfg.lr_groups = flags.LrGroups((name + ".*", recipe.HEAD_LR) for name in models.head_of(model))
+        cfg.lr_groups = flags.LrGroups((name + ".*", recipe.HEAD_LR) for name in models.head_of(cfg, model))
     if (cfg.unfreeze_at or cfg.freeze_backbone) and (dist.enabled or cfg.cuda_graphs):
         raise UsageError("--unfreeze-at (--freeze-backbone) works in one process without --cuda-graphs (DDP and the "
                          "graphs fix which parameters train when they start); drop it, or train the two phases as "

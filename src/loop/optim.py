@@ -38,18 +38,18 @@ def _groups(cfg, model):
              for name, _ in named]
     if not getattr(cfg, "layer_decay", 0):
         return [(scale, [p for (_, p), w in zip(named, which) if w == k]) for k, scale in enumerate(scales)]
-    layer = layer_map(model)
+    layer = layer_map(cfg, model)
     top = max(layer.values()) if layer else 0
     keys = sorted(set((w, layer.get(name, top)) for (name, _), w in zip(named, which)))
     return [(scales[w] * cfg.layer_decay ** (top - k), [p for (name, p), w2 in zip(named, which)
                                                         if (w2, layer.get(name, top)) == (w, k)]) for w, k in keys]
 
 
-def layer_map(model):
+def layer_map(cfg, model):
     """{parameter name: layer} from the input (0) up to the head: the model family's own grouping (timm's
     group_matcher), else the order of the model's top-level parts."""
     from .. import models
-    found = models.layers_of(model)
+    found = models.layers_of(cfg, model)
     if found:
         return found
     plain = compat.unwrap_model(model)
@@ -66,12 +66,12 @@ def param_groups(cfg, model):
     return [{"params": params, "lr": cfg.lr * scale} for scale, params in _groups(cfg, model)]
 
 
-def backbone(model):
+def backbone(cfg, model):
     """fnmatch patterns of every parameter outside the classifier head (--freeze-backbone): the modules beside the
     head on its path, conv1.*, layer1.*, ..., head.norm.*."""
     from .. import models
     plain = compat.unwrap_model(model)
-    heads = models.head_of(plain)
+    heads = models.head_of(cfg, plain)
     out = []
     for name, _ in plain.named_parameters():
         parts = name.split(".")
@@ -93,7 +93,7 @@ class Freeze(object):
     classifier head until step N. A pure function of the step: a resume freezes alike."""
 
     def __init__(self, model, cfg):
-        patterns = cfg.freeze or (backbone(model) if getattr(cfg, "freeze_backbone", 0) else ())
+        patterns = cfg.freeze or (backbone(cfg, model) if getattr(cfg, "freeze_backbone", 0) else ())
         self.params = [p for _, p in _matching(model, patterns, "--freeze")]
         self.until, self.frozen = cfg.unfreeze_at or getattr(cfg, "freeze_backbone", 0), None
 

@@ -49,10 +49,10 @@ def hook(cfg, name):
     return _REGISTRY.meta.get(kind(cfg.model), {}).get(name)
 
 
-def head_of(model):
-    """The names of a model's classifier modules: its family's own answer (timm's pretrained config), else the
-    last module with weights (the output layer of the built-in models)."""
-    get = _REGISTRY.meta.get("timm", {}).get("head") if hasattr(model, "pretrained_cfg") else None
+def head_of(cfg, model):
+    """The names of the classifier modules of cfg's model: its family's own answer (timm's pretrained config), else
+    the last module with weights (the output layer of the built-in models)."""
+    get = hook(cfg, "head")
     found = get(model) if get is not None else ()
     if found:
         return found
@@ -60,9 +60,9 @@ def head_of(model):
     return (last[-1],) if last else ()
 
 
-def layers_of(model):
-    """{parameter name: layer index from the input} where the model's family says it (timm), else None."""
-    get = _REGISTRY.meta.get("timm", {}).get("layers") if hasattr(model, "pretrained_cfg") else None
+def layers_of(cfg, model):
+    """{parameter name: layer index from the input} where cfg's model family says it (timm), else None."""
+    get = hook(cfg, "layers")
     return get(model) if get is not None else None
 
 
