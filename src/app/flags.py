@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import yaml
 
 from .. import augment, data, models, tasks
-from ..data import recipe
+from ..data import folder, recipe
 from ..files.paths import ROOT, read_bounded
 from ..runtime.errors import UsageError
 from ..runtime.text import redact, redact_values
@@ -263,7 +263,7 @@ FLAGS = _records([
     flag("image-size", int, 0, "folder data: each image becomes N x N (shorter side resized, the centre cut; 0: "
          "the images' own size when all share one square size)", _in(0, 4096), scope="fixed", metavar="N"),
     flag("interpolation", str, None, "folder data: how images are resized (None: bilinear, or what --pretrained "
-         "weights were trained with)", scope="fixed", choices=("bilinear", "bicubic", "nearest", "lanczos")),
+         "weights were trained with)", scope="fixed", choices=folder.RESAMPLE),
     flag("crop-pct", float, None, "folder data: the centre cut's share of the resized image (the shorter side is "
          "resized to N / CROP_PCT, then N x N cut; None: 1, or what --pretrained weights were trained with)",
          (lambda v: _finite(v) and 0.1 <= v <= 1, "in 0.1 .. 1"), scope="fixed", metavar="CROP_PCT"),

@@ -149,7 +149,7 @@ def _headers(files):
     return sizes, grey
 
 
-RESAMPLE = ("nearest", "bilinear", "bicubic", "lanczos")
+RESAMPLE = ("bilinear", "bicubic", "nearest", "lanczos")  # --interpolation: Pillow's resampling filters
 
 
 class Decoder(object):

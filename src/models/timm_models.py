@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from . import register
+from ..data.folder import RESAMPLE
 from ..runtime import compat, registry
 from ..runtime.errors import UsageError
 
@@ -92,7 +93,7 @@ def inputs(cfg):
     for key in ("interpolation", "crop_pct", "mean", "std"):
         if pcfg.get(key) is not None:
             out[key] = pcfg[key]
-    if out.get("interpolation") not in ("bilinear", "bicubic", "nearest", "lanczos"):
+    if out.get("interpolation") not in RESAMPLE:  # a name Pillow has no filter for: the default resizing
         out.pop("interpolation", None)
     return out
 
