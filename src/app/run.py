@@ -109,15 +109,16 @@ class Run(object):
     def build(self):
         """The parts and the Trainer, with the checkpoint's state restored into them (or --init-from's weights)."""
         cfg = self.cfg
+        located = None
         if self.state is None and cfg.pretrained:  # no weights to start from: one line before the data is read
-            models.hook(cfg, "locate")(cfg)
+            located = models.hook(cfg, "locate")(cfg)
         _, splits, self.parts = build_all(cfg, self.dist, self.stop)
         self.data = identity.with_splits(splits.source, splits)
         data_changed = self.check_data()
         if self.state is None and cfg.init_from:  # before the Trainer: --ema averages from these weights
             self.init_record = init_weights(self.parts.model, self.init, cfg)
         if self.state is None and cfg.pretrained:
-            self.init_record = pretrained_weights(self.parts.model, cfg)
+            self.init_record = pretrained_weights(self.parts.model, cfg, located)
         enabled = cfg.tensorboard and self.dist.main
         # resuming: drop events logged after the checkpoint; fresh: drop any left by a run that never saved
         self.loggers = Loggers([TensorBoard(self.paths.run_dir, enabled, self.step0 if self.state else -1)])
@@ -330,11 +331,11 @@ def init_weights(model, state, cfg):
     return dict(report, path=str(cfg.init_from), partial=cfg.init_partial)
 
 
-def pretrained_weights(model, cfg):
-    """--pretrained's weights into model: those whose names and shapes fit (a head for another number of classes
-    starts fresh); the record of what was loaded. Weights that fit nothing, or under half of the model, are one
-    line: they are another architecture's."""
-    state, where = models.hook(cfg, "pretrained")(cfg, model)
+def pretrained_weights(model, cfg, located=None):
+    """--pretrained's weights (the file the run located, else found here) into model: those whose names and shapes
+    fit (a head for another number of classes starts fresh); the record of what was loaded. Weights that fit
+    nothing, or under half of the model, are one line: they are another architecture's."""
+    state, where = models.hook(cfg, "pretrained")(cfg, model, located)
     what = models.describe(cfg)
     try:
         report = fileformat.fit_weights(model, state, what, partial=True)

@@ -145,9 +145,10 @@ def locate(cfg):
     return path, "%s (%s)" % (pcfg.get("hf_hub_id"), path)
 
 
-def weights(cfg, model):
-    """(state dict, where it came from) of --pretrained, adapted to model as timm adapts pretrained weights."""
-    path, where = locate(cfg)
+def weights(cfg, model, located=None):
+    """(state dict, where it came from) of --pretrained, adapted to model as timm adapts pretrained weights.
+    located: locate(cfg)'s answer where the run has it already."""
+    path, where = located or locate(cfg)
     state = read(path, "--pretrained %s" % where)
     return _adapt(state, model, pretrained_cfg(library(cfg), name_of(cfg)), where), where
 
