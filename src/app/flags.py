@@ -522,9 +522,8 @@ def _coerce(action, key, value, where):
         raise UsageError("%s: %s" % (where, err))
     if action.choices is not None and value not in action.choices:
         raise UsageError("%s (choose from %s)" % (bad, ", ".join(map(str, action.choices))))
-    record = BY_DEST.get(key.replace("-", "_"))
-    if key == "model" and record is not None and not record.check[0](value):  # no argparse choices: a family
-        raise UsageError("%s (%s)" % (bad, record.check[1]))
+    if key == "model" and not BY_DEST["model"].check[0](value):  # argparse choices cannot hold timm:NAME
+        raise UsageError("%s (%s)" % (bad, BY_DEST["model"].check[1]))
     return value
 
 
