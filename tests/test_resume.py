@@ -137,10 +137,10 @@ def test_a_checkpoint_of_the_previous_main_resumes_bit_identically(project, tmp_
     today's code to the very state the old code reaches on this machine: weights, optimizer, EMA, meter, progress,
     best, RNG. The old code itself (tests/fixtures/old-main-c5801a6.tar.gz) resumes the same checkpoint here,
     since bit-identical numbers hold on one CPU: the CPU that wrote old-main-step8.pt may have other kernels
-    (AVX-512 or not), so that file is met to float32 rounding (and exactly in every count and random state)."""
+    (AVX-512 or not), so that file is met to float32 rounding (and exactly in every count and random state), where
+    this torch is the one that wrote it; the old code and today's agree bit for bit on any torch."""
     wrote = load(FIXTURES / "old-main-step8.pt")["versions"]["torch"]
-    if wrote.split("+")[0] != torch.__version__.split("+")[0]:
-        pytest.skip("the fixtures were written by torch %s; this is %s" % (wrote, torch.__version__))
+    same_torch = wrote.split("+")[0] == torch.__version__.split("+")[0]
     old_code = tmp_path / "old-main"
     old_code.mkdir()
     with tarfile.open(str(FIXTURES / "old-main-c5801a6.tar.gz")) as tar:
@@ -159,8 +159,9 @@ def test_a_checkpoint_of_the_previous_main_resumes_bit_identically(project, tmp_
     skip = {"config", "versions", "git_commit", "digest", "record", "owner", "data"}
     got["last_eval"] = {k: v for k, v in got["last_eval"].items() if k in want["last_eval"]}
     _same({k: v for k, v in got.items() if k not in skip}, {k: v for k, v in here.items() if k not in skip})
-    _same({k: v for k, v in got.items() if k not in skip}, {k: v for k, v in want.items() if k not in skip},
-          close=True)
+    if same_torch:  # another torch rounds otherwise: the old code's run on it (above) is the reference there
+        _same({k: v for k, v in got.items() if k not in skip}, {k: v for k, v in want.items() if k not in skip},
+              close=True)
     assert {k: v for k, v in got["config"].items() if k in want["config"] and not k.endswith("_dir")} == \
         {k: v for k, v in want["config"].items() if not k.endswith("_dir")}
     from src.app import flags  # flags added since: their defaults, or what the old run did without them
